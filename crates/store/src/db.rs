@@ -1,0 +1,407 @@
+//! Connections: one `DbConnection` over SQLite and PostgreSQL, chosen from the URL, behind an
+//! r2d2 pool; migrations embedded per backend.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::{StoreError, StoreResult};
+
+/// A connection to either backend. Generic diesel queries work on it directly; code whose SQL
+/// differs per backend matches on the variant (see [`with_backend!`](crate::with_backend)).
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    /// PostgreSQL, the production backend (several replicas may share it).
+    Postgresql(PgConnection),
+    /// SQLite, the embedded default (one instance, one writer).
+    Sqlite(SqliteConnection),
+}
+
+impl std::fmt::Debug for DbConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Postgresql(_) => "DbConnection::Postgresql",
+            Self::Sqlite(_) => "DbConnection::Sqlite",
+        })
+    }
+}
+
+/// Runs the same body against the concrete connection of either backend, so queries that
+/// `MultiConnection` cannot express (multi-row inserts, upserts, COPY) compile once per backend.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_backend {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::DbConnection::Postgresql($c) => $body,
+            $crate::DbConnection::Sqlite($c) => $body,
+        }
+    };
+}
+
+/// Which database engine a URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// A parsed database location.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// `postgres://user:password@host:port/db?params`.
+    Postgres(String),
+    /// A SQLite file path (from `sqlite://path`, `sqlite:path` or a bare path).
+    Sqlite(PathBuf),
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl DatabaseUrl {
+    /// Parses `postgres://…`/`postgresql://…`, `sqlite://path`, `sqlite:path` or a bare file path.
+    /// Any other scheme is refused with a message that lists the accepted forms.
+    pub fn parse(raw: &str) -> StoreResult<Self> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(StoreError::InvalidUrl {
+                url: String::new(),
+                reason: "it is empty; set database.url to a file path such as data/tierwise.db or to postgres://user@host/db".into(),
+            });
+        }
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(Self::Postgres(raw.to_string()));
+        }
+        let path = if let Some(rest) = raw.strip_prefix("sqlite://") {
+            rest
+        } else if let Some(rest) = raw.strip_prefix("sqlite:") {
+            rest
+        } else if let Some((scheme, _)) = raw.split_once("://") {
+            return Err(StoreError::InvalidUrl {
+                url: mask_password(raw),
+                reason: format!(
+                    "the scheme '{scheme}' is not supported; use postgres://… or a SQLite file path such as data/tierwise.db"
+                ),
+            });
+        } else {
+            raw
+        };
+        if path.is_empty() || path == ":memory:" {
+            return Err(StoreError::InvalidUrl {
+                url: raw.to_string(),
+                reason: "SQLite needs a file path (an in-memory database is not shared between pooled connections)".into(),
+            });
+        }
+        Ok(Self::Sqlite(PathBuf::from(path)))
+    }
+
+    /// The backend this URL selects.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Postgres(_) => Backend::Postgres,
+            Self::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// The URL for logs and messages, password replaced by `***`.
+    pub fn masked(&self) -> String {
+        match self {
+            Self::Postgres(url) => mask_password(url),
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+        }
+    }
+
+    fn connect(&self) -> StoreResult<DbConnection> {
+        match self {
+            Self::Postgres(url) => PgConnection::establish(url)
+                .map(DbConnection::Postgresql)
+                .map_err(|source| StoreError::Connect {
+                    url: self.masked(),
+                    source,
+                }),
+            Self::Sqlite(path) => {
+                create_parent_dir(path)?;
+                let url = path.to_string_lossy();
+                let mut conn =
+                    SqliteConnection::establish(&url).map_err(|source| StoreError::Connect {
+                        url: self.masked(),
+                        source,
+                    })?;
+                // WAL lets readers proceed during an import; NORMAL is durable at commit in WAL
+                // mode; the busy timeout makes a second writer wait instead of failing at once.
+                conn.batch_execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
+                     PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;",
+                )?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+        }
+    }
+}
+
+fn create_parent_dir(path: &Path) -> StoreResult<()> {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() && !parent.exists() => {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::InvalidUrl {
+                url: path.display().to_string(),
+                reason: format!("cannot create the folder {}: {e}", parent.display()),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` with `***`.
+pub fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// The r2d2 connection manager: connects by URL scheme (the derive's own `establish` would
+/// swallow a PostgreSQL error and try SQLite instead).
+#[derive(Debug, Clone)]
+pub struct ConnectionManager {
+    url: DatabaseUrl,
+}
+
+impl r2d2::ManageConnection for ConnectionManager {
+    type Connection = DbConnection;
+    type Error = StoreError;
+
+    fn connect(&self) -> Result<DbConnection, StoreError> {
+        self.url.connect()
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), StoreError> {
+        conn.batch_execute("SELECT 1").map_err(StoreError::Query)
+    }
+
+    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
+        false
+    }
+}
+
+/// A pooled connection.
+pub type PooledConnection = r2d2::PooledConnection<ConnectionManager>;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
+
+/// Key of the PostgreSQL advisory lock held while migrating, so replicas starting together
+/// apply migrations once.
+const MIGRATION_LOCK_KEY: i64 = 0x7469_6572_7769_7365; // "tierwise"
+
+/// The database: a pool of connections to one backend.
+#[derive(Clone)]
+pub struct Database {
+    pool: r2d2::Pool<ConnectionManager>,
+    url: DatabaseUrl,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database").field("url", &self.url).finish()
+    }
+}
+
+impl Database {
+    /// Opens a pool of up to `pool_size` connections (SQLite pools are capped at 4: one writer
+    /// at a time, a few readers). The first connection is made now, so a wrong URL fails here.
+    pub fn open(url: &str, pool_size: u32) -> StoreResult<Self> {
+        let url = DatabaseUrl::parse(url)?;
+        let max = match url.backend() {
+            Backend::Sqlite => pool_size.clamp(1, 4),
+            Backend::Postgres => pool_size.max(1),
+        };
+        // Connect once directly to report the driver's own error rather than a pool timeout.
+        drop(url.connect()?);
+        let pool = r2d2::Pool::builder()
+            .max_size(max)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(30))
+            .build(ConnectionManager { url: url.clone() })?;
+        Ok(Self { pool, url })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.url.backend()
+    }
+
+    /// The URL with its password masked.
+    pub fn masked_url(&self) -> String {
+        self.url.masked()
+    }
+
+    /// A connection from the pool, for synchronous callers (CLI commands, blocking tasks).
+    pub fn conn(&self) -> StoreResult<PooledConnection> {
+        Ok(self.pool.get()?)
+    }
+
+    /// Runs `f` with a pooled connection on tokio's blocking thread pool, carrying the caller's
+    /// tracing span, so async callers never block the runtime on database I/O.
+    pub async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> StoreResult<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Applies pending migrations (under an advisory lock on PostgreSQL) and returns the
+    /// versions applied.
+    pub fn migrate(&self) -> StoreResult<Vec<String>> {
+        let mut conn = self.conn()?;
+        run_pending_migrations(&mut conn)
+    }
+}
+
+/// Applies pending migrations on `conn`; see [`Database::migrate`].
+pub fn run_pending_migrations(conn: &mut DbConnection) -> StoreResult<Vec<String>> {
+    let applied = match conn {
+        DbConnection::Postgresql(pg) => {
+            pg.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
+            let result = pg
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>());
+            pg.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))?;
+            result
+        }
+        DbConnection::Sqlite(lite) => lite
+            .run_pending_migrations(SQLITE_MIGRATIONS)
+            .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>()),
+    };
+    applied.map_err(|e| StoreError::Migration(e.to_string()))
+}
+
+/// Reverts every applied migration (newest first); returns the versions reverted.
+pub fn revert_all_migrations(conn: &mut DbConnection) -> StoreResult<Vec<String>> {
+    let reverted = match conn {
+        DbConnection::Postgresql(pg) => pg
+            .revert_all_migrations(POSTGRES_MIGRATIONS)
+            .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        DbConnection::Sqlite(lite) => lite
+            .revert_all_migrations(SQLITE_MIGRATIONS)
+            .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>()),
+    };
+    reverted.map_err(|e| StoreError::Migration(e.to_string()))
+}
+
+/// Each known migration (`version_name`) with whether it is applied.
+pub fn migration_status(conn: &mut DbConnection) -> StoreResult<Vec<(String, bool)>> {
+    fn status<B, C>(
+        conn: &mut C,
+        source: &EmbeddedMigrations,
+    ) -> diesel::migration::Result<Vec<(String, bool)>>
+    where
+        B: diesel::backend::Backend,
+        C: MigrationHarness<B>,
+        EmbeddedMigrations: diesel::migration::MigrationSource<B>,
+    {
+        let applied: Vec<String> = conn
+            .applied_migrations()?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let known = diesel::migration::MigrationSource::<B>::migrations(source)?;
+        Ok(known
+            .iter()
+            .map(|m| {
+                let is_applied = applied.contains(&m.name().version().to_string());
+                (m.name().to_string(), is_applied)
+            })
+            .collect())
+    }
+    match conn {
+        DbConnection::Postgresql(pg) => status(pg, &POSTGRES_MIGRATIONS),
+        DbConnection::Sqlite(lite) => status(lite, &SQLITE_MIGRATIONS),
+    }
+    .map_err(|e| StoreError::Migration(e.to_string()))
+}
+
+/// Runs `f` inside one transaction: committed when `f` returns `Ok`, rolled back otherwise.
+pub fn transaction<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
+where
+    E: From<StoreError>,
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+{
+    enum TxError<E> {
+        Inner(E),
+        Db(diesel::result::Error),
+    }
+    impl<E> From<diesel::result::Error> for TxError<E> {
+        fn from(e: diesel::result::Error) -> Self {
+            Self::Db(e)
+        }
+    }
+    conn.transaction::<T, TxError<E>, _>(|c| f(c).map_err(TxError::Inner))
+        .map_err(|e| match e {
+            TxError::Inner(e) => e,
+            TxError::Db(e) => E::from(StoreError::Query(e)),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls_by_scheme() {
+        assert_eq!(DatabaseUrl::parse("data/t.db").unwrap().backend(), Backend::Sqlite);
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/t.db").unwrap(),
+            DatabaseUrl::Sqlite(PathBuf::from("data/t.db"))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("postgresql://u@h/db").unwrap().backend(),
+            Backend::Postgres
+        );
+        let err = DatabaseUrl::parse("mysql://root:pw@h/db").unwrap_err().to_string();
+        assert!(err.contains("'mysql' is not supported"), "{err}");
+        assert!(!err.contains("pw"), "{err}");
+        assert!(DatabaseUrl::parse(":memory:").is_err());
+        assert!(DatabaseUrl::parse("").is_err());
+    }
+
+    #[test]
+    fn masks_passwords() {
+        assert_eq!(
+            mask_password("postgres://app:s3cret@db:5432/tw?sslmode=require"),
+            "postgres://app:***@db:5432/tw?sslmode=require"
+        );
+        assert_eq!(mask_password("postgres://app@db/tw"), "postgres://app@db/tw");
+        assert_eq!(
+            DatabaseUrl::parse("postgres://a:b@h/d").unwrap().masked(),
+            "postgres://a:***@h/d"
+        );
+    }
+}

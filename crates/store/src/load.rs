@@ -1,0 +1,511 @@
+//! Bulk loading of imported records, keyed by `(source, external_id)` (owners by email).
+//!
+//! Every `load_*` function takes one chunk of validated records, stages it (binary `COPY` on
+//! PostgreSQL, multi-row `INSERT` on SQLite) and merges it with one `INSERT … SELECT … ON
+//! CONFLICT DO UPDATE … WHERE <changed>` whose SQL is shared by both backends. Loading the same
+//! data twice therefore writes nothing the second time. The caller owns the transaction: wrap a
+//! whole file in [`transaction`](crate::transaction) so a failed import leaves nothing behind.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+use tierwise_domain::{Activity, Customer, EmailAddress, Invoice, Locale, Order, Owner, SourceName};
+
+use crate::staging::{
+    ActivityStagingRow, CustomerStagingRow, InvoiceStagingRow, OnUpdate, OrderStagingRow,
+    OwnerStagingRow, STAGING_DDL, activities_staging, customers_staging, invoices_staging,
+    merge_sql, orders_staging, owners_staging,
+};
+use crate::{DbConnection, ImportRunId, StoreResult, with_backend};
+
+/// What a chunk is loaded for: which source it comes from, which run writes it, and the
+/// import policy.
+#[derive(Debug, Clone)]
+pub struct LoadContext {
+    /// The source the records belong to (their external ids are unique within it).
+    pub source: SourceName,
+    /// The import run writing them.
+    pub run: ImportRunId,
+    /// Create a customer named in an order or invoice row when it is not yet known
+    /// (otherwise such rows are reported back as unknown).
+    pub create_missing_customers: bool,
+    /// Locale of owners created from an email alone.
+    pub default_locale: Locale,
+}
+
+/// One record with the line it was read from.
+#[derive(Debug, Clone)]
+pub struct Staged<T> {
+    /// 1-based line (or spreadsheet row) number in the input.
+    pub line: u64,
+    /// The validated record.
+    pub record: T,
+}
+
+/// The customer columns an order or invoice row may carry, used to create an unknown customer.
+#[derive(Debug, Clone, Default)]
+pub struct CustomerRef {
+    /// Customer name as written in the row.
+    pub name: Option<String>,
+    /// Owner's email as written in the row.
+    pub owner_email: Option<EmailAddress>,
+}
+
+/// What loading one chunk did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadOutcome {
+    /// Rows inserted or changed (identical rows are not written again).
+    pub written: u64,
+    /// Rows superseded by a later row with the same key in the same chunk.
+    pub superseded: u64,
+    /// Customers created from order or invoice rows.
+    pub customers_created: u64,
+    /// Owners created from an email alone.
+    pub owners_created: u64,
+    /// Lines whose customer is unknown and could not be created; nothing was written for them.
+    pub unknown_customer_lines: Vec<u64>,
+}
+
+/// Most rows per multi-row INSERT on SQLite: stays under its 32,766 bound parameters.
+const SQLITE_MAX_PARAMS: usize = 32_000;
+
+fn line(l: u64) -> i64 {
+    i64::try_from(l).unwrap_or(i64::MAX)
+}
+
+/// Keeps the last row for each key, preserving input order otherwise; returns how many were
+/// dropped. A key may appear once per merge statement (PostgreSQL refuses to update a row twice).
+fn keep_last_per_key<T, K: Hash + Eq>(rows: &mut Vec<T>, key: impl Fn(&T) -> K) -> u64 {
+    let mut last: HashMap<K, usize> = HashMap::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        last.insert(key(row), i);
+    }
+    if last.len() == rows.len() {
+        return 0;
+    }
+    let before = rows.len();
+    let mut i = 0;
+    rows.retain(|row| {
+        let keep = last.get(&key(row)) == Some(&i);
+        i += 1;
+        keep
+    });
+    (before - rows.len()) as u64
+}
+
+fn prepare_staging(conn: &mut DbConnection, table: &str) -> StoreResult<()> {
+    conn.batch_execute(STAGING_DDL)?;
+    match conn {
+        // TRUNCATE gives PostgreSQL a fresh file; DELETE would leave dead rows that every
+        // later merge in the same transaction would have to scan past.
+        DbConnection::Postgresql(c) => c.batch_execute(&format!("TRUNCATE {table}"))?,
+        DbConnection::Sqlite(c) => c.batch_execute(&format!("DELETE FROM {table}"))?,
+    }
+    Ok(())
+}
+
+macro_rules! stage_rows {
+    ($conn:expr, $table:ident, $rows:expr, $columns:expr) => {{
+        let rows = $rows;
+        match $conn {
+            DbConnection::Postgresql(c) => {
+                diesel::copy_from($table::table)
+                    .from_insertable(rows)
+                    .execute(c)?;
+            }
+            DbConnection::Sqlite(c) => {
+                for chunk in rows.chunks((SQLITE_MAX_PARAMS / $columns).max(1)) {
+                    diesel::insert_into($table::table).values(chunk).execute(c)?;
+                }
+            }
+        }
+    }};
+}
+
+fn execute(conn: &mut DbConnection, sql: &str) -> StoreResult<u64> {
+    let n = with_backend!(conn, c => diesel::sql_query(sql).execute(c)?);
+    Ok(n as u64)
+}
+
+#[derive(QueryableByName)]
+struct LineRow {
+    #[diesel(sql_type = BigInt)]
+    line: i64,
+}
+
+/// Creates owners for emails not yet known (named after the email's local part).
+fn ensure_owners<'a>(
+    conn: &mut DbConnection,
+    ctx: &LoadContext,
+    emails: impl IntoIterator<Item = &'a EmailAddress>,
+) -> StoreResult<u64> {
+    let emails: BTreeSet<&EmailAddress> = emails.into_iter().collect();
+    if emails.is_empty() {
+        return Ok(0);
+    }
+    prepare_staging(conn, "owners_staging")?;
+    let rows: Vec<OwnerStagingRow> = emails
+        .into_iter()
+        .map(|email| OwnerStagingRow {
+            line: 0,
+            source: ctx.source.as_str().to_string(),
+            email: email.as_str().to_string(),
+            name: email.local_part().to_string(),
+            locale: ctx.default_locale.as_str().to_string(),
+            external_id: None,
+            import_run_id: ctx.run.0,
+        })
+        .collect();
+    stage_rows!(conn, owners_staging, &rows, 7);
+    execute(
+        conn,
+        "INSERT INTO owners (email, name, locale, source, external_id, import_run_id) \
+         SELECT email, name, locale, source, external_id, import_run_id FROM owners_staging s \
+         WHERE NOT EXISTS (SELECT 1 FROM owners o WHERE o.email = s.email) \
+         ON CONFLICT (email) DO NOTHING",
+    )
+}
+
+/// For staging tables of rows that name a customer: creates the unknown customers (when the
+/// policy allows) or removes and reports the rows whose customer is unknown.
+fn resolve_customers(
+    conn: &mut DbConnection,
+    ctx: &LoadContext,
+    staging: &str,
+    outcome: &mut LoadOutcome,
+) -> StoreResult<()> {
+    let unknown = format!(
+        "NOT EXISTS (SELECT 1 FROM customers c \
+         WHERE c.source = s.source AND c.external_id = s.customer_external_id)"
+    );
+    if ctx.create_missing_customers {
+        outcome.customers_created += execute(
+            conn,
+            &format!(
+                "INSERT INTO customers (source, external_id, name, owner_id, attributes, import_run_id) \
+                 SELECT s.source, s.customer_external_id, \
+                        MIN(COALESCE(s.customer_name, s.customer_external_id)), MIN(o.id), '{{}}', \
+                        MIN(s.import_run_id) \
+                 FROM {staging} s LEFT JOIN owners o ON o.email = s.owner_email \
+                 WHERE {unknown} \
+                 GROUP BY s.source, s.customer_external_id \
+                 ON CONFLICT (source, external_id) DO NOTHING"
+            ),
+        )?;
+        return Ok(());
+    }
+    let select = format!("SELECT s.line FROM {staging} s WHERE {unknown} ORDER BY s.line");
+    let lines: Vec<LineRow> = with_backend!(conn, c => diesel::sql_query(&select).load(c)?);
+    if !lines.is_empty() {
+        execute(conn, &format!("DELETE FROM {staging} AS s WHERE {unknown}"))?;
+        outcome
+            .unknown_customer_lines
+            .extend(lines.into_iter().map(|l| u64::try_from(l.line).unwrap_or(0)));
+    }
+    Ok(())
+}
+
+/// Upserts owners by email: name, locale and external id follow the latest import.
+pub fn load_owners(
+    conn: &mut DbConnection,
+    ctx: &LoadContext,
+    rows: &[Staged<Owner>],
+) -> StoreResult<LoadOutcome> {
+    let mut staged: Vec<OwnerStagingRow> = rows
+        .iter()
+        .map(|s| OwnerStagingRow {
+            line: line(s.line),
+            source: ctx.source.as_str().to_string(),
+            email: s.record.email().as_str().to_string(),
+            name: s.record.name().to_string(),
+            locale: s.record.locale().as_str().to_string(),
+            external_id: s.record.external_id().map(|e| e.as_str().to_string()),
+            import_run_id: ctx.run.0,
+        })
+        .collect();
+    let mut outcome = LoadOutcome {
+        superseded: keep_last_per_key(&mut staged, |r| r.email.clone()),
+        ..LoadOutcome::default()
+    };
+    if staged.is_empty() {
+        return Ok(outcome);
+    }
+    prepare_staging(conn, "owners_staging")?;
+    stage_rows!(conn, owners_staging, &staged, 7);
+    outcome.written = execute(
+        conn,
+        &merge_sql(
+            "owners",
+            "email, name, locale, source, external_id, import_run_id",
+            "SELECT email, name, locale, source, external_id, import_run_id FROM owners_staging WHERE true",
+            "email",
+            &[
+                OnUpdate::Replace("name"),
+                OnUpdate::Replace("locale"),
+                OnUpdate::KeepIfNull("external_id"),
+            ],
+        ),
+    )?;
+    Ok(outcome)
+}
+
+/// Upserts customers; an owner named by email is created if unknown. Columns the file left
+/// empty keep their stored value.
+pub fn load_customers(
+    conn: &mut DbConnection,
+    ctx: &LoadContext,
+    rows: &[Staged<Customer>],
+) -> StoreResult<LoadOutcome> {
+    let mut outcome = LoadOutcome {
+        owners_created: ensure_owners(conn, ctx, rows.iter().filter_map(|s| s.record.owner_email()))?,
+        ..LoadOutcome::default()
+    };
+    let mut staged = Vec::with_capacity(rows.len());
+    for s in rows {
+        let c = &s.record;
+        staged.push(CustomerStagingRow {
+            line: line(s.line),
+            source: ctx.source.as_str().to_string(),
+            external_id: c.external_id().as_str().to_string(),
+            name: c.name().to_string(),
+            contact_name: c.contact().name.clone(),
+            contact_email: c.contact().email.as_ref().map(|e| e.as_str().to_string()),
+            contact_phone: c.contact().phone.clone(),
+            owner_email: c.owner_email().map(|e| e.as_str().to_string()),
+            created_on: c.created_on(),
+            prospect_rating: c.prospect_rating().map(i32::from),
+            attributes: serde_json::to_string(c.attributes())
+                .map_err(|e| crate::StoreError::Corrupt(e.to_string()))?,
+            import_run_id: ctx.run.0,
+        });
+    }
+    outcome.superseded = keep_last_per_key(&mut staged, |r| r.external_id.clone());
+    if staged.is_empty() {
+        return Ok(outcome);
+    }
+    prepare_staging(conn, "customers_staging")?;
+    stage_rows!(conn, customers_staging, &staged, 12);
+    outcome.written = execute(
+        conn,
+        &merge_sql(
+            "customers",
+            "source, external_id, name, contact_name, contact_email, contact_phone, owner_id, \
+             created_on, prospect_rating, attributes, import_run_id",
+            "SELECT s.source, s.external_id, s.name, s.contact_name, s.contact_email, \
+             s.contact_phone, o.id, s.created_on, s.prospect_rating, s.attributes, s.import_run_id \
+             FROM customers_staging s LEFT JOIN owners o ON o.email = s.owner_email WHERE true",
+            "source, external_id",
+            &[
+                OnUpdate::Replace("name"),
+                OnUpdate::KeepIfNull("contact_name"),
+                OnUpdate::KeepIfNull("contact_email"),
+                OnUpdate::KeepIfNull("contact_phone"),
+                OnUpdate::KeepIfNull("owner_id"),
+                OnUpdate::KeepIfNull("created_on"),
+                OnUpdate::KeepIfNull("prospect_rating"),
+                OnUpdate::KeepIfEmptyJson("attributes"),
+            ],
+        ),
+    )?;
+    Ok(outcome)
+}
+
+/// Upserts orders. Rows naming an unknown customer create it (when allowed) or are returned in
+/// [`LoadOutcome::unknown_customer_lines`].
+pub fn load_orders(
+    conn: &mut DbConnection,
+    ctx: &LoadContext,
+    rows: &[Staged<(Order, CustomerRef)>],
+) -> StoreResult<LoadOutcome> {
+    let mut outcome = LoadOutcome::default();
+    if ctx.create_missing_customers {
+        outcome.owners_created =
+            ensure_owners(conn, ctx, rows.iter().filter_map(|s| s.record.1.owner_email.as_ref()))?;
+    }
+    let mut staged = Vec::with_capacity(rows.len());
+    for s in rows {
+        let (order, customer) = &s.record;
+        staged.push(OrderStagingRow {
+            line: line(s.line),
+            source: ctx.source.as_str().to_string(),
+            external_id: order.external_id().as_str().to_string(),
+            customer_external_id: order.customer().as_str().to_string(),
+            customer_name: customer.name.clone(),
+            owner_email: customer.owner_email.as_ref().map(|e| e.as_str().to_string()),
+            order_date: order.order_date(),
+            amount_minor: order.amount().minor,
+            cost_minor: order.cost().map(|c| c.minor),
+            currency: order.amount().currency.as_str().to_string(),
+            quantity: order.quantity(),
+            import_run_id: ctx.run.0,
+        });
+    }
+    outcome.superseded = keep_last_per_key(&mut staged, |r| r.external_id.clone());
+    if staged.is_empty() {
+        return Ok(outcome);
+    }
+    prepare_staging(conn, "orders_staging")?;
+    stage_rows!(conn, orders_staging, &staged, 12);
+    drop(staged);
+    resolve_customers(conn, ctx, "orders_staging", &mut outcome)?;
+    outcome.written = execute(
+        conn,
+        &merge_sql(
+            "orders",
+            "source, external_id, customer_id, order_date, amount_minor, cost_minor, currency, \
+             quantity, import_run_id",
+            "SELECT s.source, s.external_id, c.id, s.order_date, s.amount_minor, s.cost_minor, \
+             s.currency, s.quantity, s.import_run_id FROM orders_staging s \
+             JOIN customers c ON c.source = s.source AND c.external_id = s.customer_external_id \
+             WHERE true",
+            "source, external_id",
+            &[
+                OnUpdate::Replace("customer_id"),
+                OnUpdate::Replace("order_date"),
+                OnUpdate::Replace("amount_minor"),
+                OnUpdate::KeepIfNull("cost_minor"),
+                OnUpdate::Replace("currency"),
+                OnUpdate::KeepIfNull("quantity"),
+            ],
+        ),
+    )?;
+    Ok(outcome)
+}
+
+/// Upserts invoices; unknown customers as for [`load_orders`]. A paid date, once known, is kept
+/// when a later file leaves it empty.
+pub fn load_invoices(
+    conn: &mut DbConnection,
+    ctx: &LoadContext,
+    rows: &[Staged<(Invoice, CustomerRef)>],
+) -> StoreResult<LoadOutcome> {
+    let mut outcome = LoadOutcome::default();
+    if ctx.create_missing_customers {
+        outcome.owners_created =
+            ensure_owners(conn, ctx, rows.iter().filter_map(|s| s.record.1.owner_email.as_ref()))?;
+    }
+    let mut staged = Vec::with_capacity(rows.len());
+    for s in rows {
+        let (invoice, customer) = &s.record;
+        staged.push(InvoiceStagingRow {
+            line: line(s.line),
+            source: ctx.source.as_str().to_string(),
+            external_id: invoice.external_id().as_str().to_string(),
+            customer_external_id: invoice.customer().as_str().to_string(),
+            customer_name: customer.name.clone(),
+            owner_email: customer.owner_email.as_ref().map(|e| e.as_str().to_string()),
+            order_external_id: invoice.order().map(|o| o.as_str().to_string()),
+            issued_on: invoice.issued_on(),
+            due_on: invoice.due_on(),
+            amount_minor: invoice.amount().minor,
+            currency: invoice.amount().currency.as_str().to_string(),
+            paid_on: invoice.paid_on(),
+            import_run_id: ctx.run.0,
+        });
+    }
+    outcome.superseded = keep_last_per_key(&mut staged, |r| r.external_id.clone());
+    if staged.is_empty() {
+        return Ok(outcome);
+    }
+    prepare_staging(conn, "invoices_staging")?;
+    stage_rows!(conn, invoices_staging, &staged, 13);
+    drop(staged);
+    resolve_customers(conn, ctx, "invoices_staging", &mut outcome)?;
+    outcome.written = execute(
+        conn,
+        &merge_sql(
+            "invoices",
+            "source, external_id, customer_id, order_external_id, issued_on, due_on, amount_minor, \
+             currency, paid_on, import_run_id",
+            "SELECT s.source, s.external_id, c.id, s.order_external_id, s.issued_on, s.due_on, \
+             s.amount_minor, s.currency, s.paid_on, s.import_run_id FROM invoices_staging s \
+             JOIN customers c ON c.source = s.source AND c.external_id = s.customer_external_id \
+             WHERE true",
+            "source, external_id",
+            &[
+                OnUpdate::Replace("customer_id"),
+                OnUpdate::KeepIfNull("order_external_id"),
+                OnUpdate::Replace("issued_on"),
+                OnUpdate::Replace("due_on"),
+                OnUpdate::Replace("amount_minor"),
+                OnUpdate::Replace("currency"),
+                OnUpdate::KeepIfNull("paid_on"),
+            ],
+        ),
+    )?;
+    Ok(outcome)
+}
+
+/// Upserts activities. The customer must already exist (activity files carry no customer
+/// details); rows naming an unknown customer are returned as unknown.
+pub fn load_activities(
+    conn: &mut DbConnection,
+    ctx: &LoadContext,
+    rows: &[Staged<Activity>],
+) -> StoreResult<LoadOutcome> {
+    let mut outcome = LoadOutcome {
+        owners_created: ensure_owners(conn, ctx, rows.iter().filter_map(|s| s.record.owner_email.as_ref()))?,
+        ..LoadOutcome::default()
+    };
+    let mut staged: Vec<ActivityStagingRow> = rows
+        .iter()
+        .map(|s| ActivityStagingRow {
+            line: line(s.line),
+            source: ctx.source.as_str().to_string(),
+            external_id: s.record.external_id.as_str().to_string(),
+            customer_external_id: s.record.customer.as_str().to_string(),
+            owner_email: s.record.owner_email.as_ref().map(|e| e.as_str().to_string()),
+            kind: s.record.kind.as_str().to_string(),
+            occurred_at: s.record.occurred_at.naive_utc(),
+            note: s.record.note.clone(),
+            import_run_id: ctx.run.0,
+        })
+        .collect();
+    outcome.superseded = keep_last_per_key(&mut staged, |r| r.external_id.clone());
+    if staged.is_empty() {
+        return Ok(outcome);
+    }
+    prepare_staging(conn, "activities_staging")?;
+    stage_rows!(conn, activities_staging, &staged, 9);
+    drop(staged);
+    let strict = LoadContext {
+        create_missing_customers: false,
+        ..ctx.clone()
+    };
+    resolve_customers(conn, &strict, "activities_staging", &mut outcome)?;
+    outcome.written = execute(
+        conn,
+        &merge_sql(
+            "activities",
+            "source, external_id, customer_id, owner_id, kind, occurred_at, note, import_run_id",
+            "SELECT s.source, s.external_id, c.id, o.id, s.kind, s.occurred_at, s.note, \
+             s.import_run_id FROM activities_staging s \
+             JOIN customers c ON c.source = s.source AND c.external_id = s.customer_external_id \
+             LEFT JOIN owners o ON o.email = s.owner_email WHERE true",
+            "source, external_id",
+            &[
+                OnUpdate::Replace("customer_id"),
+                OnUpdate::KeepIfNull("owner_id"),
+                OnUpdate::Replace("kind"),
+                OnUpdate::Replace("occurred_at"),
+                OnUpdate::KeepIfNull("note"),
+            ],
+        ),
+    )?;
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_last_per_key_drops_earlier_duplicates() {
+        let mut rows = vec![("a", 1), ("b", 2), ("a", 3), ("c", 4), ("b", 5)];
+        assert_eq!(keep_last_per_key(&mut rows, |r| r.0), 2);
+        assert_eq!(rows, vec![("a", 3), ("c", 4), ("b", 5)]);
+    }
+}

@@ -1,0 +1,123 @@
+//! The database schema, identical on SQLite and PostgreSQL (only shared column types are used).
+//! Mirrors `migrations/{sqlite,postgres}`; a test checks both backends agree with it.
+
+diesel::table! {
+    owners (id) {
+        id -> BigInt,
+        email -> Text,
+        name -> Text,
+        locale -> Text,
+        source -> Text,
+        external_id -> Nullable<Text>,
+        import_run_id -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    import_runs (id) {
+        id -> BigInt,
+        source -> Text,
+        kind -> Text,
+        origin -> Text,
+        status -> Text,
+        started_at -> Timestamp,
+        finished_at -> Nullable<Timestamp>,
+        rows_read -> BigInt,
+        rows_written -> BigInt,
+        rows_unchanged -> BigInt,
+        rows_rejected -> BigInt,
+        customers_created -> BigInt,
+        unused_columns -> Text,
+        error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    import_rejects (id) {
+        id -> BigInt,
+        import_run_id -> BigInt,
+        origin -> Text,
+        line -> BigInt,
+        field -> Nullable<Text>,
+        reason -> Text,
+        raw_record -> Text,
+    }
+}
+
+diesel::table! {
+    customers (id) {
+        id -> BigInt,
+        source -> Text,
+        external_id -> Text,
+        name -> Text,
+        contact_name -> Nullable<Text>,
+        contact_email -> Nullable<Text>,
+        contact_phone -> Nullable<Text>,
+        owner_id -> Nullable<BigInt>,
+        created_on -> Nullable<Date>,
+        prospect_rating -> Nullable<Integer>,
+        attributes -> Text,
+        import_run_id -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    orders (id) {
+        id -> BigInt,
+        source -> Text,
+        external_id -> Text,
+        customer_id -> BigInt,
+        order_date -> Date,
+        amount_minor -> BigInt,
+        cost_minor -> Nullable<BigInt>,
+        currency -> Text,
+        quantity -> Nullable<BigInt>,
+        import_run_id -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    invoices (id) {
+        id -> BigInt,
+        source -> Text,
+        external_id -> Text,
+        customer_id -> BigInt,
+        order_external_id -> Nullable<Text>,
+        issued_on -> Date,
+        due_on -> Date,
+        amount_minor -> BigInt,
+        currency -> Text,
+        paid_on -> Nullable<Date>,
+        import_run_id -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    activities (id) {
+        id -> BigInt,
+        source -> Text,
+        external_id -> Text,
+        customer_id -> BigInt,
+        owner_id -> Nullable<BigInt>,
+        kind -> Text,
+        occurred_at -> Timestamp,
+        note -> Nullable<Text>,
+        import_run_id -> Nullable<BigInt>,
+    }
+}
+
+diesel::joinable!(import_rejects -> import_runs (import_run_id));
+diesel::joinable!(customers -> owners (owner_id));
+diesel::joinable!(orders -> customers (customer_id));
+diesel::joinable!(invoices -> customers (customer_id));
+diesel::joinable!(activities -> customers (customer_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    owners,
+    import_runs,
+    import_rejects,
+    customers,
+    orders,
+    invoices,
+    activities,
+);

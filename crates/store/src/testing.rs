@@ -1,0 +1,197 @@
+//! Test fixtures: an isolated database per test on either backend, and a macro that runs the
+//! same test body on both. PostgreSQL tests use `TIERWISE_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); when it is unreachable they fail, loudly,
+//! rather than skip.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+
+use crate::schema::{activities, customers, invoices, orders, owners};
+use crate::{Database, DbConnection, PooledConnection, with_backend};
+
+/// Which backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestBackend {
+    /// A fresh SQLite file in a temporary folder.
+    Sqlite,
+    /// A fresh PostgreSQL database, dropped afterwards.
+    Postgres,
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TIERWISE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// `url` with its database name replaced by `name`.
+pub fn with_database_name(url: &str, name: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let query = tail.find('?').map(|i| &tail[i..]).unwrap_or("");
+    format!("{scheme}://{authority}/{name}{query}")
+}
+
+/// An isolated, migrated database for one test.
+#[derive(Debug)]
+pub struct TestDb {
+    /// The pool over the test database.
+    pub db: Database,
+    url: String,
+    backend: TestBackend,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+#[expect(clippy::expect_used, reason = "test fixture: a setup failure must fail the test")]
+impl TestDb {
+    /// A fresh database with every migration applied.
+    pub fn new(backend: TestBackend) -> Self {
+        let test = Self::unmigrated(backend);
+        test.db.migrate().expect("migrations apply to a fresh database");
+        test
+    }
+
+    /// A fresh, empty database (for migration tests).
+    pub fn unmigrated(backend: TestBackend) -> Self {
+        match backend {
+            TestBackend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary folder");
+                let url = dir.path().join("test.db").to_string_lossy().into_owned();
+                let db = Database::open(&url, 2).expect("open SQLite test database");
+                Self { db, url, backend, _dir: Some(dir), pg_name: None }
+            }
+            TestBackend::Postgres => {
+                let admin = postgres_admin_url();
+                let name = format!(
+                    "tierwise_test_{}_{}_{}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, Ordering::Relaxed),
+                    chrono::Utc::now().timestamp_subsec_nanos()
+                );
+                let mut conn = PgConnection::establish(&admin).unwrap_or_else(|e| {
+                    panic!(
+                        "PostgreSQL tests need a server at {admin} (TIERWISE_TEST_DATABASE_URL): {e}. \
+                         Start it with `pg_ctlcluster 15 main start`."
+                    )
+                });
+                conn.batch_execute(&format!("CREATE DATABASE {name}"))
+                    .expect("create test database");
+                let url = with_database_name(&admin, &name);
+                let db = Database::open(&url, 4).expect("open PostgreSQL test database");
+                Self { db, url, backend, _dir: None, pg_name: Some(name) }
+            }
+        }
+    }
+
+    /// A pooled connection.
+    pub fn conn(&self) -> PooledConnection {
+        self.db.conn().expect("test database connection")
+    }
+
+    /// The database URL (to point a spawned `tierwise` at this database).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> TestBackend {
+        self.backend
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = &self.pg_name {
+            if let Ok(mut conn) = PgConnection::establish(&postgres_admin_url()) {
+                let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
+    }
+}
+
+/// Every row of the data tables, rendered in key order: equal snapshots mean equal data.
+#[expect(clippy::expect_used, reason = "test helper")]
+pub fn data_snapshot(conn: &mut DbConnection) -> Vec<String> {
+    let mut out = Vec::new();
+    with_backend!(conn, c => {
+        let o: Vec<(i64, String, String, String, Option<String>, Option<i64>)> = owners::table
+            .order(owners::email)
+            .select((owners::id, owners::email, owners::name, owners::locale, owners::external_id, owners::import_run_id))
+            .load(c).expect("owners");
+        out.extend(o.iter().map(|r| format!("owner {r:?}")));
+        let cu: Vec<(i64, String, String, String, Option<String>, Option<String>, Option<String>, Option<i64>, Option<chrono::NaiveDate>, Option<i32>, String, Option<i64>)> = customers::table
+            .order((customers::source, customers::external_id))
+            .select((customers::id, customers::source, customers::external_id, customers::name, customers::contact_name, customers::contact_email, customers::contact_phone, customers::owner_id, customers::created_on, customers::prospect_rating, customers::attributes, customers::import_run_id))
+            .load(c).expect("customers");
+        out.extend(cu.iter().map(|r| format!("customer {r:?}")));
+        let or: Vec<(i64, String, String, i64, chrono::NaiveDate, i64, Option<i64>, String, Option<i64>, Option<i64>)> = orders::table
+            .order((orders::source, orders::external_id))
+            .select((orders::id, orders::source, orders::external_id, orders::customer_id, orders::order_date, orders::amount_minor, orders::cost_minor, orders::currency, orders::quantity, orders::import_run_id))
+            .load(c).expect("orders");
+        out.extend(or.iter().map(|r| format!("order {r:?}")));
+        let inv: Vec<(i64, String, i64, Option<String>, chrono::NaiveDate, chrono::NaiveDate, i64, String, Option<chrono::NaiveDate>, Option<i64>)> = invoices::table
+            .order((invoices::source, invoices::external_id))
+            .select((invoices::id, invoices::external_id, invoices::customer_id, invoices::order_external_id, invoices::issued_on, invoices::due_on, invoices::amount_minor, invoices::currency, invoices::paid_on, invoices::import_run_id))
+            .load(c).expect("invoices");
+        out.extend(inv.iter().map(|r| format!("invoice {r:?}")));
+        let act: Vec<(i64, String, i64, Option<i64>, String, chrono::NaiveDateTime, Option<String>, Option<i64>)> = activities::table
+            .order((activities::source, activities::external_id))
+            .select((activities::id, activities::external_id, activities::customer_id, activities::owner_id, activities::kind, activities::occurred_at, activities::note, activities::import_run_id))
+            .load(c).expect("activities");
+        out.extend(act.iter().map(|r| format!("activity {r:?}")));
+    });
+    out
+}
+
+/// Defines each test twice, in modules `sqlite` and `postgres`, binding a fresh migrated
+/// [`TestDb`] to the given name:
+///
+/// ```text
+/// backend_tests! {
+///     fn counts_start_at_zero(db) { assert_eq!(table_counts(&mut db.conn()).unwrap().orders, 0); }
+/// }
+/// ```
+#[macro_export]
+macro_rules! backend_tests {
+    ($( $(#[$meta:meta])* fn $name:ident($db:ident) $body:block )*) => {
+        mod sqlite {
+            #[allow(unused_imports)]
+            use super::*;
+            $( $(#[$meta])* #[test] fn $name() {
+                let $db = $crate::testing::TestDb::new($crate::testing::TestBackend::Sqlite);
+                $body
+            } )*
+        }
+        mod postgres {
+            #[allow(unused_imports)]
+            use super::*;
+            $( $(#[$meta])* #[test] fn $name() {
+                let $db = $crate::testing::TestDb::new($crate::testing::TestBackend::Postgres);
+                $body
+            } )*
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_database_name() {
+        assert_eq!(
+            with_database_name("postgres://postgres@127.0.0.1:5432/postgres", "t1"),
+            "postgres://postgres@127.0.0.1:5432/t1"
+        );
+        assert_eq!(
+            with_database_name("postgres://u:p@h/db?sslmode=disable", "t2"),
+            "postgres://u:p@h/t2?sslmode=disable"
+        );
+    }
+}

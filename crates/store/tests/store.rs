@@ -1,0 +1,220 @@
+//! Store behaviour on both backends: migrations, idempotent bulk upserts, unknown customers,
+//! import runs and rejects.
+
+use chrono::NaiveDate;
+use tierwise_domain::{
+    Activity, ActivityKind, Contact, Currency, Customer, EmailAddress, ExternalId, Invoice,
+    Locale, Money, Order, Owner, SourceName,
+};
+use tierwise_store::load::{
+    CustomerRef, LoadContext, Staged, load_activities, load_customers, load_invoices, load_orders,
+    load_owners,
+};
+use tierwise_store::queries::{find_customer, orders_of_customer, table_counts};
+use tierwise_store::runs::{
+    Reject, RunStatus, RunTotals, finish_import_run, find_import_run, insert_rejects,
+    recent_import_runs, rejects_of_run, start_import_run,
+};
+use tierwise_store::testing::data_snapshot;
+use tierwise_store::{
+    DbConnection, backend_tests, migration_status, revert_all_migrations, run_pending_migrations,
+};
+
+fn id(s: &str) -> ExternalId {
+    ExternalId::parse("id", s).unwrap()
+}
+fn date(s: &str) -> NaiveDate {
+    s.parse().unwrap()
+}
+fn cny(minor: i64) -> Money {
+    Money::from_minor(minor, Currency::parse("CNY").unwrap())
+}
+fn email(s: &str) -> EmailAddress {
+    EmailAddress::parse(s).unwrap()
+}
+
+fn ctx(conn: &mut DbConnection, create_missing: bool) -> LoadContext {
+    let source = SourceName::parse("file").unwrap();
+    let run = start_import_run(conn, &source, "test", "memory").unwrap();
+    LoadContext {
+        source,
+        run,
+        create_missing_customers: create_missing,
+        default_locale: Locale::ZhCn,
+    }
+}
+
+fn order(ext: &str, customer: &str, day: &str, minor: i64) -> Staged<(Order, CustomerRef)> {
+    Staged {
+        line: 2,
+        record: (
+            Order::new(id(ext), id(customer), date(day), cny(minor), Some(cny(minor / 2)), Some(1)).unwrap(),
+            CustomerRef::default(),
+        ),
+    }
+}
+
+fn sample_customers() -> Vec<Staged<Customer>> {
+    let c1 = Customer::new(id("C1"), "Acme 有限公司")
+        .unwrap()
+        .with_contact(Contact {
+            name: Some("王芳".into()),
+            email: Some(email("wf@acme.cn")),
+            phone: Some("+86 10 1234".into()),
+        })
+        .with_owner(Some(email("li@example.com")))
+        .with_created_on(Some(date("2024-03-01")))
+        .with_prospect_rating(Some(4))
+        .unwrap()
+        .with_attribute("nps", 42.0)
+        .unwrap();
+    let c2 = Customer::new(id("C2"), "Beta").unwrap();
+    vec![Staged { line: 2, record: c1 }, Staged { line: 3, record: c2 }]
+}
+
+backend_tests! {
+    fn migrations_go_up_down_and_redo(db) {
+        let mut conn = db.conn();
+        let status = migration_status(&mut conn).unwrap();
+        assert!(!status.is_empty() && status.iter().all(|(_, applied)| *applied), "{status:?}");
+        let reverted = revert_all_migrations(&mut conn).unwrap();
+        assert_eq!(reverted.len(), status.len());
+        assert!(migration_status(&mut conn).unwrap().iter().all(|(_, applied)| !applied));
+        assert!(table_counts(&mut conn).is_err(), "tables must be gone after reverting");
+        let applied = run_pending_migrations(&mut conn).unwrap();
+        assert_eq!(applied.len(), status.len());
+        assert_eq!(table_counts(&mut conn).unwrap().customers, 0);
+        // A second run has nothing to do.
+        assert!(run_pending_migrations(&mut conn).unwrap().is_empty());
+    }
+
+    fn loading_the_same_data_twice_changes_nothing(db) {
+        let mut conn = db.conn();
+        let c = ctx(&mut conn, true);
+        let owners = vec![Staged { line: 2, record: Owner::new(email("li@example.com"), "李雷", Locale::ZhCn, Some(id("U1"))).unwrap() }];
+        assert_eq!(load_owners(&mut conn, &c, &owners).unwrap().written, 1);
+        assert_eq!(load_customers(&mut conn, &c, &sample_customers()).unwrap().written, 2);
+        let orders = vec![order("O1", "C1", "2026-01-05", 10_000), order("O2", "C1", "2026-02-05", 20_000), order("O3", "C2", "2026-03-05", 5_000)];
+        assert_eq!(load_orders(&mut conn, &c, &orders).unwrap().written, 3);
+        let before = data_snapshot(&mut conn);
+
+        let again = ctx(&mut conn, true);
+        assert_eq!(load_owners(&mut conn, &again, &owners).unwrap().written, 0);
+        assert_eq!(load_customers(&mut conn, &again, &sample_customers()).unwrap().written, 0);
+        let outcome = load_orders(&mut conn, &again, &orders).unwrap();
+        assert_eq!((outcome.written, outcome.customers_created), (0, 0));
+        assert_eq!(data_snapshot(&mut conn), before, "a re-import must not touch any row");
+
+        let stored = find_customer(&mut conn, "file", "C1").unwrap().unwrap();
+        assert_eq!(stored.name, "Acme 有限公司");
+        assert_eq!(stored.owner_email.as_deref(), Some("li@example.com"));
+        assert_eq!(stored.attributes.get("nps"), Some(&42.0));
+        assert_eq!(stored.prospect_rating, Some(4));
+        let orders = orders_of_customer(&mut conn, stored.id).unwrap();
+        assert_eq!(orders.iter().map(|o| o.amount_minor).collect::<Vec<_>>(), vec![10_000, 20_000]);
+    }
+
+    fn changed_rows_are_updated_and_empty_columns_keep_values(db) {
+        let mut conn = db.conn();
+        let c = ctx(&mut conn, true);
+        load_customers(&mut conn, &c, &sample_customers()).unwrap();
+        load_orders(&mut conn, &c, &[order("O1", "C1", "2026-01-05", 10_000)]).unwrap();
+        // The same customer from a file without contact or owner columns, renamed.
+        let renamed = vec![Staged { line: 2, record: Customer::new(id("C1"), "Acme Ltd").unwrap() }];
+        assert_eq!(load_customers(&mut conn, &c, &renamed).unwrap().written, 1);
+        let stored = find_customer(&mut conn, "file", "C1").unwrap().unwrap();
+        assert_eq!(stored.name, "Acme Ltd");
+        assert_eq!(stored.contact_name.as_deref(), Some("王芳"));
+        assert_eq!(stored.owner_email.as_deref(), Some("li@example.com"));
+        assert_eq!(stored.attributes.get("nps"), Some(&42.0));
+        // A corrected amount is an update, not a second order.
+        assert_eq!(load_orders(&mut conn, &c, &[order("O1", "C1", "2026-01-05", 12_345)]).unwrap().written, 1);
+        let orders = orders_of_customer(&mut conn, stored.id).unwrap();
+        assert_eq!(orders.len(), 1);
+        assert_eq!(orders[0].amount_minor, 12_345);
+    }
+
+    fn duplicate_ids_in_one_chunk_keep_the_last(db) {
+        let mut conn = db.conn();
+        let c = ctx(&mut conn, true);
+        let rows = vec![order("O1", "C9", "2026-01-05", 100), order("O1", "C9", "2026-01-06", 200)];
+        let outcome = load_orders(&mut conn, &c, &rows).unwrap();
+        assert_eq!((outcome.written, outcome.superseded, outcome.customers_created), (1, 1, 1));
+        let customer = find_customer(&mut conn, "file", "C9").unwrap().unwrap();
+        assert_eq!(customer.name, "C9", "a customer created from an id alone is named by its id");
+        let orders = orders_of_customer(&mut conn, customer.id).unwrap();
+        assert_eq!(orders[0].amount_minor, 200);
+    }
+
+    fn unknown_customers_are_created_or_reported(db) {
+        let mut conn = db.conn();
+        let strict = ctx(&mut conn, false);
+        let mut with_ref = order("O1", "NEW1", "2026-01-05", 100);
+        with_ref.line = 7;
+        with_ref.record.1 = CustomerRef { name: Some("New Co".into()), owner_email: Some(email("han@example.com")) };
+        let outcome = load_orders(&mut conn, &strict, &[with_ref.clone()]).unwrap();
+        assert_eq!(outcome.unknown_customer_lines, vec![7]);
+        assert_eq!(outcome.written, 0);
+        assert_eq!(table_counts(&mut conn).unwrap().orders, 0);
+
+        let lenient = ctx(&mut conn, true);
+        let outcome = load_orders(&mut conn, &lenient, &[with_ref]).unwrap();
+        assert_eq!((outcome.written, outcome.customers_created, outcome.owners_created), (1, 1, 1));
+        let customer = find_customer(&mut conn, "file", "NEW1").unwrap().unwrap();
+        assert_eq!(customer.name, "New Co");
+        assert_eq!(customer.owner_email.as_deref(), Some("han@example.com"));
+    }
+
+    fn invoices_and_activities_load_and_keep_paid_dates(db) {
+        let mut conn = db.conn();
+        let c = ctx(&mut conn, true);
+        load_customers(&mut conn, &c, &sample_customers()).unwrap();
+        let invoice = |paid: Option<&str>| Staged { line: 2, record: (
+            Invoice::new(id("I1"), id("C1"), Some(id("O1")), date("2026-01-05"), date("2026-02-04"), cny(100), paid.map(date)).unwrap(),
+            CustomerRef::default(),
+        ) };
+        assert_eq!(load_invoices(&mut conn, &c, &[invoice(Some("2026-02-01"))]).unwrap().written, 1);
+        // A later export without the paid date does not "unpay" the invoice.
+        assert_eq!(load_invoices(&mut conn, &c, &[invoice(None)]).unwrap().written, 0);
+        let activity = |ext: &str, customer: &str| Staged { line: 3, record: Activity {
+            external_id: id(ext),
+            customer: id(customer),
+            owner_email: Some(email("li@example.com")),
+            kind: ActivityKind::Visit,
+            occurred_at: "2026-02-01T09:30:00Z".parse().unwrap(),
+            note: Some("季度拜访".into()),
+        } };
+        let outcome = load_activities(&mut conn, &c, &[activity("A1", "C1"), activity("A2", "NOPE")]).unwrap();
+        assert_eq!(outcome.written, 1);
+        assert_eq!(outcome.unknown_customer_lines, vec![3]);
+        let counts = table_counts(&mut conn).unwrap();
+        assert_eq!((counts.invoices, counts.activities, counts.owners), (1, 1, 1));
+    }
+
+    fn import_runs_and_rejects_are_recorded(db) {
+        let mut conn = db.conn();
+        let c = ctx(&mut conn, true);
+        let rejects = vec![Reject { line: 4, field: Some("amount".into()), reason: "'abc' is not a number".into(), raw_record: "O4,C1,2026-01-01,abc".into() }];
+        insert_rejects(&mut conn, c.run, "orders.csv", &rejects).unwrap();
+        let totals = RunTotals { rows_read: 3, rows_written: 2, rows_unchanged: 0, rows_rejected: 1, customers_created: 1, unused_columns: vec!["备注".into()] };
+        finish_import_run(&mut conn, c.run, RunStatus::CompletedWithRejects, &totals, None).unwrap();
+        let run = find_import_run(&mut conn, c.run).unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::CompletedWithRejects);
+        assert_eq!(run.totals, totals);
+        assert!(run.finished_at.is_some());
+        assert_eq!(recent_import_runs(&mut conn, 10).unwrap()[0].id, c.run);
+        assert_eq!(rejects_of_run(&mut conn, c.run, 100).unwrap(), rejects);
+    }
+
+    fn a_failed_transaction_leaves_nothing(db) {
+        let mut conn = db.conn();
+        let c = ctx(&mut conn, true);
+        let result: Result<(), tierwise_store::StoreError> = tierwise_store::transaction(&mut conn, |tx| {
+            load_orders(tx, &c, &[order("O1", "C1", "2026-01-05", 100)])?;
+            Err(tierwise_store::StoreError::Task("simulated failure".into()))
+        });
+        assert!(result.is_err());
+        let counts = table_counts(&mut conn).unwrap();
+        assert_eq!((counts.orders, counts.customers), (0, 0));
+    }
+}
