@@ -33,7 +33,9 @@ impl EmailAddress {
                         || domain.ends_with('.')
                         || domain.contains("..")
                     {
-                        Some(format!("'{raw}' has no valid domain after '@' (e.g. example.com)"))
+                        Some(format!(
+                            "'{raw}' has no valid domain after '@' (e.g. example.com)"
+                        ))
                     } else {
                         None
                     }

@@ -46,12 +46,18 @@ impl ExternalId {
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, FieldError> {
         let value = raw.trim();
         if value.is_empty() {
-            return Err(FieldError::new(field, "is empty; every record needs its id"));
+            return Err(FieldError::new(
+                field,
+                "is empty; every record needs its id",
+            ));
         }
         if value.len() > MAX_EXTERNAL_ID_LEN {
             return Err(FieldError::new(
                 field,
-                format!("is {} bytes long; at most {MAX_EXTERNAL_ID_LEN} are allowed", value.len()),
+                format!(
+                    "is {} bytes long; at most {MAX_EXTERNAL_ID_LEN} are allowed",
+                    value.len()
+                ),
             ));
         }
         if value.chars().any(char::is_control) {
@@ -149,7 +155,10 @@ mod tests {
 
     #[test]
     fn external_id_rejects_empty_long_and_control() {
-        assert_eq!(ExternalId::parse("order_id", "  ").unwrap_err().field, "order_id");
+        assert_eq!(
+            ExternalId::parse("order_id", "  ").unwrap_err().field,
+            "order_id"
+        );
         assert!(ExternalId::parse("order_id", &"x".repeat(201)).is_err());
         assert!(ExternalId::parse("order_id", "a\u{7}b").is_err());
     }

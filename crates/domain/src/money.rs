@@ -96,7 +96,11 @@ impl Money {
     /// units: `minor = integer_part · 10^e + fraction · 10^(e − digits)` with `e` the currency's
     /// exponent. Thousands separators (`,`, spaces, `_`) and a leading currency symbol are
     /// ignored; more fraction digits than `e`, exponents and overflow are errors naming `field`.
-    pub fn parse_decimal(field: &'static str, raw: &str, currency: Currency) -> Result<Self, FieldError> {
+    pub fn parse_decimal(
+        field: &'static str,
+        raw: &str,
+        currency: Currency,
+    ) -> Result<Self, FieldError> {
         let text = raw.trim();
         let text = text
             .strip_prefix(['¥', '￥', '$', '€', '£'])
@@ -206,10 +210,17 @@ mod tests {
             (".5", 50),
         ];
         for (raw, minor) in cases {
-            assert_eq!(Money::parse_decimal("amount", raw, cny()).unwrap().minor, minor, "{raw}");
+            assert_eq!(
+                Money::parse_decimal("amount", raw, cny()).unwrap().minor,
+                minor,
+                "{raw}"
+            );
         }
         let jpy = Currency::parse("JPY").unwrap();
-        assert_eq!(Money::parse_decimal("amount", "1500", jpy).unwrap().minor, 1500);
+        assert_eq!(
+            Money::parse_decimal("amount", "1500", jpy).unwrap().minor,
+            1500
+        );
     }
 
     #[test]
@@ -233,7 +244,10 @@ mod tests {
 
     #[test]
     fn displays_with_currency_decimals() {
-        assert_eq!(Money::from_minor(-123_456, cny()).to_string(), "-1234.56 CNY");
+        assert_eq!(
+            Money::from_minor(-123_456, cny()).to_string(),
+            "-1234.56 CNY"
+        );
         assert_eq!(Money::from_minor(5, cny()).to_string(), "0.05 CNY");
         let kwd = Currency::parse("KWD").unwrap();
         assert_eq!(Money::from_minor(1_005, kwd).to_string(), "1.005 KWD");

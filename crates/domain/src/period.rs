@@ -21,10 +21,16 @@ impl Period {
     /// Builds a period from a year (1900–9999) and a month (1–12).
     pub fn new(year: i32, month: u32) -> Result<Self, FieldError> {
         if !(1900..=9999).contains(&year) {
-            return Err(FieldError::new("period", format!("year {year} is out of range 1900-9999")));
+            return Err(FieldError::new(
+                "period",
+                format!("year {year} is out of range 1900-9999"),
+            ));
         }
         if !(1..=12).contains(&month) {
-            return Err(FieldError::new("period", format!("month {month} is not 1-12")));
+            return Err(FieldError::new(
+                "period",
+                format!("month {month} is not 1-12"),
+            ));
         }
         Ok(Self { year, month })
     }
@@ -142,17 +148,25 @@ mod tests {
         let p = Period::parse("2026-10").unwrap();
         assert_eq!((p.year(), p.month()), (2026, 10));
         assert_eq!(p.to_string(), "2026-10");
-        for bad in ["2026-13", "2026-00", "26-10", "2026/10", "2026-1", "october"] {
+        for bad in [
+            "2026-13", "2026-00", "26-10", "2026/10", "2026-1", "october",
+        ] {
             assert!(Period::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn as_of_is_the_last_day() {
-        assert_eq!(Period::parse("2026-10").unwrap().as_of(), date(2026, 10, 31));
+        assert_eq!(
+            Period::parse("2026-10").unwrap().as_of(),
+            date(2026, 10, 31)
+        );
         assert_eq!(Period::parse("2024-02").unwrap().as_of(), date(2024, 2, 29));
         assert_eq!(Period::parse("2025-02").unwrap().as_of(), date(2025, 2, 28));
-        assert_eq!(Period::parse("2026-12").unwrap().as_of(), date(2026, 12, 31));
+        assert_eq!(
+            Period::parse("2026-12").unwrap().as_of(),
+            date(2026, 12, 31)
+        );
     }
 
     #[test]

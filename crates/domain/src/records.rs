@@ -24,7 +24,10 @@ pub fn optional_text(field: &'static str, raw: &str) -> Result<Option<String>, F
     if value.len() > MAX_TEXT_LEN {
         return Err(FieldError::new(
             field,
-            format!("is {} bytes long; at most {MAX_TEXT_LEN} are allowed", value.len()),
+            format!(
+                "is {} bytes long; at most {MAX_TEXT_LEN} are allowed",
+                value.len()
+            ),
         ));
     }
     Ok(Some(value.to_string()))
@@ -194,7 +197,10 @@ impl Customer {
     /// Adds a named numeric attribute (an NPS score, a credit limit); it must be finite.
     pub fn with_attribute(mut self, name: &str, value: f64) -> Result<Self, FieldError> {
         if !value.is_finite() {
-            return Err(FieldError::new("attribute", format!("{name} = {value} is not a finite number")));
+            return Err(FieldError::new(
+                "attribute",
+                format!("{name} = {value} is not a finite number"),
+            ));
         }
         self.attributes.insert(name.to_string(), value);
         Ok(self)
@@ -339,7 +345,9 @@ impl Invoice {
             if paid < issued_on {
                 return Err(FieldError::new(
                     "paid_date",
-                    format!("{paid} is before the issue date {issued_on}; an invoice cannot be paid before it exists"),
+                    format!(
+                        "{paid} is before the issue date {issued_on}; an invoice cannot be paid before it exists"
+                    ),
                 ));
             }
         }
@@ -471,30 +479,86 @@ mod tests {
 
     #[test]
     fn invoice_paid_before_issue_is_refused() {
-        let err = Invoice::new(id("I1"), id("C1"), None, d("2026-05-10"), d("2026-06-09"), cny(100), Some(d("2026-05-01")))
-            .unwrap_err();
+        let err = Invoice::new(
+            id("I1"),
+            id("C1"),
+            None,
+            d("2026-05-10"),
+            d("2026-06-09"),
+            cny(100),
+            Some(d("2026-05-01")),
+        )
+        .unwrap_err();
         assert_eq!(err.field, "paid_date");
         assert!(err.reason.contains("before the issue date"));
     }
 
     #[test]
     fn invoice_due_before_issue_and_negative_are_refused() {
-        let due = Invoice::new(id("I1"), id("C1"), None, d("2026-05-10"), d("2026-05-09"), cny(1), None);
+        let due = Invoice::new(
+            id("I1"),
+            id("C1"),
+            None,
+            d("2026-05-10"),
+            d("2026-05-09"),
+            cny(1),
+            None,
+        );
         assert_eq!(due.unwrap_err().field, "due_date");
-        let neg = Invoice::new(id("I1"), id("C1"), None, d("2026-05-10"), d("2026-05-10"), cny(-1), None);
+        let neg = Invoice::new(
+            id("I1"),
+            id("C1"),
+            None,
+            d("2026-05-10"),
+            d("2026-05-10"),
+            cny(-1),
+            None,
+        );
         assert_eq!(neg.unwrap_err().field, "amount");
-        let ok = Invoice::new(id("I1"), id("C1"), Some(id("O1")), d("2026-05-10"), d("2026-06-09"), cny(5), Some(d("2026-05-10")));
+        let ok = Invoice::new(
+            id("I1"),
+            id("C1"),
+            Some(id("O1")),
+            d("2026-05-10"),
+            d("2026-06-09"),
+            cny(5),
+            Some(d("2026-05-10")),
+        );
         assert_eq!(ok.unwrap().paid_on(), Some(d("2026-05-10")));
     }
 
     #[test]
     fn order_checks_quantity_and_cost_currency() {
-        let err = Order::new(id("O1"), id("C1"), d("2026-01-02"), cny(100), None, Some(-2)).unwrap_err();
+        let err = Order::new(
+            id("O1"),
+            id("C1"),
+            d("2026-01-02"),
+            cny(100),
+            None,
+            Some(-2),
+        )
+        .unwrap_err();
         assert_eq!(err.field, "quantity");
         let usd = Money::from_minor(50, Currency::parse("USD").unwrap());
-        let err = Order::new(id("O1"), id("C1"), d("2026-01-02"), cny(100), Some(usd), None).unwrap_err();
+        let err = Order::new(
+            id("O1"),
+            id("C1"),
+            d("2026-01-02"),
+            cny(100),
+            Some(usd),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(err.field, "cost");
-        let refund = Order::new(id("O2"), id("C1"), d("2026-01-02"), cny(-100), Some(cny(-60)), Some(0)).unwrap();
+        let refund = Order::new(
+            id("O2"),
+            id("C1"),
+            d("2026-01-02"),
+            cny(-100),
+            Some(cny(-60)),
+            Some(0),
+        )
+        .unwrap();
         assert_eq!(refund.amount().minor, -100);
     }
 
@@ -503,7 +567,10 @@ mod tests {
         assert_eq!(Customer::new(id("C1"), "  ").unwrap_err().field, "name");
         let c = Customer::new(id("C1"), " 华为 ").unwrap();
         assert_eq!(c.name(), "华为");
-        assert_eq!(c.clone().with_prospect_rating(Some(6)).unwrap_err().field, "prospect_rating");
+        assert_eq!(
+            c.clone().with_prospect_rating(Some(6)).unwrap_err().field,
+            "prospect_rating"
+        );
         assert!(c.clone().with_attribute("nps", f64::NAN).is_err());
         let c = c.with_attribute("nps", 42.0).unwrap();
         assert_eq!(c.attributes().get("nps"), Some(&42.0));
@@ -522,6 +589,9 @@ mod tests {
     #[test]
     fn owner_needs_a_name() {
         let email = EmailAddress::parse("a@example.com").unwrap();
-        assert_eq!(Owner::new(email, "", Locale::En, None).unwrap_err().field, "name");
+        assert_eq!(
+            Owner::new(email, "", Locale::En, None).unwrap_err().field,
+            "name"
+        );
     }
 }

@@ -376,7 +376,10 @@ mod tests {
 
     #[test]
     fn parses_urls_by_scheme() {
-        assert_eq!(DatabaseUrl::parse("data/t.db").unwrap().backend(), Backend::Sqlite);
+        assert_eq!(
+            DatabaseUrl::parse("data/t.db").unwrap().backend(),
+            Backend::Sqlite
+        );
         assert_eq!(
             DatabaseUrl::parse("sqlite://data/t.db").unwrap(),
             DatabaseUrl::Sqlite(PathBuf::from("data/t.db"))
@@ -385,7 +388,9 @@ mod tests {
             DatabaseUrl::parse("postgresql://u@h/db").unwrap().backend(),
             Backend::Postgres
         );
-        let err = DatabaseUrl::parse("mysql://root:pw@h/db").unwrap_err().to_string();
+        let err = DatabaseUrl::parse("mysql://root:pw@h/db")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("'mysql' is not supported"), "{err}");
         assert!(!err.contains("pw"), "{err}");
         assert!(DatabaseUrl::parse(":memory:").is_err());
@@ -398,7 +403,10 @@ mod tests {
             mask_password("postgres://app:s3cret@db:5432/tw?sslmode=require"),
             "postgres://app:***@db:5432/tw?sslmode=require"
         );
-        assert_eq!(mask_password("postgres://app@db/tw"), "postgres://app@db/tw");
+        assert_eq!(
+            mask_password("postgres://app@db/tw"),
+            "postgres://app@db/tw"
+        );
         assert_eq!(
             DatabaseUrl::parse("postgres://a:b@h/d").unwrap().masked(),
             "postgres://a:***@h/d"

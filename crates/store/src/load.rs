@@ -12,7 +12,9 @@ use std::hash::Hash;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
-use tierwise_domain::{Activity, Customer, EmailAddress, Invoice, Locale, Order, Owner, SourceName};
+use tierwise_domain::{
+    Activity, Customer, EmailAddress, Invoice, Locale, Order, Owner, SourceName,
+};
 
 use crate::staging::{
     ActivityStagingRow, CustomerStagingRow, InvoiceStagingRow, OnUpdate, OrderStagingRow,
@@ -118,7 +120,9 @@ macro_rules! stage_rows {
             }
             DbConnection::Sqlite(c) => {
                 for chunk in rows.chunks((SQLITE_MAX_PARAMS / $columns).max(1)) {
-                    diesel::insert_into($table::table).values(chunk).execute(c)?;
+                    diesel::insert_into($table::table)
+                        .values(chunk)
+                        .execute(c)?;
                 }
             }
         }
@@ -201,9 +205,11 @@ fn resolve_customers(
     let lines: Vec<LineRow> = with_backend!(conn, c => diesel::sql_query(&select).load(c)?);
     if !lines.is_empty() {
         execute(conn, &format!("DELETE FROM {staging} AS s WHERE {unknown}"))?;
-        outcome
-            .unknown_customer_lines
-            .extend(lines.into_iter().map(|l| u64::try_from(l.line).unwrap_or(0)));
+        outcome.unknown_customer_lines.extend(
+            lines
+                .into_iter()
+                .map(|l| u64::try_from(l.line).unwrap_or(0)),
+        );
     }
     Ok(())
 }
@@ -260,7 +266,11 @@ pub fn load_customers(
     rows: &[Staged<Customer>],
 ) -> StoreResult<LoadOutcome> {
     let mut outcome = LoadOutcome {
-        owners_created: ensure_owners(conn, ctx, rows.iter().filter_map(|s| s.record.owner_email()))?,
+        owners_created: ensure_owners(
+            conn,
+            ctx,
+            rows.iter().filter_map(|s| s.record.owner_email()),
+        )?,
         ..LoadOutcome::default()
     };
     let mut staged = Vec::with_capacity(rows.len());
@@ -322,8 +332,11 @@ pub fn load_orders(
 ) -> StoreResult<LoadOutcome> {
     let mut outcome = LoadOutcome::default();
     if ctx.create_missing_customers {
-        outcome.owners_created =
-            ensure_owners(conn, ctx, rows.iter().filter_map(|s| s.record.1.owner_email.as_ref()))?;
+        outcome.owners_created = ensure_owners(
+            conn,
+            ctx,
+            rows.iter().filter_map(|s| s.record.1.owner_email.as_ref()),
+        )?;
     }
     let mut staged = Vec::with_capacity(rows.len());
     for s in rows {
@@ -334,7 +347,10 @@ pub fn load_orders(
             external_id: order.external_id().as_str().to_string(),
             customer_external_id: order.customer().as_str().to_string(),
             customer_name: customer.name.clone(),
-            owner_email: customer.owner_email.as_ref().map(|e| e.as_str().to_string()),
+            owner_email: customer
+                .owner_email
+                .as_ref()
+                .map(|e| e.as_str().to_string()),
             order_date: order.order_date(),
             amount_minor: order.amount().minor,
             cost_minor: order.cost().map(|c| c.minor),
@@ -384,8 +400,11 @@ pub fn load_invoices(
 ) -> StoreResult<LoadOutcome> {
     let mut outcome = LoadOutcome::default();
     if ctx.create_missing_customers {
-        outcome.owners_created =
-            ensure_owners(conn, ctx, rows.iter().filter_map(|s| s.record.1.owner_email.as_ref()))?;
+        outcome.owners_created = ensure_owners(
+            conn,
+            ctx,
+            rows.iter().filter_map(|s| s.record.1.owner_email.as_ref()),
+        )?;
     }
     let mut staged = Vec::with_capacity(rows.len());
     for s in rows {
@@ -396,7 +415,10 @@ pub fn load_invoices(
             external_id: invoice.external_id().as_str().to_string(),
             customer_external_id: invoice.customer().as_str().to_string(),
             customer_name: customer.name.clone(),
-            owner_email: customer.owner_email.as_ref().map(|e| e.as_str().to_string()),
+            owner_email: customer
+                .owner_email
+                .as_ref()
+                .map(|e| e.as_str().to_string()),
             order_external_id: invoice.order().map(|o| o.as_str().to_string()),
             issued_on: invoice.issued_on(),
             due_on: invoice.due_on(),
@@ -447,7 +469,11 @@ pub fn load_activities(
     rows: &[Staged<Activity>],
 ) -> StoreResult<LoadOutcome> {
     let mut outcome = LoadOutcome {
-        owners_created: ensure_owners(conn, ctx, rows.iter().filter_map(|s| s.record.owner_email.as_ref()))?,
+        owners_created: ensure_owners(
+            conn,
+            ctx,
+            rows.iter().filter_map(|s| s.record.owner_email.as_ref()),
+        )?,
         ..LoadOutcome::default()
     };
     let mut staged: Vec<ActivityStagingRow> = rows
@@ -457,7 +483,11 @@ pub fn load_activities(
             source: ctx.source.as_str().to_string(),
             external_id: s.record.external_id.as_str().to_string(),
             customer_external_id: s.record.customer.as_str().to_string(),
-            owner_email: s.record.owner_email.as_ref().map(|e| e.as_str().to_string()),
+            owner_email: s
+                .record
+                .owner_email
+                .as_ref()
+                .map(|e| e.as_str().to_string()),
             kind: s.record.kind.as_str().to_string(),
             occurred_at: s.record.occurred_at.naive_utc(),
             note: s.record.note.clone(),

@@ -138,7 +138,10 @@ pub struct OrderRecord {
 }
 
 /// A customer's orders by date.
-pub fn orders_of_customer(conn: &mut DbConnection, customer: CustomerId) -> StoreResult<Vec<OrderRecord>> {
+pub fn orders_of_customer(
+    conn: &mut DbConnection,
+    customer: CustomerId,
+) -> StoreResult<Vec<OrderRecord>> {
     let rows: Vec<(String, NaiveDate, i64, Option<i64>, String)> = with_backend!(conn, c => orders::table
         .filter(orders::customer_id.eq(customer.0))
         .order((orders::order_date, orders::external_id))
@@ -146,12 +149,14 @@ pub fn orders_of_customer(conn: &mut DbConnection, customer: CustomerId) -> Stor
         .load(c)?);
     Ok(rows
         .into_iter()
-        .map(|(external_id, order_date, amount_minor, cost_minor, currency)| OrderRecord {
-            external_id,
-            order_date,
-            amount_minor,
-            cost_minor,
-            currency,
-        })
+        .map(
+            |(external_id, order_date, amount_minor, cost_minor, currency)| OrderRecord {
+                external_id,
+                order_date,
+                amount_minor,
+                cost_minor,
+                currency,
+            },
+        )
         .collect())
 }

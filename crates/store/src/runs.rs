@@ -43,7 +43,11 @@ impl RunStatus {
             "succeeded" => Self::Succeeded,
             "completed_with_rejects" => Self::CompletedWithRejects,
             "failed" => Self::Failed,
-            other => return Err(StoreError::Corrupt(format!("unknown import run status '{other}'"))),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown import run status '{other}'"
+                )));
+            }
         })
     }
 }
@@ -195,7 +199,10 @@ pub fn recent_import_runs(conn: &mut DbConnection, limit: i64) -> StoreResult<Ve
 }
 
 /// One run by id.
-pub fn find_import_run(conn: &mut DbConnection, run: ImportRunId) -> StoreResult<Option<ImportRun>> {
+pub fn find_import_run(
+    conn: &mut DbConnection,
+    run: ImportRunId,
+) -> StoreResult<Option<ImportRun>> {
     let row: Option<ImportRunRow> = with_backend!(conn, c => import_runs::table
         .find(run.0)
         .first(c)

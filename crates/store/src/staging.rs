@@ -251,7 +251,9 @@ mod tests {
             "source, external_id",
             &[OnUpdate::Replace("a"), OnUpdate::KeepIfNull("b")],
         );
-        assert!(sql.contains("SET a = excluded.a, b = COALESCE(excluded.b, orders.b), import_run_id"));
+        assert!(
+            sql.contains("SET a = excluded.a, b = COALESCE(excluded.b, orders.b), import_run_id")
+        );
         assert!(sql.ends_with(
             "WHERE orders.a IS DISTINCT FROM excluded.a OR orders.b IS DISTINCT FROM COALESCE(excluded.b, orders.b)"
         ));

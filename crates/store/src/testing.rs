@@ -48,12 +48,17 @@ pub struct TestDb {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-#[expect(clippy::expect_used, reason = "test fixture: a setup failure must fail the test")]
+#[expect(
+    clippy::expect_used,
+    reason = "test fixture: a setup failure must fail the test"
+)]
 impl TestDb {
     /// A fresh database with every migration applied.
     pub fn new(backend: TestBackend) -> Self {
         let test = Self::unmigrated(backend);
-        test.db.migrate().expect("migrations apply to a fresh database");
+        test.db
+            .migrate()
+            .expect("migrations apply to a fresh database");
         test
     }
 
@@ -64,7 +69,13 @@ impl TestDb {
                 let dir = tempfile::tempdir().expect("temporary folder");
                 let url = dir.path().join("test.db").to_string_lossy().into_owned();
                 let db = Database::open(&url, 2).expect("open SQLite test database");
-                Self { db, url, backend, _dir: Some(dir), pg_name: None }
+                Self {
+                    db,
+                    url,
+                    backend,
+                    _dir: Some(dir),
+                    pg_name: None,
+                }
             }
             TestBackend::Postgres => {
                 let admin = postgres_admin_url();
@@ -84,7 +95,13 @@ impl TestDb {
                     .expect("create test database");
                 let url = with_database_name(&admin, &name);
                 let db = Database::open(&url, 4).expect("open PostgreSQL test database");
-                Self { db, url, backend, _dir: None, pg_name: Some(name) }
+                Self {
+                    db,
+                    url,
+                    backend,
+                    _dir: None,
+                    pg_name: Some(name),
+                }
             }
         }
     }

@@ -3,8 +3,8 @@
 
 use chrono::NaiveDate;
 use tierwise_domain::{
-    Activity, ActivityKind, Contact, Currency, Customer, EmailAddress, ExternalId, Invoice,
-    Locale, Money, Order, Owner, SourceName,
+    Activity, ActivityKind, Contact, Currency, Customer, EmailAddress, ExternalId, Invoice, Locale,
+    Money, Order, Owner, SourceName,
 };
 use tierwise_store::load::{
     CustomerRef, LoadContext, Staged, load_activities, load_customers, load_invoices, load_orders,
@@ -12,7 +12,7 @@ use tierwise_store::load::{
 };
 use tierwise_store::queries::{find_customer, orders_of_customer, table_counts};
 use tierwise_store::runs::{
-    Reject, RunStatus, RunTotals, finish_import_run, find_import_run, insert_rejects,
+    Reject, RunStatus, RunTotals, find_import_run, finish_import_run, insert_rejects,
     recent_import_runs, rejects_of_run, start_import_run,
 };
 use tierwise_store::testing::data_snapshot;
@@ -48,7 +48,15 @@ fn order(ext: &str, customer: &str, day: &str, minor: i64) -> Staged<(Order, Cus
     Staged {
         line: 2,
         record: (
-            Order::new(id(ext), id(customer), date(day), cny(minor), Some(cny(minor / 2)), Some(1)).unwrap(),
+            Order::new(
+                id(ext),
+                id(customer),
+                date(day),
+                cny(minor),
+                Some(cny(minor / 2)),
+                Some(1),
+            )
+            .unwrap(),
             CustomerRef::default(),
         ),
     }
@@ -69,7 +77,16 @@ fn sample_customers() -> Vec<Staged<Customer>> {
         .with_attribute("nps", 42.0)
         .unwrap();
     let c2 = Customer::new(id("C2"), "Beta").unwrap();
-    vec![Staged { line: 2, record: c1 }, Staged { line: 3, record: c2 }]
+    vec![
+        Staged {
+            line: 2,
+            record: c1,
+        },
+        Staged {
+            line: 3,
+            record: c2,
+        },
+    ]
 }
 
 backend_tests! {

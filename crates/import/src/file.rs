@@ -1,0 +1,465 @@
+//! Importing one CSV or XLSX file of one record kind.
+//!
+//! The run is recorded first (so a failure stays visible), then the whole file loads inside one
+//! transaction: good rows in chunks through the store's bulk path, bad rows into
+//! `import_rejects` with line, column and reason. If anything fails the transaction rolls back
+//! and the run is marked failed; nothing is half-loaded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use csv::StringRecord;
+use serde::{Deserialize, Serialize};
+use tierwise_domain::{Currency, Locale, SourceName};
+use tierwise_store::load::{
+    LoadContext, LoadOutcome, Staged, load_activities, load_customers, load_invoices, load_orders,
+    load_owners,
+};
+use tierwise_store::runs::{
+    Reject, RunStatus, RunTotals, finish_import_run, insert_rejects, start_import_run,
+};
+use tierwise_store::{Database, DbConnection, ImportRunId, StoreResult};
+
+use crate::ImportError;
+use crate::mapping::{ColumnMapping, Columns, KindMapping, RecordKind};
+use crate::parse::{self, RowDefaults, RowReject};
+use crate::source::{self, Encoding, RowSink, SourceRow};
+
+/// The `[import]` section of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImportSettings {
+    /// Source name of file imports (records are unique per source and id).
+    pub source: String,
+    /// Currency of amounts when a file has no currency column.
+    pub default_currency: String,
+    /// Locale of owners created from an email alone, or without a locale column.
+    pub default_locale: String,
+    /// Create a customer named in an orders or invoices row when unknown (else reject the row).
+    pub create_missing_customers: bool,
+    /// Rows per bulk write.
+    pub batch_size: usize,
+    /// CSV encoding: auto, utf-8, gbk or gb18030.
+    pub encoding: String,
+    /// Date formats tried in order (chrono strftime syntax).
+    pub date_formats: Vec<String>,
+    /// Column mapping file (TOML); empty means headers equal the field names.
+    pub mapping_file: String,
+}
+
+impl Default for ImportSettings {
+    fn default() -> Self {
+        Self {
+            source: SourceName::FILE.to_string(),
+            default_currency: "CNY".to_string(),
+            default_locale: "zh-CN".to_string(),
+            create_missing_customers: true,
+            batch_size: 20_000,
+            encoding: "auto".to_string(),
+            date_formats: vec![
+                "%Y-%m-%d".to_string(),
+                "%Y/%m/%d".to_string(),
+                "%Y.%m.%d".to_string(),
+                "%Y%m%d".to_string(),
+                "%Y年%m月%d日".to_string(),
+            ],
+            mapping_file: String::new(),
+        }
+    }
+}
+
+/// Everything one file import needs, validated.
+#[derive(Debug, Clone)]
+pub struct FileImportOptions {
+    /// What the file holds.
+    pub kind: RecordKind,
+    /// Source name.
+    pub source: SourceName,
+    /// CSV encoding.
+    pub encoding: Encoding,
+    /// XLSX sheet (default: the first).
+    pub sheet: Option<String>,
+    /// Column mapping.
+    pub mapping: ColumnMapping,
+    /// See [`ImportSettings::create_missing_customers`].
+    pub create_missing_customers: bool,
+    /// Currency when the file has none.
+    pub currency: Currency,
+    /// Locale when the file has none.
+    pub locale: Locale,
+    /// Date formats.
+    pub date_formats: Vec<String>,
+    /// Rows per bulk write.
+    pub batch_size: usize,
+    /// Draw a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+impl FileImportOptions {
+    /// Validates the settings; an error names the `import.*` key at fault.
+    pub fn from_settings(
+        settings: &ImportSettings,
+        kind: RecordKind,
+        mapping: ColumnMapping,
+    ) -> Result<Self, ImportError> {
+        let key =
+            |key: &str, reason: String| ImportError::Config(format!("import.{key}: {reason}"));
+        if !(100..=1_000_000).contains(&settings.batch_size) {
+            return Err(key(
+                "batch_size",
+                format!("{} is outside 100..=1000000", settings.batch_size),
+            ));
+        }
+        if settings.date_formats.is_empty() {
+            return Err(key(
+                "date_formats",
+                "needs at least one format such as \"%Y-%m-%d\"".into(),
+            ));
+        }
+        Ok(Self {
+            kind,
+            source: SourceName::parse(&settings.source).map_err(|e| key("source", e.reason))?,
+            encoding: settings.encoding.parse().map_err(|e| key("encoding", e))?,
+            sheet: None,
+            mapping,
+            create_missing_customers: settings.create_missing_customers,
+            currency: Currency::parse(&settings.default_currency)
+                .map_err(|e| key("default_currency", e.reason))?,
+            locale: Locale::parse(&settings.default_locale)
+                .map_err(|e| key("default_locale", e.reason))?,
+            date_formats: settings.date_formats.clone(),
+            batch_size: settings.batch_size,
+            progress: false,
+        })
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportReport {
+    /// The run id (look up its rejects with it).
+    pub run: ImportRunId,
+    /// The file.
+    pub path: PathBuf,
+    /// What it held.
+    pub kind: RecordKind,
+    /// Outcome.
+    pub status: RunStatus,
+    /// Counts.
+    pub totals: RunTotals,
+    /// Rejects per column (header as in the file; `(row)` for whole-row problems).
+    pub rejects_by_field: BTreeMap<String, u64>,
+    /// The first few rejects, for the summary.
+    pub first_rejects: Vec<Reject>,
+    /// Encoding read (`utf-8`, `gb18030`, `xlsx`).
+    pub encoding: String,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// How many rejects a report shows in full.
+const REPORT_REJECTS: usize = 10;
+
+/// Imports `path` (CSV, or XLSX by extension) into `db`.
+#[tracing::instrument(skip_all, fields(path = %path.display(), kind = %options.kind))]
+pub fn import_file(
+    db: &Database,
+    path: &Path,
+    options: &FileImportOptions,
+) -> Result<ImportReport, ImportError> {
+    let started = Instant::now();
+    let mut conn = db.conn()?;
+    let origin = path.display().to_string();
+    let run = start_import_run(&mut conn, &options.source, options.kind.as_str(), &origin)?;
+    let result = tierwise_store::transaction(&mut conn, |tx| load_file(tx, run, path, options));
+    match result {
+        Ok(mut report) => {
+            report.elapsed = started.elapsed();
+            tracing::info!(
+                run = run.0,
+                rows.read = report.totals.rows_read,
+                rows.written = report.totals.rows_written,
+                rows.rejected = report.totals.rows_rejected,
+                duration_ms = report.elapsed.as_millis() as u64,
+                "import finished"
+            );
+            Ok(report)
+        }
+        Err(err) => {
+            let message = err.to_string();
+            finish_import_run(
+                &mut conn,
+                run,
+                RunStatus::Failed,
+                &RunTotals::default(),
+                Some(&message),
+            )?;
+            Err(err)
+        }
+    }
+}
+
+fn load_file(
+    tx: &mut DbConnection,
+    run: ImportRunId,
+    path: &Path,
+    options: &FileImportOptions,
+) -> Result<ImportReport, ImportError> {
+    let ctx = LoadContext {
+        source: options.source.clone(),
+        run,
+        create_missing_customers: options.create_missing_customers,
+        default_locale: options.locale,
+    };
+    let defaults = RowDefaults {
+        currency: options.currency,
+        locale: options.locale,
+        date_formats: options.date_formats.clone(),
+    };
+    let mapping = options.mapping.for_kind(options.kind);
+    // Raw records are needed only where the store can still refuse a row (unknown customer).
+    let keep_raw = match options.kind {
+        RecordKind::Orders | RecordKind::Invoices => !options.create_missing_customers,
+        RecordKind::Activities => true,
+        RecordKind::Owners | RecordKind::Customers => false,
+    };
+    macro_rules! run_kind {
+        ($parse:path, $load:path) => {{
+            let mut loader = Loader {
+                conn: tx,
+                ctx: &ctx,
+                path,
+                kind: options.kind,
+                mapping,
+                defaults: &defaults,
+                parse: $parse,
+                load: $load,
+                columns: None,
+                batch: Vec::with_capacity(options.batch_size),
+                batch_size: options.batch_size,
+                keep_raw,
+                raw: HashMap::new(),
+                rejects: Vec::new(),
+                state: ReportState::default(),
+            };
+            let encoding = read(path, options, &mut loader)?;
+            loader.flush()?;
+            (loader.state, loader.columns, encoding)
+        }};
+    }
+    let (state, columns, encoding) = match options.kind {
+        RecordKind::Owners => run_kind!(parse::owner, load_owners),
+        RecordKind::Customers => run_kind!(parse::customer, load_customers),
+        RecordKind::Orders => run_kind!(parse::order, load_orders),
+        RecordKind::Invoices => run_kind!(parse::invoice, load_invoices),
+        RecordKind::Activities => run_kind!(parse::activity, load_activities),
+    };
+    let mut totals = state.totals;
+    totals.unused_columns = columns.map(|c| c.unused).unwrap_or_default();
+    let status = if totals.rows_rejected > 0 {
+        RunStatus::CompletedWithRejects
+    } else {
+        RunStatus::Succeeded
+    };
+    finish_import_run(tx, run, status, &totals, None)?;
+    Ok(ImportReport {
+        run,
+        path: path.to_path_buf(),
+        kind: options.kind,
+        status,
+        totals,
+        rejects_by_field: state.rejects_by_field,
+        first_rejects: state.first_rejects,
+        encoding,
+        elapsed: Duration::ZERO,
+    })
+}
+
+fn read(
+    path: &Path,
+    options: &FileImportOptions,
+    sink: &mut dyn RowSink,
+) -> Result<String, ImportError> {
+    let is_xlsx = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("xlsx") || e.eq_ignore_ascii_case("xlsm"));
+    if is_xlsx {
+        let bar = source::progress_bar(None, options.progress);
+        bar.set_message(format!("{} rows", options.kind));
+        source::read_xlsx(path, options.sheet.as_deref(), &bar, sink)?;
+        bar.finish_and_clear();
+        Ok("xlsx".to_string())
+    } else {
+        let size = std::fs::metadata(path).map(|m| m.len()).ok();
+        let bar = source::progress_bar(size, options.progress);
+        bar.set_message(options.kind.to_string());
+        let encoding = source::read_csv(path, options.encoding, &bar, sink)?;
+        bar.finish_and_clear();
+        Ok(encoding.as_str().to_string())
+    }
+}
+
+#[derive(Default)]
+struct ReportState {
+    totals: RunTotals,
+    rejects_by_field: BTreeMap<String, u64>,
+    first_rejects: Vec<Reject>,
+}
+
+type ParseFn<T> = fn(&Columns, &StringRecord, &RowDefaults) -> Result<T, RowReject>;
+type LoadFn<T> = fn(&mut DbConnection, &LoadContext, &[Staged<T>]) -> StoreResult<LoadOutcome>;
+
+/// Receives rows from a source, validates them and loads them in chunks.
+struct Loader<'a, T> {
+    conn: &'a mut DbConnection,
+    ctx: &'a LoadContext,
+    path: &'a Path,
+    kind: RecordKind,
+    mapping: &'a KindMapping,
+    defaults: &'a RowDefaults,
+    parse: ParseFn<T>,
+    load: LoadFn<T>,
+    columns: Option<Columns>,
+    batch: Vec<Staged<T>>,
+    batch_size: usize,
+    keep_raw: bool,
+    raw: HashMap<u64, String>,
+    rejects: Vec<Reject>,
+    state: ReportState,
+}
+
+/// The record as one CSV line, for the rejects table.
+fn raw_record(record: &StringRecord) -> String {
+    let mut writer = csv::WriterBuilder::new().from_writer(Vec::new());
+    if writer.write_record(record).is_err() {
+        return record.iter().collect::<Vec<_>>().join(",");
+    }
+    let bytes = writer.into_inner().unwrap_or_default();
+    String::from_utf8_lossy(&bytes).trim_end().to_string()
+}
+
+impl<T> Loader<'_, T> {
+    fn reject(&mut self, line: u64, field: Option<String>, reason: String, raw_record: String) {
+        self.state.totals.rows_rejected += 1;
+        *self
+            .state
+            .rejects_by_field
+            .entry(field.clone().unwrap_or_else(|| "(row)".to_string()))
+            .or_default() += 1;
+        let reject = Reject {
+            line,
+            field,
+            reason,
+            raw_record,
+        };
+        if self.state.first_rejects.len() < REPORT_REJECTS {
+            self.state.first_rejects.push(reject.clone());
+        }
+        self.rejects.push(reject);
+    }
+
+    fn flush(&mut self) -> Result<(), ImportError> {
+        if !self.batch.is_empty() {
+            let outcome = (self.load)(self.conn, self.ctx, &self.batch)?;
+            let unknown = outcome.unknown_customer_lines.len() as u64;
+            let totals = &mut self.state.totals;
+            totals.rows_written += outcome.written;
+            totals.customers_created += outcome.customers_created;
+            totals.rows_unchanged +=
+                (self.batch.len() as u64).saturating_sub(outcome.written + unknown);
+            let customer_header = self
+                .columns
+                .as_ref()
+                .map(|c| c.header_of("customer_id"))
+                .unwrap_or_else(|| "customer_id".to_string());
+            for line in outcome.unknown_customer_lines {
+                let raw = self.raw.remove(&line).unwrap_or_default();
+                let reason = match self.kind {
+                    RecordKind::Activities => "customer_id: no customer with this id; import the customers file first".to_string(),
+                    _ => "customer_id: no customer with this id and import.create_missing_customers is false; import the customers file first".to_string(),
+                };
+                self.reject(line, Some(customer_header.clone()), reason, raw);
+            }
+            self.batch.clear();
+            self.raw.clear();
+        }
+        if !self.rejects.is_empty() {
+            insert_rejects(
+                self.conn,
+                self.ctx.run,
+                &self.path.display().to_string(),
+                &self.rejects,
+            )?;
+            self.rejects.clear();
+        }
+        Ok(())
+    }
+}
+
+impl<T> RowSink for Loader<'_, T> {
+    fn header(&mut self, headers: &StringRecord) -> Result<(), ImportError> {
+        self.columns = Some(Columns::resolve(
+            self.kind,
+            self.mapping,
+            headers,
+            self.path,
+        )?);
+        Ok(())
+    }
+
+    fn row(&mut self, row: SourceRow) -> Result<(), ImportError> {
+        let Some(columns) = self.columns.as_ref() else {
+            return Err(ImportError::Spreadsheet {
+                path: self.path.to_path_buf(),
+                reason: "data arrived before the header row".into(),
+            });
+        };
+        let (line, record) = match row {
+            SourceRow::Undecodable { line, raw, reason } => {
+                self.state.totals.rows_read += 1;
+                self.reject(line, None, format!("line {line} {reason}"), raw);
+                return self.maybe_flush();
+            }
+            SourceRow::Record { line, record } => (line, record),
+        };
+        if record.iter().all(|f| f.trim().is_empty()) {
+            return Ok(());
+        }
+        self.state.totals.rows_read += 1;
+        let width = columns.width();
+        if record.len() > width && record.iter().skip(width).any(|f| !f.trim().is_empty()) {
+            let reason = format!(
+                "has {} fields but the header has {width}; check for an unquoted delimiter or line break",
+                record.len()
+            );
+            self.reject(line, None, reason, raw_record(&record));
+            return self.maybe_flush();
+        }
+        match (self.parse)(columns, &record, self.defaults) {
+            Ok(parsed) => {
+                if self.keep_raw {
+                    self.raw.insert(line, raw_record(&record));
+                }
+                self.batch.push(Staged {
+                    line,
+                    record: parsed,
+                });
+            }
+            Err(RowReject { field, reason }) => {
+                self.reject(line, field, reason, raw_record(&record))
+            }
+        }
+        self.maybe_flush()
+    }
+}
+
+impl<T> Loader<'_, T> {
+    fn maybe_flush(&mut self) -> Result<(), ImportError> {
+        if self.batch.len() >= self.batch_size || self.rejects.len() >= self.batch_size {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}
