@@ -1,0 +1,124 @@
+//! The `tierwise` binary end to end: configuration layers, exit statuses, messages.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tierwise_store::backend_tests;
+
+fn tierwise(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tierwise"));
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env("TIERWISE_CONFIG_DIR", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config"))
+        .env_remove("TIERWISE_ENV")
+        .env_remove("TIERWISE_LOG");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("run tierwise")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn environment_overrides_files_and_secrets_stay_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tierwise(
+        &["config", "show"],
+        &[
+            ("TIERWISE__DATABASE__URL", "postgres://app:s3cret@db.internal/tw"),
+            ("TIERWISE__IMPORT__BATCH_SIZE", "500"),
+            ("TIERWISE__SMTP__PASSWORD", "hunter2"),
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = stdout(&out);
+    assert!(shown.contains("url = \"postgres://app:***@db.internal/tw\""), "{shown}");
+    assert!(shown.contains("batch_size = 500"), "{shown}");
+    assert!(!shown.contains("s3cret") && !shown.contains("hunter2"), "{shown}");
+}
+
+#[test]
+fn env_overlay_file_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tierwise(&["config", "show"], &[("TIERWISE_ENV", "production")], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("security = \"tls\""), "{}", stdout(&out));
+    let out = tierwise(&["config", "show"], &[("TIERWISE_ENV", "nowhere")], dir.path());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("nowhere.toml does not exist"), "{}", stderr(&out));
+}
+
+#[test]
+fn invalid_settings_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tierwise(&["config", "check"], &[("TIERWISE__DASHBOARD__BIND", "everywhere")], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("dashboard.bind"), "{}", stderr(&out));
+    let out = tierwise(&["config", "check"], &[("TIERWISE__IMPORT__BATCH_SIZ", "5")], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("batch_siz"), "{}", stderr(&out));
+}
+
+#[test]
+fn help_teaches_with_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tierwise(&["import", "file", "--help"], &[], dir.path());
+    let help = stdout(&out);
+    assert!(help.contains("Examples:") && help.contains("tierwise import file --kind orders"), "{help}");
+    assert!(help.contains("Exit status"), "{help}");
+}
+
+#[test]
+fn demo_imports_and_is_repeatable() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["demo", "--customers", "150", "--owners", "3", "--dir", "demo", "--database", "demo/t.db"];
+    let first = tierwise(&args, &[], dir.path());
+    assert!(first.status.success(), "{}{}", stdout(&first), stderr(&first));
+    let text = stdout(&first);
+    assert!(text.contains("150 rows read, 150 written"), "{text}");
+    let second = tierwise(&args, &[], dir.path());
+    assert!(second.status.success(), "{}", stderr(&second));
+    let text = stdout(&second);
+    assert!(text.contains("150 rows read, 0 written, 150 unchanged"), "{text}");
+    let orders_line = text.lines().find(|l| l.contains("orders.csv")).unwrap_or_default();
+    assert!(orders_line.contains(" 0 written, ") && orders_line.contains(" 0 rejected"), "{text}");
+}
+
+backend_tests! {
+    fn import_exit_status_reports_rejects(db) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("orders.csv"), "order_id,customer_id,order_date,amount\nO1,C1,2026-01-01,10\nO2,C1,2026-01-02,ten\n").unwrap();
+        let env = [("TIERWISE__DATABASE__URL", db.url())];
+        let out = tierwise(&["import", "file", "--kind", "orders", "orders.csv"], &env, dir.path());
+        assert_eq!(out.status.code(), Some(3), "{}{}", stdout(&out), stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("2 rows read, 1 written, 0 unchanged, 1 rejected"), "{text}");
+        assert!(text.contains("line 3: amount: 'ten' is not a number"), "{text}");
+
+        let out = tierwise(&["import", "rejects", "1"], &env, dir.path());
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("O2,C1,2026-01-02,ten"), "{}", stdout(&out));
+
+        std::fs::write(dir.path().join("good.csv"), "order_id,customer_id,order_date,amount\nO3,C1,2026-01-03,1\n").unwrap();
+        let out = tierwise(&["import", "file", "--kind", "orders", "good.csv"], &env, dir.path());
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+        std::fs::write(dir.path().join("bad.csv"), "id,customer,when,total\nO1,C1,2026-01-01,10\n").unwrap();
+        let out = tierwise(&["import", "file", "--kind", "orders", "bad.csv"], &env, dir.path());
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(err.contains("required columns missing for orders") && err.contains("headers are: id, customer, when, total"), "{err}");
+
+        let out = tierwise(&["import", "runs"], &env, dir.path());
+        let runs = stdout(&out);
+        assert!(runs.contains("completed_with_rejects") && runs.contains("failed") && runs.contains("succeeded"), "{runs}");
+    }
+}
