@@ -5,12 +5,16 @@ use std::process::{Command, Output};
 
 use tierwise_store::backend_tests;
 
+#[expect(clippy::expect_used, reason = "test helper: failing to spawn must fail the test")]
 fn tierwise(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tierwise"));
     command
         .args(args)
         .current_dir(cwd)
-        .env("TIERWISE_CONFIG_DIR", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config"))
+        .env(
+            "TIERWISE_CONFIG_DIR",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config"),
+        )
         .env_remove("TIERWISE_ENV")
         .env_remove("TIERWISE_LOG");
     for (k, v) in env {
@@ -32,7 +36,10 @@ fn environment_overrides_files_and_secrets_stay_hidden() {
     let out = tierwise(
         &["config", "show"],
         &[
-            ("TIERWISE__DATABASE__URL", "postgres://app:s3cret@db.internal/tw"),
+            (
+                "TIERWISE__DATABASE__URL",
+                "postgres://app:s3cret@db.internal/tw",
+            ),
             ("TIERWISE__IMPORT__BATCH_SIZE", "500"),
             ("TIERWISE__SMTP__PASSWORD", "hunter2"),
         ],
@@ -40,29 +47,59 @@ fn environment_overrides_files_and_secrets_stay_hidden() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let shown = stdout(&out);
-    assert!(shown.contains("url = \"postgres://app:***@db.internal/tw\""), "{shown}");
+    assert!(
+        shown.contains("url = \"postgres://app:***@db.internal/tw\""),
+        "{shown}"
+    );
     assert!(shown.contains("batch_size = 500"), "{shown}");
-    assert!(!shown.contains("s3cret") && !shown.contains("hunter2"), "{shown}");
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("hunter2"),
+        "{shown}"
+    );
 }
 
 #[test]
 fn env_overlay_file_applies() {
     let dir = tempfile::tempdir().unwrap();
-    let out = tierwise(&["config", "show"], &[("TIERWISE_ENV", "production")], dir.path());
+    let out = tierwise(
+        &["config", "show"],
+        &[("TIERWISE_ENV", "production")],
+        dir.path(),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("security = \"tls\""), "{}", stdout(&out));
-    let out = tierwise(&["config", "show"], &[("TIERWISE_ENV", "nowhere")], dir.path());
+    assert!(
+        stdout(&out).contains("security = \"tls\""),
+        "{}",
+        stdout(&out)
+    );
+    let out = tierwise(
+        &["config", "show"],
+        &[("TIERWISE_ENV", "nowhere")],
+        dir.path(),
+    );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("nowhere.toml does not exist"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nowhere.toml does not exist"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn invalid_settings_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let out = tierwise(&["config", "check"], &[("TIERWISE__DASHBOARD__BIND", "everywhere")], dir.path());
+    let out = tierwise(
+        &["config", "check"],
+        &[("TIERWISE__DASHBOARD__BIND", "everywhere")],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("dashboard.bind"), "{}", stderr(&out));
-    let out = tierwise(&["config", "check"], &[("TIERWISE__IMPORT__BATCH_SIZ", "5")], dir.path());
+    let out = tierwise(
+        &["config", "check"],
+        &[("TIERWISE__IMPORT__BATCH_SIZ", "5")],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("batch_siz"), "{}", stderr(&out));
 }
@@ -72,24 +109,51 @@ fn help_teaches_with_examples() {
     let dir = tempfile::tempdir().unwrap();
     let out = tierwise(&["import", "file", "--help"], &[], dir.path());
     let help = stdout(&out);
-    assert!(help.contains("Examples:") && help.contains("tierwise import file --kind orders"), "{help}");
+    assert!(
+        help.contains("Examples:") && help.contains("tierwise import file --kind orders"),
+        "{help}"
+    );
     assert!(help.contains("Exit status"), "{help}");
 }
 
 #[test]
 fn demo_imports_and_is_repeatable() {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["demo", "--customers", "150", "--owners", "3", "--dir", "demo", "--database", "demo/t.db"];
+    let args = [
+        "demo",
+        "--customers",
+        "150",
+        "--owners",
+        "3",
+        "--dir",
+        "demo",
+        "--database",
+        "demo/t.db",
+    ];
     let first = tierwise(&args, &[], dir.path());
-    assert!(first.status.success(), "{}{}", stdout(&first), stderr(&first));
+    assert!(
+        first.status.success(),
+        "{}{}",
+        stdout(&first),
+        stderr(&first)
+    );
     let text = stdout(&first);
     assert!(text.contains("150 rows read, 150 written"), "{text}");
     let second = tierwise(&args, &[], dir.path());
     assert!(second.status.success(), "{}", stderr(&second));
     let text = stdout(&second);
-    assert!(text.contains("150 rows read, 0 written, 150 unchanged"), "{text}");
-    let orders_line = text.lines().find(|l| l.contains("orders.csv")).unwrap_or_default();
-    assert!(orders_line.contains(" 0 written, ") && orders_line.contains(" 0 rejected"), "{text}");
+    assert!(
+        text.contains("150 rows read, 0 written, 150 unchanged"),
+        "{text}"
+    );
+    let orders_line = text
+        .lines()
+        .find(|l| l.contains("orders.csv"))
+        .unwrap_or_default();
+    assert!(
+        orders_line.contains(" 0 written, ") && orders_line.contains(" 0 rejected"),
+        "{text}"
+    );
 }
 
 backend_tests! {

@@ -257,24 +257,24 @@ impl Order {
         cost: Option<Money>,
         quantity: Option<i64>,
     ) -> Result<Self, FieldError> {
-        if let Some(cost) = cost {
-            if cost.currency != amount.currency {
-                return Err(FieldError::new(
-                    "cost",
-                    format!(
-                        "is in {} but the amount is in {}; both must use one currency",
-                        cost.currency, amount.currency
-                    ),
-                ));
-            }
+        if let Some(cost) = cost
+            && cost.currency != amount.currency
+        {
+            return Err(FieldError::new(
+                "cost",
+                format!(
+                    "is in {} but the amount is in {}; both must use one currency",
+                    cost.currency, amount.currency
+                ),
+            ));
         }
-        if let Some(q) = quantity {
-            if q < 0 {
-                return Err(FieldError::new(
-                    "quantity",
-                    format!("{q} is negative; record a return as an order with a negative amount"),
-                ));
-            }
+        if let Some(q) = quantity
+            && q < 0
+        {
+            return Err(FieldError::new(
+                "quantity",
+                format!("{q} is negative; record a return as an order with a negative amount"),
+            ));
         }
         Ok(Self {
             external_id,
@@ -341,15 +341,15 @@ impl Invoice {
                 format!("{due_on} is before the issue date {issued_on}"),
             ));
         }
-        if let Some(paid) = paid_on {
-            if paid < issued_on {
-                return Err(FieldError::new(
-                    "paid_date",
-                    format!(
-                        "{paid} is before the issue date {issued_on}; an invoice cannot be paid before it exists"
-                    ),
-                ));
-            }
+        if let Some(paid) = paid_on
+            && paid < issued_on
+        {
+            return Err(FieldError::new(
+                "paid_date",
+                format!(
+                    "{paid} is before the issue date {issued_on}; an invoice cannot be paid before it exists"
+                ),
+            ));
         }
         if amount.minor < 0 {
             return Err(FieldError::new(

@@ -278,10 +278,10 @@ pub fn read_xlsx(
         .map_err(|e| spreadsheet(format!("sheet '{name}': {e}")))?
     {
         let (row, col) = cell.get_position();
-        if current.as_ref().is_some_and(|(r, _)| *r != row) {
-            if let Some((r, fields)) = current.take() {
-                emit(r, fields, &mut width)?;
-            }
+        if current.as_ref().is_some_and(|(r, _)| *r != row)
+            && let Some((r, fields)) = current.take()
+        {
+            emit(r, fields, &mut width)?;
         }
         let (_, fields) = current.get_or_insert_with(|| (row, Vec::new()));
         let col = col as usize;

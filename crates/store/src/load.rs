@@ -112,6 +112,7 @@ fn prepare_staging(conn: &mut DbConnection, table: &str) -> StoreResult<()> {
 macro_rules! stage_rows {
     ($conn:expr, $table:ident, $rows:expr, $columns:expr) => {{
         let rows = $rows;
+        let started = std::time::Instant::now();
         match $conn {
             DbConnection::Postgresql(c) => {
                 diesel::copy_from($table::table)
@@ -126,11 +127,24 @@ macro_rules! stage_rows {
                 }
             }
         }
+        tracing::debug!(
+            rows = rows.len(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            table = stringify!($table),
+            "staged"
+        );
     }};
 }
 
 fn execute(conn: &mut DbConnection, sql: &str) -> StoreResult<u64> {
+    let started = std::time::Instant::now();
     let n = with_backend!(conn, c => diesel::sql_query(sql).execute(c)?);
+    tracing::debug!(
+        rows = n,
+        duration_ms = started.elapsed().as_millis() as u64,
+        sql = &sql[..sql.len().min(60)],
+        "statement"
+    );
     Ok(n as u64)
 }
 
@@ -181,10 +195,8 @@ fn resolve_customers(
     staging: &str,
     outcome: &mut LoadOutcome,
 ) -> StoreResult<()> {
-    let unknown = format!(
-        "NOT EXISTS (SELECT 1 FROM customers c \
-         WHERE c.source = s.source AND c.external_id = s.customer_external_id)"
-    );
+    let unknown = "NOT EXISTS (SELECT 1 FROM customers c \
+         WHERE c.source = s.source AND c.external_id = s.customer_external_id)";
     if ctx.create_missing_customers {
         outcome.customers_created += execute(
             conn,

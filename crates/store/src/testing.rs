@@ -124,16 +124,17 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Some(name) = &self.pg_name {
-            if let Ok(mut conn) = PgConnection::establish(&postgres_admin_url()) {
-                let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
+        if let Some(name) = &self.pg_name
+            && let Ok(mut conn) = PgConnection::establish(&postgres_admin_url())
+        {
+            let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }
     }
 }
 
 /// Every row of the data tables, rendered in key order: equal snapshots mean equal data.
 #[expect(clippy::expect_used, reason = "test helper")]
+#[expect(clippy::type_complexity, reason = "one tuple per table row, used once")]
 pub fn data_snapshot(conn: &mut DbConnection) -> Vec<String> {
     let mut out = Vec::new();
     with_backend!(conn, c => {
