@@ -5,7 +5,10 @@ use std::process::{Command, Output};
 
 use tierwise_store::backend_tests;
 
-#[expect(clippy::expect_used, reason = "test helper: failing to spawn must fail the test")]
+#[expect(
+    clippy::expect_used,
+    reason = "test helper: failing to spawn must fail the test"
+)]
 fn tierwise(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tierwise"));
     command

@@ -10,7 +10,7 @@ use std::fmt;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{EmailAddress, ExternalId, FieldError, Money};
+use crate::{Currency, EmailAddress, ExternalId, FieldError, Money};
 
 /// Longest free-text value kept (names, notes); longer input is refused rather than cut.
 pub const MAX_TEXT_LEN: usize = 2_000;
@@ -302,6 +302,10 @@ impl Order {
     pub fn amount(&self) -> Money {
         self.amount
     }
+    /// The currency of amount and cost.
+    pub fn currency(&self) -> &Currency {
+        &self.amount.currency
+    }
     /// Cost of goods, when known.
     pub fn cost(&self) -> Option<Money> {
         self.cost
@@ -392,6 +396,10 @@ impl Invoice {
     pub fn amount(&self) -> Money {
         self.amount
     }
+    /// The currency of the amount.
+    pub fn currency(&self) -> &Currency {
+        &self.amount.currency
+    }
     /// Date paid in full, if paid.
     pub fn paid_on(&self) -> Option<NaiveDate> {
         self.paid_on
@@ -465,7 +473,6 @@ pub struct Activity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Currency;
 
     fn id(s: &str) -> ExternalId {
         ExternalId::parse("id", s).unwrap()

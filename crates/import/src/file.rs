@@ -212,68 +212,148 @@ fn load_file(
         create_missing_customers: options.create_missing_customers,
         default_locale: options.locale,
     };
-    let defaults = RowDefaults {
-        currency: options.currency,
-        locale: options.locale,
-        date_formats: options.date_formats.clone(),
-    };
-    let mapping = options.mapping.for_kind(options.kind);
-    // Raw records are needed only where the store can still refuse a row (unknown customer).
-    let keep_raw = match options.kind {
-        RecordKind::Orders | RecordKind::Invoices => !options.create_missing_customers,
-        RecordKind::Activities => true,
-        RecordKind::Owners | RecordKind::Customers => false,
-    };
-    macro_rules! run_kind {
-        ($parse:path, $load:path) => {{
-            let mut loader = Loader {
-                conn: tx,
-                ctx: &ctx,
-                path,
-                kind: options.kind,
-                mapping,
-                defaults: &defaults,
-                parse: $parse,
-                load: $load,
-                columns: None,
-                batch: Vec::with_capacity(options.batch_size),
-                batch_size: options.batch_size,
-                keep_raw,
-                raw: HashMap::new(),
-                rejects: Vec::new(),
-                state: ReportState::default(),
-            };
-            let encoding = read(path, options, &mut loader)?;
-            loader.flush()?;
-            (loader.state, loader.columns, encoding)
-        }};
+    let (mut state, loaded, encoding) = match options.kind {
+        RecordKind::Owners => pipeline(tx, &ctx, path, options, parse::owner, load_owners),
+        RecordKind::Customers => pipeline(tx, &ctx, path, options, parse::customer, load_customers),
+        RecordKind::Orders => pipeline(tx, &ctx, path, options, parse::order, load_orders),
+        RecordKind::Invoices => pipeline(tx, &ctx, path, options, parse::invoice, load_invoices),
+        RecordKind::Activities => {
+            pipeline(tx, &ctx, path, options, parse::activity, load_activities)
+        }
+    }?;
+    state.totals.rows_written = loaded.rows_written;
+    state.totals.rows_unchanged = loaded.rows_unchanged;
+    state.totals.customers_created = loaded.customers_created;
+    state.totals.rows_rejected += loaded.unknown_customer_rejects.len() as u64;
+    for reject in loaded.unknown_customer_rejects {
+        state.count_reject(reject);
     }
-    let (state, columns, encoding) = match options.kind {
-        RecordKind::Owners => run_kind!(parse::owner, load_owners),
-        RecordKind::Customers => run_kind!(parse::customer, load_customers),
-        RecordKind::Orders => run_kind!(parse::order, load_orders),
-        RecordKind::Invoices => run_kind!(parse::invoice, load_invoices),
-        RecordKind::Activities => run_kind!(parse::activity, load_activities),
-    };
-    let mut totals = state.totals;
-    totals.unused_columns = columns.map(|c| c.unused).unwrap_or_default();
-    let status = if totals.rows_rejected > 0 {
+    let status = if state.totals.rows_rejected > 0 {
         RunStatus::CompletedWithRejects
     } else {
         RunStatus::Succeeded
     };
-    finish_import_run(tx, run, status, &totals, None)?;
+    finish_import_run(tx, run, status, &state.totals, None)?;
     Ok(ImportReport {
         run,
         path: path.to_path_buf(),
         kind: options.kind,
         status,
-        totals,
+        totals: state.totals,
         rejects_by_field: state.rejects_by_field,
         first_rejects: state.first_rejects,
         encoding,
         elapsed: Duration::ZERO,
     })
+}
+
+/// What the database side did.
+#[derive(Default)]
+struct LoadState {
+    rows_written: u64,
+    rows_unchanged: u64,
+    customers_created: u64,
+    /// Rejected by the store (unknown customer); tallied into the report at the end.
+    unknown_customer_rejects: Vec<Reject>,
+}
+
+/// Batches queued between the parsing thread and the loading thread: enough to keep both busy,
+/// few enough to bound memory.
+const BATCHES_IN_FLIGHT: usize = 1;
+
+/// Reads and validates on one thread while the calling thread (which owns the transaction)
+/// writes the previous batch, so parsing and database work overlap.
+fn pipeline<T: Send>(
+    conn: &mut DbConnection,
+    ctx: &LoadContext,
+    path: &Path,
+    options: &FileImportOptions,
+    parse: ParseFn<T>,
+    load: LoadFn<T>,
+) -> Result<(ReportState, LoadState, String), ImportError> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Batch<T>>(BATCHES_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            let mut parser = Parser {
+                path,
+                kind: options.kind,
+                mapping: options.mapping.for_kind(options.kind),
+                defaults: RowDefaults {
+                    currency: options.currency,
+                    locale: options.locale,
+                    date_formats: options.date_formats.clone(),
+                },
+                parse,
+                columns: None,
+                batch: Batch::with_capacity(options.batch_size),
+                batch_size: options.batch_size,
+                keep_raw: keeps_raw(options),
+                sender,
+                state: ReportState::default(),
+            };
+            let encoding = read(path, options, &mut parser)?;
+            parser.send()?;
+            let mut state = parser.state;
+            state.totals.unused_columns = parser.columns.map(|c| c.unused).unwrap_or_default();
+            Ok::<_, ImportError>((state, encoding))
+        });
+        let mut loaded = LoadState::default();
+        let origin = path.display().to_string();
+        // Ends when the parser is done (or has failed and dropped its sender).
+        for batch in receiver.iter() {
+            if let Err(e) = load_batch(conn, ctx, &origin, load, batch, &mut loaded) {
+                // Without a receiver the parser's next send fails and it stops.
+                drop(receiver);
+                let _ = reader.join();
+                return Err(e);
+            }
+        }
+        let (parsed, encoding) = reader
+            .join()
+            .map_err(|_| ImportError::Config("the file reader thread panicked".into()))??;
+        Ok((parsed, loaded, encoding))
+    })
+}
+
+/// Raw records are kept only where the store can still refuse a row (unknown customer).
+fn keeps_raw(options: &FileImportOptions) -> bool {
+    match options.kind {
+        RecordKind::Orders | RecordKind::Invoices => !options.create_missing_customers,
+        RecordKind::Activities => true,
+        RecordKind::Owners | RecordKind::Customers => false,
+    }
+}
+
+fn load_batch<T>(
+    conn: &mut DbConnection,
+    ctx: &LoadContext,
+    origin: &str,
+    load: LoadFn<T>,
+    mut batch: Batch<T>,
+    loaded: &mut LoadState,
+) -> Result<(), ImportError> {
+    if !batch.rows.is_empty() {
+        let outcome = load(conn, ctx, &batch.rows)?;
+        let unknown = outcome.unknown_customer_lines.len() as u64;
+        loaded.rows_written += outcome.written;
+        loaded.customers_created += outcome.customers_created;
+        loaded.rows_unchanged +=
+            (batch.rows.len() as u64).saturating_sub(outcome.written + unknown);
+        for line in outcome.unknown_customer_lines {
+            let reject = Reject {
+                line,
+                field: Some(batch.customer_header.clone()),
+                reason: batch.unknown_customer_reason.to_string(),
+                raw_record: batch.raw.remove(&line).unwrap_or_default(),
+            };
+            batch.rejects.push(reject.clone());
+            loaded.unknown_customer_rejects.push(reject);
+        }
+    }
+    if !batch.rejects.is_empty() {
+        insert_rejects(conn, ctx.run, origin, &batch.rejects)?;
+    }
+    Ok(())
 }
 
 fn read(
@@ -308,25 +388,55 @@ struct ReportState {
     first_rejects: Vec<Reject>,
 }
 
+impl ReportState {
+    /// Tallies a reject for the summary (the caller counts it in `rows_rejected`).
+    fn count_reject(&mut self, reject: Reject) {
+        *self
+            .rejects_by_field
+            .entry(reject.field.clone().unwrap_or_else(|| "(row)".to_string()))
+            .or_default() += 1;
+        if self.first_rejects.len() < REPORT_REJECTS {
+            self.first_rejects.push(reject);
+        }
+    }
+}
+
 type ParseFn<T> = fn(&Columns, &StringRecord, &RowDefaults) -> Result<T, RowReject>;
 type LoadFn<T> = fn(&mut DbConnection, &LoadContext, &[Staged<T>]) -> StoreResult<LoadOutcome>;
 
-/// Receives rows from a source, validates them and loads them in chunks.
-struct Loader<'a, T> {
-    conn: &'a mut DbConnection,
-    ctx: &'a LoadContext,
+/// A chunk of validated rows and the rejects found while parsing them.
+struct Batch<T> {
+    rows: Vec<Staged<T>>,
+    rejects: Vec<Reject>,
+    raw: HashMap<u64, String>,
+    customer_header: String,
+    unknown_customer_reason: &'static str,
+}
+
+impl<T> Batch<T> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            rows: Vec::with_capacity(n),
+            rejects: Vec::new(),
+            raw: HashMap::new(),
+            customer_header: String::new(),
+            unknown_customer_reason: "",
+        }
+    }
+}
+
+/// Receives rows from a source and turns them into batches of validated records.
+struct Parser<'a, T> {
     path: &'a Path,
     kind: RecordKind,
     mapping: &'a KindMapping,
-    defaults: &'a RowDefaults,
+    defaults: RowDefaults,
     parse: ParseFn<T>,
-    load: LoadFn<T>,
     columns: Option<Columns>,
-    batch: Vec<Staged<T>>,
+    batch: Batch<T>,
     batch_size: usize,
     keep_raw: bool,
-    raw: HashMap<u64, String>,
-    rejects: Vec<Reject>,
+    sender: std::sync::mpsc::SyncSender<Batch<T>>,
     state: ReportState,
 }
 
@@ -340,65 +450,49 @@ fn raw_record(record: &StringRecord) -> String {
     String::from_utf8_lossy(&bytes).trim_end().to_string()
 }
 
-impl<T> Loader<'_, T> {
+impl<T> Parser<'_, T> {
     fn reject(&mut self, line: u64, field: Option<String>, reason: String, raw_record: String) {
         self.state.totals.rows_rejected += 1;
-        *self
-            .state
-            .rejects_by_field
-            .entry(field.clone().unwrap_or_else(|| "(row)".to_string()))
-            .or_default() += 1;
         let reject = Reject {
             line,
             field,
             reason,
             raw_record,
         };
-        if self.state.first_rejects.len() < REPORT_REJECTS {
-            self.state.first_rejects.push(reject.clone());
-        }
-        self.rejects.push(reject);
+        self.state.count_reject(reject.clone());
+        self.batch.rejects.push(reject);
     }
 
-    fn flush(&mut self) -> Result<(), ImportError> {
-        if !self.batch.is_empty() {
-            let outcome = (self.load)(self.conn, self.ctx, &self.batch)?;
-            let unknown = outcome.unknown_customer_lines.len() as u64;
-            let totals = &mut self.state.totals;
-            totals.rows_written += outcome.written;
-            totals.customers_created += outcome.customers_created;
-            totals.rows_unchanged +=
-                (self.batch.len() as u64).saturating_sub(outcome.written + unknown);
-            let customer_header = self
-                .columns
-                .as_ref()
-                .map(|c| c.header_of("customer_id"))
-                .unwrap_or_else(|| "customer_id".to_string());
-            for line in outcome.unknown_customer_lines {
-                let raw = self.raw.remove(&line).unwrap_or_default();
-                let reason = match self.kind {
-                    RecordKind::Activities => "customer_id: no customer with this id; import the customers file first".to_string(),
-                    _ => "customer_id: no customer with this id and import.create_missing_customers is false; import the customers file first".to_string(),
-                };
-                self.reject(line, Some(customer_header.clone()), reason, raw);
+    /// Hands the current batch to the loading thread.
+    fn send(&mut self) -> Result<(), ImportError> {
+        let mut batch = std::mem::replace(&mut self.batch, Batch::with_capacity(self.batch_size));
+        batch.customer_header = self
+            .columns
+            .as_ref()
+            .map(|c| c.header_of("customer_id"))
+            .unwrap_or_else(|| "customer_id".to_string());
+        batch.unknown_customer_reason = match self.kind {
+            RecordKind::Activities => {
+                "customer_id: no customer with this id; import the customers file first"
             }
-            self.batch.clear();
-            self.raw.clear();
-        }
-        if !self.rejects.is_empty() {
-            insert_rejects(
-                self.conn,
-                self.ctx.run,
-                &self.path.display().to_string(),
-                &self.rejects,
-            )?;
-            self.rejects.clear();
+            _ => {
+                "customer_id: no customer with this id and import.create_missing_customers is false; import the customers file first"
+            }
+        };
+        self.sender
+            .send(batch)
+            .map_err(|_| ImportError::Config("the import was stopped".into()))
+    }
+
+    fn maybe_send(&mut self) -> Result<(), ImportError> {
+        if self.batch.rows.len() >= self.batch_size || self.batch.rejects.len() >= self.batch_size {
+            self.send()?;
         }
         Ok(())
     }
 }
 
-impl<T> RowSink for Loader<'_, T> {
+impl<T> RowSink for Parser<'_, T> {
     fn header(&mut self, headers: &StringRecord) -> Result<(), ImportError> {
         self.columns = Some(Columns::resolve(
             self.kind,
@@ -420,7 +514,7 @@ impl<T> RowSink for Loader<'_, T> {
             SourceRow::Undecodable { line, raw, reason } => {
                 self.state.totals.rows_read += 1;
                 self.reject(line, None, format!("line {line} {reason}"), raw);
-                return self.maybe_flush();
+                return self.maybe_send();
             }
             SourceRow::Record { line, record } => (line, record),
         };
@@ -435,14 +529,14 @@ impl<T> RowSink for Loader<'_, T> {
                 record.len()
             );
             self.reject(line, None, reason, raw_record(&record));
-            return self.maybe_flush();
+            return self.maybe_send();
         }
-        match (self.parse)(columns, &record, self.defaults) {
+        match (self.parse)(columns, &record, &self.defaults) {
             Ok(parsed) => {
                 if self.keep_raw {
-                    self.raw.insert(line, raw_record(&record));
+                    self.batch.raw.insert(line, raw_record(&record));
                 }
-                self.batch.push(Staged {
+                self.batch.rows.push(Staged {
                     line,
                     record: parsed,
                 });
@@ -451,15 +545,6 @@ impl<T> RowSink for Loader<'_, T> {
                 self.reject(line, field, reason, raw_record(&record))
             }
         }
-        self.maybe_flush()
-    }
-}
-
-impl<T> Loader<'_, T> {
-    fn maybe_flush(&mut self) -> Result<(), ImportError> {
-        if self.batch.len() >= self.batch_size || self.rejects.len() >= self.batch_size {
-            self.flush()?;
-        }
-        Ok(())
+        self.maybe_send()
     }
 }

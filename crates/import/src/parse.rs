@@ -125,6 +125,13 @@ impl<'a> Row<'a> {
 /// business date in the writer's time zone).
 pub(crate) fn parse_date(raw: &str, formats: &[String]) -> Option<NaiveDate> {
     let raw = raw.trim();
+    // ISO dates are by far the most common; reading them without chrono's format interpreter
+    // is several times faster on multi-million-row files.
+    if formats.first().is_some_and(|f| f == "%Y-%m-%d")
+        && let Some(date) = iso_date(raw)
+    {
+        return Some(date);
+    }
     let try_formats = |s: &str| {
         formats
             .iter()
@@ -136,6 +143,20 @@ pub(crate) fn parse_date(raw: &str, formats: &[String]) -> Option<NaiveDate> {
             .then(|| try_formats(date_part))
             .flatten()
     })
+}
+
+/// `YYYY-MM-DD` exactly, or `None`.
+fn iso_date(raw: &str) -> Option<NaiveDate> {
+    let b = raw.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        b[range].iter().try_fold(0u32, |acc, d| {
+            d.is_ascii_digit().then(|| acc * 10 + u32::from(d - b'0'))
+        })
+    };
+    NaiveDate::from_ymd_opt(number(0..4)? as i32, number(5..7)?, number(8..10)?)
 }
 
 /// Parses an instant: RFC 3339 with offset or `Z`; `YYYY-MM-DD HH:MM[:SS]` (taken as UTC); a

@@ -1,5 +1,8 @@
 //! File import on both backends: CSV and XLSX, UTF-8 and GBK, mappings, rejects, idempotence.
-#![expect(clippy::unwrap_used, reason = "test helpers: a failed setup step must fail the test")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed setup step must fail the test"
+)]
 
 use std::path::{Path, PathBuf};
 

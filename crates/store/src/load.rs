@@ -18,8 +18,8 @@ use tierwise_domain::{
 
 use crate::staging::{
     ActivityStagingRow, CustomerStagingRow, InvoiceStagingRow, OnUpdate, OrderStagingRow,
-    OwnerStagingRow, STAGING_DDL, activities_staging, customers_staging, invoices_staging,
-    merge_sql, orders_staging, owners_staging,
+    OwnerStagingRow, activities_staging, customers_staging, invoices_staging, merge_sql,
+    orders_staging, owners_staging, staging_ddl,
 };
 use crate::{DbConnection, ImportRunId, StoreResult, with_backend};
 
@@ -99,12 +99,21 @@ fn keep_last_per_key<T, K: Hash + Eq>(rows: &mut Vec<T>, key: impl Fn(&T) -> K) 
 }
 
 fn prepare_staging(conn: &mut DbConnection, table: &str) -> StoreResult<()> {
-    conn.batch_execute(STAGING_DDL)?;
     match conn {
-        // TRUNCATE gives PostgreSQL a fresh file; DELETE would leave dead rows that every
-        // later merge in the same transaction would have to scan past.
-        DbConnection::Postgresql(c) => c.batch_execute(&format!("TRUNCATE {table}"))?,
-        DbConnection::Sqlite(c) => c.batch_execute(&format!("DELETE FROM {table}"))?,
+        DbConnection::Postgresql(c) => {
+            c.batch_execute(&staging_ddl(true))?;
+            // TRUNCATE gives PostgreSQL a fresh file; DELETE would leave dead rows that every
+            // later merge in the same transaction would have to scan past. More work_mem keeps
+            // the merges' hashes in memory; sort-merge joins would sort the whole customers
+            // table per chunk, so they are off (both SET LOCAL: they end with the transaction).
+            c.batch_execute(&format!(
+                "TRUNCATE {table}; SET LOCAL work_mem = '64MB'; SET LOCAL enable_mergejoin = off"
+            ))?;
+        }
+        DbConnection::Sqlite(c) => {
+            c.batch_execute(&staging_ddl(false))?;
+            c.batch_execute(&format!("DELETE FROM {table}"))?;
+        }
     }
     Ok(())
 }
@@ -118,6 +127,9 @@ macro_rules! stage_rows {
                 diesel::copy_from($table::table)
                     .from_insertable(rows)
                     .execute(c)?;
+                // Temporary tables have no statistics until analysed; without them the planner
+                // misjudges the merge joins.
+                c.batch_execute(concat!("ANALYZE ", stringify!($table)))?;
             }
             DbConnection::Sqlite(c) => {
                 for chunk in rows.chunks((SQLITE_MAX_PARAMS / $columns).max(1)) {
@@ -169,10 +181,10 @@ fn ensure_owners<'a>(
         .into_iter()
         .map(|email| OwnerStagingRow {
             line: 0,
-            source: ctx.source.as_str().to_string(),
-            email: email.as_str().to_string(),
-            name: email.local_part().to_string(),
-            locale: ctx.default_locale.as_str().to_string(),
+            source: ctx.source.as_str(),
+            email: email.as_str(),
+            name: email.local_part(),
+            locale: ctx.default_locale.as_str(),
             external_id: None,
             import_run_id: ctx.run.0,
         })
@@ -236,16 +248,16 @@ pub fn load_owners(
         .iter()
         .map(|s| OwnerStagingRow {
             line: line(s.line),
-            source: ctx.source.as_str().to_string(),
-            email: s.record.email().as_str().to_string(),
-            name: s.record.name().to_string(),
-            locale: s.record.locale().as_str().to_string(),
-            external_id: s.record.external_id().map(|e| e.as_str().to_string()),
+            source: ctx.source.as_str(),
+            email: s.record.email().as_str(),
+            name: s.record.name(),
+            locale: s.record.locale().as_str(),
+            external_id: s.record.external_id().map(|e| e.as_str()),
             import_run_id: ctx.run.0,
         })
         .collect();
     let mut outcome = LoadOutcome {
-        superseded: keep_last_per_key(&mut staged, |r| r.email.clone()),
+        superseded: keep_last_per_key(&mut staged, |r| r.email),
         ..LoadOutcome::default()
     };
     if staged.is_empty() {
@@ -290,13 +302,13 @@ pub fn load_customers(
         let c = &s.record;
         staged.push(CustomerStagingRow {
             line: line(s.line),
-            source: ctx.source.as_str().to_string(),
-            external_id: c.external_id().as_str().to_string(),
-            name: c.name().to_string(),
-            contact_name: c.contact().name.clone(),
-            contact_email: c.contact().email.as_ref().map(|e| e.as_str().to_string()),
-            contact_phone: c.contact().phone.clone(),
-            owner_email: c.owner_email().map(|e| e.as_str().to_string()),
+            source: ctx.source.as_str(),
+            external_id: c.external_id().as_str(),
+            name: c.name(),
+            contact_name: c.contact().name.as_deref(),
+            contact_email: c.contact().email.as_ref().map(|e| e.as_str()),
+            contact_phone: c.contact().phone.as_deref(),
+            owner_email: c.owner_email().map(|e| e.as_str()),
             created_on: c.created_on(),
             prospect_rating: c.prospect_rating().map(i32::from),
             attributes: serde_json::to_string(c.attributes())
@@ -304,7 +316,7 @@ pub fn load_customers(
             import_run_id: ctx.run.0,
         });
     }
-    outcome.superseded = keep_last_per_key(&mut staged, |r| r.external_id.clone());
+    outcome.superseded = keep_last_per_key(&mut staged, |r| r.external_id);
     if staged.is_empty() {
         return Ok(outcome);
     }
@@ -355,23 +367,20 @@ pub fn load_orders(
         let (order, customer) = &s.record;
         staged.push(OrderStagingRow {
             line: line(s.line),
-            source: ctx.source.as_str().to_string(),
-            external_id: order.external_id().as_str().to_string(),
-            customer_external_id: order.customer().as_str().to_string(),
-            customer_name: customer.name.clone(),
-            owner_email: customer
-                .owner_email
-                .as_ref()
-                .map(|e| e.as_str().to_string()),
+            source: ctx.source.as_str(),
+            external_id: order.external_id().as_str(),
+            customer_external_id: order.customer().as_str(),
+            customer_name: customer.name.as_deref(),
+            owner_email: customer.owner_email.as_ref().map(|e| e.as_str()),
             order_date: order.order_date(),
             amount_minor: order.amount().minor,
             cost_minor: order.cost().map(|c| c.minor),
-            currency: order.amount().currency.as_str().to_string(),
+            currency: order.currency().as_str(),
             quantity: order.quantity(),
             import_run_id: ctx.run.0,
         });
     }
-    outcome.superseded = keep_last_per_key(&mut staged, |r| r.external_id.clone());
+    outcome.superseded = keep_last_per_key(&mut staged, |r| r.external_id);
     if staged.is_empty() {
         return Ok(outcome);
     }
@@ -423,24 +432,21 @@ pub fn load_invoices(
         let (invoice, customer) = &s.record;
         staged.push(InvoiceStagingRow {
             line: line(s.line),
-            source: ctx.source.as_str().to_string(),
-            external_id: invoice.external_id().as_str().to_string(),
-            customer_external_id: invoice.customer().as_str().to_string(),
-            customer_name: customer.name.clone(),
-            owner_email: customer
-                .owner_email
-                .as_ref()
-                .map(|e| e.as_str().to_string()),
-            order_external_id: invoice.order().map(|o| o.as_str().to_string()),
+            source: ctx.source.as_str(),
+            external_id: invoice.external_id().as_str(),
+            customer_external_id: invoice.customer().as_str(),
+            customer_name: customer.name.as_deref(),
+            owner_email: customer.owner_email.as_ref().map(|e| e.as_str()),
+            order_external_id: invoice.order().map(|o| o.as_str()),
             issued_on: invoice.issued_on(),
             due_on: invoice.due_on(),
             amount_minor: invoice.amount().minor,
-            currency: invoice.amount().currency.as_str().to_string(),
+            currency: invoice.currency().as_str(),
             paid_on: invoice.paid_on(),
             import_run_id: ctx.run.0,
         });
     }
-    outcome.superseded = keep_last_per_key(&mut staged, |r| r.external_id.clone());
+    outcome.superseded = keep_last_per_key(&mut staged, |r| r.external_id);
     if staged.is_empty() {
         return Ok(outcome);
     }
@@ -492,21 +498,17 @@ pub fn load_activities(
         .iter()
         .map(|s| ActivityStagingRow {
             line: line(s.line),
-            source: ctx.source.as_str().to_string(),
-            external_id: s.record.external_id.as_str().to_string(),
-            customer_external_id: s.record.customer.as_str().to_string(),
-            owner_email: s
-                .record
-                .owner_email
-                .as_ref()
-                .map(|e| e.as_str().to_string()),
-            kind: s.record.kind.as_str().to_string(),
+            source: ctx.source.as_str(),
+            external_id: s.record.external_id.as_str(),
+            customer_external_id: s.record.customer.as_str(),
+            owner_email: s.record.owner_email.as_ref().map(|e| e.as_str()),
+            kind: s.record.kind.as_str(),
             occurred_at: s.record.occurred_at.naive_utc(),
-            note: s.record.note.clone(),
+            note: s.record.note.as_deref(),
             import_run_id: ctx.run.0,
         })
         .collect();
-    outcome.superseded = keep_last_per_key(&mut staged, |r| r.external_id.clone());
+    outcome.superseded = keep_last_per_key(&mut staged, |r| r.external_id);
     if staged.is_empty() {
         return Ok(outcome);
     }

@@ -82,56 +82,69 @@ diesel::table! {
     }
 }
 
-/// DDL of the staging tables; the same text works on both backends.
-pub(crate) const STAGING_DDL: &str = "
+/// DDL of the staging tables; `{key}` is the type of key text columns (byte-compared
+/// `TEXT COLLATE "C"` on PostgreSQL, to match the real tables, plain `TEXT` on SQLite).
+const STAGING_DDL: &str = "
 CREATE TEMP TABLE IF NOT EXISTS owners_staging (
-    line BIGINT NOT NULL, source TEXT NOT NULL, email TEXT NOT NULL, name TEXT NOT NULL,
-    locale TEXT NOT NULL, external_id TEXT, import_run_id BIGINT NOT NULL);
+    line BIGINT NOT NULL, source {key} NOT NULL, email {key} NOT NULL, name TEXT NOT NULL,
+    locale TEXT NOT NULL, external_id {key}, import_run_id BIGINT NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS customers_staging (
-    line BIGINT NOT NULL, source TEXT NOT NULL, external_id TEXT NOT NULL, name TEXT NOT NULL,
-    contact_name TEXT, contact_email TEXT, contact_phone TEXT, owner_email TEXT,
+    line BIGINT NOT NULL, source {key} NOT NULL, external_id {key} NOT NULL, name TEXT NOT NULL,
+    contact_name TEXT, contact_email TEXT, contact_phone TEXT, owner_email {key},
     created_on DATE, prospect_rating INTEGER, attributes TEXT NOT NULL,
     import_run_id BIGINT NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS orders_staging (
-    line BIGINT NOT NULL, source TEXT NOT NULL, external_id TEXT NOT NULL,
-    customer_external_id TEXT NOT NULL, customer_name TEXT, owner_email TEXT,
+    line BIGINT NOT NULL, source {key} NOT NULL, external_id {key} NOT NULL,
+    customer_external_id {key} NOT NULL, customer_name TEXT, owner_email {key},
     order_date DATE NOT NULL, amount_minor BIGINT NOT NULL, cost_minor BIGINT,
     currency TEXT NOT NULL, quantity BIGINT, import_run_id BIGINT NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS invoices_staging (
-    line BIGINT NOT NULL, source TEXT NOT NULL, external_id TEXT NOT NULL,
-    customer_external_id TEXT NOT NULL, customer_name TEXT, owner_email TEXT,
-    order_external_id TEXT, issued_on DATE NOT NULL, due_on DATE NOT NULL,
+    line BIGINT NOT NULL, source {key} NOT NULL, external_id {key} NOT NULL,
+    customer_external_id {key} NOT NULL, customer_name TEXT, owner_email {key},
+    order_external_id {key}, issued_on DATE NOT NULL, due_on DATE NOT NULL,
     amount_minor BIGINT NOT NULL, currency TEXT NOT NULL, paid_on DATE,
     import_run_id BIGINT NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS activities_staging (
-    line BIGINT NOT NULL, source TEXT NOT NULL, external_id TEXT NOT NULL,
-    customer_external_id TEXT NOT NULL, owner_email TEXT, kind TEXT NOT NULL,
+    line BIGINT NOT NULL, source {key} NOT NULL, external_id {key} NOT NULL,
+    customer_external_id {key} NOT NULL, owner_email {key}, kind TEXT NOT NULL,
     occurred_at TIMESTAMP NOT NULL, note TEXT, import_run_id BIGINT NOT NULL);
 ";
 
+/// The staging DDL for PostgreSQL (`postgres = true`) or SQLite.
+pub(crate) fn staging_ddl(postgres: bool) -> String {
+    STAGING_DDL.replace(
+        "{key}",
+        if postgres {
+            "TEXT COLLATE \"C\""
+        } else {
+            "TEXT"
+        },
+    )
+}
+
 #[derive(Debug, Insertable)]
 #[diesel(table_name = owners_staging, treat_none_as_default_value = false)]
-pub(crate) struct OwnerStagingRow {
+pub(crate) struct OwnerStagingRow<'a> {
     pub line: i64,
-    pub source: String,
-    pub email: String,
-    pub name: String,
-    pub locale: String,
-    pub external_id: Option<String>,
+    pub source: &'a str,
+    pub email: &'a str,
+    pub name: &'a str,
+    pub locale: &'a str,
+    pub external_id: Option<&'a str>,
     pub import_run_id: i64,
 }
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = customers_staging, treat_none_as_default_value = false)]
-pub(crate) struct CustomerStagingRow {
+pub(crate) struct CustomerStagingRow<'a> {
     pub line: i64,
-    pub source: String,
-    pub external_id: String,
-    pub name: String,
-    pub contact_name: Option<String>,
-    pub contact_email: Option<String>,
-    pub contact_phone: Option<String>,
-    pub owner_email: Option<String>,
+    pub source: &'a str,
+    pub external_id: &'a str,
+    pub name: &'a str,
+    pub contact_name: Option<&'a str>,
+    pub contact_email: Option<&'a str>,
+    pub contact_phone: Option<&'a str>,
+    pub owner_email: Option<&'a str>,
     pub created_on: Option<chrono::NaiveDate>,
     pub prospect_rating: Option<i32>,
     pub attributes: String,
@@ -140,50 +153,50 @@ pub(crate) struct CustomerStagingRow {
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = orders_staging, treat_none_as_default_value = false)]
-pub(crate) struct OrderStagingRow {
+pub(crate) struct OrderStagingRow<'a> {
     pub line: i64,
-    pub source: String,
-    pub external_id: String,
-    pub customer_external_id: String,
-    pub customer_name: Option<String>,
-    pub owner_email: Option<String>,
+    pub source: &'a str,
+    pub external_id: &'a str,
+    pub customer_external_id: &'a str,
+    pub customer_name: Option<&'a str>,
+    pub owner_email: Option<&'a str>,
     pub order_date: chrono::NaiveDate,
     pub amount_minor: i64,
     pub cost_minor: Option<i64>,
-    pub currency: String,
+    pub currency: &'a str,
     pub quantity: Option<i64>,
     pub import_run_id: i64,
 }
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = invoices_staging, treat_none_as_default_value = false)]
-pub(crate) struct InvoiceStagingRow {
+pub(crate) struct InvoiceStagingRow<'a> {
     pub line: i64,
-    pub source: String,
-    pub external_id: String,
-    pub customer_external_id: String,
-    pub customer_name: Option<String>,
-    pub owner_email: Option<String>,
-    pub order_external_id: Option<String>,
+    pub source: &'a str,
+    pub external_id: &'a str,
+    pub customer_external_id: &'a str,
+    pub customer_name: Option<&'a str>,
+    pub owner_email: Option<&'a str>,
+    pub order_external_id: Option<&'a str>,
     pub issued_on: chrono::NaiveDate,
     pub due_on: chrono::NaiveDate,
     pub amount_minor: i64,
-    pub currency: String,
+    pub currency: &'a str,
     pub paid_on: Option<chrono::NaiveDate>,
     pub import_run_id: i64,
 }
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = activities_staging, treat_none_as_default_value = false)]
-pub(crate) struct ActivityStagingRow {
+pub(crate) struct ActivityStagingRow<'a> {
     pub line: i64,
-    pub source: String,
-    pub external_id: String,
-    pub customer_external_id: String,
-    pub owner_email: Option<String>,
-    pub kind: String,
+    pub source: &'a str,
+    pub external_id: &'a str,
+    pub customer_external_id: &'a str,
+    pub owner_email: Option<&'a str>,
+    pub kind: &'a str,
     pub occurred_at: chrono::NaiveDateTime,
-    pub note: Option<String>,
+    pub note: Option<&'a str>,
     pub import_run_id: i64,
 }
 

@@ -1,6 +1,9 @@
 //! Store behaviour on both backends: migrations, idempotent bulk upserts, unknown customers,
 //! import runs and rejects.
-#![expect(clippy::unwrap_used, reason = "test helpers: a failed setup step must fail the test")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed setup step must fail the test"
+)]
 
 use chrono::NaiveDate;
 use tierwise_domain::{
