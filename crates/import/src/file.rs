@@ -55,7 +55,7 @@ impl Default for ImportSettings {
             default_currency: "CNY".to_string(),
             default_locale: "zh-CN".to_string(),
             create_missing_customers: true,
-            batch_size: 20_000,
+            batch_size: 50_000,
             encoding: "auto".to_string(),
             date_formats: vec![
                 "%Y-%m-%d".to_string(),

@@ -238,7 +238,9 @@ impl Database {
         drop(url.connect()?);
         let pool = r2d2::Pool::builder()
             .max_size(max)
-            .min_idle(Some(1))
+            // No idle minimum: r2d2 would refill it from a background thread, and a process
+            // exiting while that thread is inside libpq's TLS handshake can crash at exit.
+            .min_idle(Some(0))
             .connection_timeout(Duration::from_secs(30))
             .build(ConnectionManager { url: url.clone() })?;
         Ok(Self { pool, url })

@@ -55,11 +55,15 @@ CREATE TABLE customers (
 );
 CREATE INDEX customers_owner_idx ON customers (owner_id);
 
+-- Orders, invoices and activities reference customers without a FOREIGN KEY constraint: the
+-- loader resolves customer_id by joining customers in the same statement that inserts the row,
+-- so a dangling id cannot be written, and customers are never deleted. On PostgreSQL the
+-- per-row constraint trigger cost a quarter of a bulk load's time (measured on 1M orders).
 CREATE TABLE orders (
     id INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
     external_id TEXT NOT NULL,
-    customer_id BIGINT NOT NULL REFERENCES customers (id),
+    customer_id BIGINT NOT NULL,
     order_date DATE NOT NULL,
     amount_minor BIGINT NOT NULL,
     cost_minor BIGINT,
@@ -74,7 +78,7 @@ CREATE TABLE invoices (
     id INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
     external_id TEXT NOT NULL,
-    customer_id BIGINT NOT NULL REFERENCES customers (id),
+    customer_id BIGINT NOT NULL,
     order_external_id TEXT,
     issued_on DATE NOT NULL,
     due_on DATE NOT NULL,
@@ -90,7 +94,7 @@ CREATE TABLE activities (
     id INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
     external_id TEXT NOT NULL,
-    customer_id BIGINT NOT NULL REFERENCES customers (id),
+    customer_id BIGINT NOT NULL,
     owner_id BIGINT REFERENCES owners (id),
     kind TEXT NOT NULL,
     occurred_at TIMESTAMP NOT NULL,
