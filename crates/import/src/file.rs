@@ -257,9 +257,10 @@ struct LoadState {
     unknown_customer_rejects: Vec<Reject>,
 }
 
-/// Batches queued between the parsing thread and the loading thread: enough to keep both busy,
-/// few enough to bound memory.
-const BATCHES_IN_FLIGHT: usize = 1;
+/// Batches queued between the parsing thread and the loading thread. Zero makes a rendezvous:
+/// the parser builds the next batch while the loader writes the current one, so at most two
+/// batches are in memory.
+const BATCHES_IN_FLIGHT: usize = 0;
 
 /// Reads and validates on one thread while the calling thread (which owns the transaction)
 /// writes the previous batch, so parsing and database work overlap.

@@ -139,10 +139,11 @@ impl DatabaseUrl {
                     })?;
                 // WAL lets readers proceed during an import; NORMAL is durable at commit in WAL
                 // mode; the busy timeout makes a second writer wait instead of failing at once.
+                // A 32 MiB page cache loaded 1M orders fastest (16 and 64 MiB were slower).
                 conn.batch_execute(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
-                     PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;",
+                     PRAGMA temp_store = MEMORY; PRAGMA cache_size = -32768;",
                 )?;
                 Ok(DbConnection::Sqlite(conn))
             }
