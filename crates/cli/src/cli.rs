@@ -83,6 +83,17 @@ pub enum ImportCommand {
     ///   tierwise import file --kind orders --mapping config/mapping-zh-CN.toml 订单.xlsx
     ///   tierwise import file --kind orders --encoding gbk export.csv
     File(ImportFileArgs),
+    /// List the fields each kind of file can have, and which are required.
+    ///
+    /// Headers equal to these names need no mapping; others are mapped in a mapping file.
+    ///
+    /// Example:
+    ///   tierwise import fields orders
+    Fields {
+        /// Only this kind.
+        #[arg(value_parser = parse_kind)]
+        kind: Option<RecordKind>,
+    },
     /// List recent import runs.
     ///
     /// Example:

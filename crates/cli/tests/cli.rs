@@ -120,6 +120,26 @@ fn help_teaches_with_examples() {
 }
 
 #[test]
+fn fields_are_listed_per_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tierwise(&["import", "fields", "invoices"], &[], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("invoices:"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("due_date") && l.contains("required")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("paid_date") && l.contains("optional")),
+        "{text}"
+    );
+    assert!(!text.contains("orders:"), "{text}");
+}
+
+#[test]
 fn demo_imports_and_is_repeatable() {
     let dir = tempfile::tempdir().unwrap();
     let args = [

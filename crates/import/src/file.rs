@@ -211,6 +211,7 @@ fn load_file(
         run,
         create_missing_customers: options.create_missing_customers,
         default_locale: options.locale,
+        known_customers: Default::default(),
     };
     let (mut state, loaded, encoding) = match options.kind {
         RecordKind::Owners => pipeline(tx, &ctx, path, options, parse::owner, load_owners),

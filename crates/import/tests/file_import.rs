@@ -42,6 +42,37 @@ O2,C1,2026/02/05,\"1,200\",,\n\
 O3,C2,2026-03-05,80,40,\n";
 
 backend_tests! {
+    fn customers_carry_across_chunks(db) {
+        // Batches of 100 rows: later chunks meet customers created by earlier ones, and a
+        // customer named only by a superseded duplicate must still be created when it reappears.
+        let dir = tempfile::tempdir().unwrap();
+        let mut csv = String::from("order_id,customer_id,order_date,amount\n");
+        csv.push_str("DUP,GHOST,2026-01-01,1\nDUP,C0,2026-01-01,1\n");
+        for i in 0..450 {
+            csv.push_str(&format!("O{i},C{},2026-01-01,1\n", i % 7));
+        }
+        csv.push_str("LATE,GHOST,2026-01-02,2\n");
+        let path = write(dir.path(), "orders.csv", csv.as_bytes());
+        let mut opts = options(RecordKind::Orders);
+        opts.batch_size = 100;
+        let report = import_file(&db.db, &path, &opts).unwrap();
+        assert_eq!((report.totals.rows_read, report.totals.rows_written, report.totals.rows_rejected), (453, 452, 0));
+        assert_eq!(report.totals.customers_created, 8);
+        let ghost = find_customer(&mut db.conn(), "file", "GHOST").unwrap().unwrap();
+        assert_eq!(orders_of_customer(&mut db.conn(), ghost.id).unwrap().len(), 1);
+
+        let mut activities = String::from("activity_id,customer_id,kind,occurred_at\n");
+        for i in 0..250 {
+            let customer = if i % 50 == 0 { "NOPE".to_string() } else { format!("C{}", i % 7) };
+            activities.push_str(&format!("A{i},{customer},call,2026-02-01\n"));
+        }
+        let path = write(dir.path(), "activities.csv", activities.as_bytes());
+        let mut opts = options(RecordKind::Activities);
+        opts.batch_size = 100;
+        let report = import_file(&db.db, &path, &opts).unwrap();
+        assert_eq!((report.totals.rows_written, report.totals.rows_rejected), (245, 5));
+    }
+
     fn csv_import_is_idempotent(db) {
         let dir = tempfile::tempdir().unwrap();
         let customers = write(dir.path(), "customers.csv", CUSTOMERS.as_bytes());

@@ -36,6 +36,36 @@ pub struct LoadContext {
     pub create_missing_customers: bool,
     /// Locale of owners created from an email alone.
     pub default_locale: Locale,
+    /// Customers seen to exist by earlier chunks of this import.
+    pub known_customers: KnownCustomers,
+}
+
+/// Most customer ids remembered by one import; past it the memory is cleared and refilled, so
+/// memory stays bounded however many customers a file names.
+const MAX_KNOWN_CUSTOMERS: usize = 500_000;
+
+/// Customer ids (of the context's source) known to exist, remembered across the chunks of one
+/// import so that later chunks look up only ids they have not seen. Belongs to one import, inside
+/// its transaction: a rollback discards both the customers and this memory of them.
+#[derive(Debug, Clone, Default)]
+pub struct KnownCustomers(std::cell::RefCell<std::collections::HashSet<String>>);
+
+impl KnownCustomers {
+    fn contains(&self, external_id: &str) -> bool {
+        self.0.borrow().contains(external_id)
+    }
+
+    fn remember<'a>(&self, ids: impl Iterator<Item = &'a str>) {
+        let mut known = self.0.borrow_mut();
+        if known.len() > MAX_KNOWN_CUSTOMERS {
+            known.clear();
+        }
+        for id in ids {
+            if !known.contains(id) {
+                known.insert(id.to_string());
+            }
+        }
+    }
 }
 
 /// One record with the line it was read from.
@@ -71,8 +101,9 @@ pub struct LoadOutcome {
     pub unknown_customer_lines: Vec<u64>,
 }
 
-/// Most rows per multi-row INSERT on SQLite: stays under its 32,766 bound parameters.
-const SQLITE_MAX_PARAMS: usize = 32_000;
+/// Rows per multi-row INSERT on SQLite: its limit is 32,766 bound parameters and a staging
+/// table has at most 16 columns (diesel's table size without the 32-column feature).
+const SQLITE_ROWS_PER_INSERT: usize = 32_000 / 16;
 
 fn line(l: u64) -> i64 {
     i64::try_from(l).unwrap_or(i64::MAX)
@@ -119,7 +150,7 @@ fn prepare_staging(conn: &mut DbConnection, table: &str) -> StoreResult<()> {
 }
 
 macro_rules! stage_rows {
-    ($conn:expr, $table:ident, $rows:expr, $columns:expr) => {{
+    ($conn:expr, $table:ident, $rows:expr) => {{
         let rows = $rows;
         let started = std::time::Instant::now();
         match $conn {
@@ -132,7 +163,7 @@ macro_rules! stage_rows {
                 c.batch_execute(concat!("ANALYZE ", stringify!($table)))?;
             }
             DbConnection::Sqlite(c) => {
-                for chunk in rows.chunks((SQLITE_MAX_PARAMS / $columns).max(1)) {
+                for chunk in rows.chunks(SQLITE_ROWS_PER_INSERT) {
                     diesel::insert_into($table::table)
                         .values(chunk)
                         .execute(c)?;
@@ -189,7 +220,7 @@ fn ensure_owners<'a>(
             import_run_id: ctx.run.0,
         })
         .collect();
-    stage_rows!(conn, owners_staging, &rows, 7);
+    stage_rows!(conn, owners_staging, &rows);
     execute(
         conn,
         "INSERT INTO owners (email, name, locale, source, external_id, import_run_id) \
@@ -207,19 +238,23 @@ fn resolve_customers(
     staging: &str,
     outcome: &mut LoadOutcome,
 ) -> StoreResult<()> {
-    let unknown = "NOT EXISTS (SELECT 1 FROM customers c \
+    let unknown = "NOT s.customer_known AND NOT EXISTS (SELECT 1 FROM customers c \
          WHERE c.source = s.source AND c.external_id = s.customer_external_id)";
     if ctx.create_missing_customers {
         outcome.customers_created += execute(
             conn,
             &format!(
+                // Grouping first checks each distinct customer once, not once per row.
                 "INSERT INTO customers (source, external_id, name, owner_id, attributes, import_run_id) \
-                 SELECT s.source, s.customer_external_id, \
-                        MIN(COALESCE(s.customer_name, s.customer_external_id)), MIN(o.id), '{{}}', \
-                        MIN(s.import_run_id) \
-                 FROM {staging} s LEFT JOIN owners o ON o.email = s.owner_email \
-                 WHERE {unknown} \
-                 GROUP BY s.source, s.customer_external_id \
+                 SELECT s.source, s.customer_external_id, s.name, o.id, '{{}}', s.import_run_id \
+                 FROM (SELECT source, customer_external_id, \
+                              MIN(COALESCE(customer_name, customer_external_id)) AS name, \
+                              MIN(owner_email) AS owner_email, MIN(import_run_id) AS import_run_id \
+                       FROM {staging} WHERE NOT customer_known \
+                       GROUP BY source, customer_external_id) s \
+                 LEFT JOIN owners o ON o.email = s.owner_email \
+                 WHERE NOT EXISTS (SELECT 1 FROM customers c \
+                     WHERE c.source = s.source AND c.external_id = s.customer_external_id) \
                  ON CONFLICT (source, external_id) DO NOTHING"
             ),
         )?;
@@ -236,6 +271,21 @@ fn resolve_customers(
         );
     }
     Ok(())
+}
+
+/// Remembers the customers of the staged rows that were not reported unknown: they exist now.
+fn remember_customers<'a>(
+    ctx: &LoadContext,
+    staged: impl Iterator<Item = (i64, &'a str)>,
+    outcome: &LoadOutcome,
+) {
+    let unknown: std::collections::HashSet<u64> =
+        outcome.unknown_customer_lines.iter().copied().collect();
+    ctx.known_customers.remember(
+        staged
+            .filter(|(line, _)| !unknown.contains(&u64::try_from(*line).unwrap_or(0)))
+            .map(|(_, id)| id),
+    );
 }
 
 /// Upserts owners by email: name, locale and external id follow the latest import.
@@ -264,7 +314,7 @@ pub fn load_owners(
         return Ok(outcome);
     }
     prepare_staging(conn, "owners_staging")?;
-    stage_rows!(conn, owners_staging, &staged, 7);
+    stage_rows!(conn, owners_staging, &staged);
     outcome.written = execute(
         conn,
         &merge_sql(
@@ -321,7 +371,7 @@ pub fn load_customers(
         return Ok(outcome);
     }
     prepare_staging(conn, "customers_staging")?;
-    stage_rows!(conn, customers_staging, &staged, 12);
+    stage_rows!(conn, customers_staging, &staged);
     outcome.written = execute(
         conn,
         &merge_sql(
@@ -370,6 +420,7 @@ pub fn load_orders(
             source: ctx.source.as_str(),
             external_id: order.external_id().as_str(),
             customer_external_id: order.customer().as_str(),
+            customer_known: ctx.known_customers.contains(order.customer().as_str()),
             customer_name: customer.name.as_deref(),
             owner_email: customer.owner_email.as_ref().map(|e| e.as_str()),
             order_date: order.order_date(),
@@ -385,9 +436,13 @@ pub fn load_orders(
         return Ok(outcome);
     }
     prepare_staging(conn, "orders_staging")?;
-    stage_rows!(conn, orders_staging, &staged, 12);
-    drop(staged);
+    stage_rows!(conn, orders_staging, &staged);
     resolve_customers(conn, ctx, "orders_staging", &mut outcome)?;
+    remember_customers(
+        ctx,
+        staged.iter().map(|r| (r.line, r.customer_external_id)),
+        &outcome,
+    );
     outcome.written = execute(
         conn,
         &merge_sql(
@@ -435,6 +490,7 @@ pub fn load_invoices(
             source: ctx.source.as_str(),
             external_id: invoice.external_id().as_str(),
             customer_external_id: invoice.customer().as_str(),
+            customer_known: ctx.known_customers.contains(invoice.customer().as_str()),
             customer_name: customer.name.as_deref(),
             owner_email: customer.owner_email.as_ref().map(|e| e.as_str()),
             order_external_id: invoice.order().map(|o| o.as_str()),
@@ -451,9 +507,13 @@ pub fn load_invoices(
         return Ok(outcome);
     }
     prepare_staging(conn, "invoices_staging")?;
-    stage_rows!(conn, invoices_staging, &staged, 13);
-    drop(staged);
+    stage_rows!(conn, invoices_staging, &staged);
     resolve_customers(conn, ctx, "invoices_staging", &mut outcome)?;
+    remember_customers(
+        ctx,
+        staged.iter().map(|r| (r.line, r.customer_external_id)),
+        &outcome,
+    );
     outcome.written = execute(
         conn,
         &merge_sql(
@@ -501,6 +561,7 @@ pub fn load_activities(
             source: ctx.source.as_str(),
             external_id: s.record.external_id.as_str(),
             customer_external_id: s.record.customer.as_str(),
+            customer_known: ctx.known_customers.contains(s.record.customer.as_str()),
             owner_email: s.record.owner_email.as_ref().map(|e| e.as_str()),
             kind: s.record.kind.as_str(),
             occurred_at: s.record.occurred_at.naive_utc(),
@@ -513,13 +574,17 @@ pub fn load_activities(
         return Ok(outcome);
     }
     prepare_staging(conn, "activities_staging")?;
-    stage_rows!(conn, activities_staging, &staged, 9);
-    drop(staged);
+    stage_rows!(conn, activities_staging, &staged);
     let strict = LoadContext {
         create_missing_customers: false,
         ..ctx.clone()
     };
     resolve_customers(conn, &strict, "activities_staging", &mut outcome)?;
+    remember_customers(
+        ctx,
+        staged.iter().map(|r| (r.line, r.customer_external_id)),
+        &outcome,
+    );
     outcome.written = execute(
         conn,
         &merge_sql(

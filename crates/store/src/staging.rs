@@ -39,6 +39,7 @@ diesel::table! {
         source -> Text,
         external_id -> Text,
         customer_external_id -> Text,
+        customer_known -> Bool,
         customer_name -> Nullable<Text>,
         owner_email -> Nullable<Text>,
         order_date -> Date,
@@ -56,6 +57,7 @@ diesel::table! {
         source -> Text,
         external_id -> Text,
         customer_external_id -> Text,
+        customer_known -> Bool,
         customer_name -> Nullable<Text>,
         owner_email -> Nullable<Text>,
         order_external_id -> Nullable<Text>,
@@ -74,6 +76,7 @@ diesel::table! {
         source -> Text,
         external_id -> Text,
         customer_external_id -> Text,
+        customer_known -> Bool,
         owner_email -> Nullable<Text>,
         kind -> Text,
         occurred_at -> Timestamp,
@@ -95,18 +98,18 @@ CREATE TEMP TABLE IF NOT EXISTS customers_staging (
     import_run_id BIGINT NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS orders_staging (
     line BIGINT NOT NULL, source {key} NOT NULL, external_id {key} NOT NULL,
-    customer_external_id {key} NOT NULL, customer_name TEXT, owner_email {key},
+    customer_external_id {key} NOT NULL, customer_known BOOLEAN NOT NULL, customer_name TEXT, owner_email {key},
     order_date DATE NOT NULL, amount_minor BIGINT NOT NULL, cost_minor BIGINT,
     currency TEXT NOT NULL, quantity BIGINT, import_run_id BIGINT NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS invoices_staging (
     line BIGINT NOT NULL, source {key} NOT NULL, external_id {key} NOT NULL,
-    customer_external_id {key} NOT NULL, customer_name TEXT, owner_email {key},
+    customer_external_id {key} NOT NULL, customer_known BOOLEAN NOT NULL, customer_name TEXT, owner_email {key},
     order_external_id {key}, issued_on DATE NOT NULL, due_on DATE NOT NULL,
     amount_minor BIGINT NOT NULL, currency TEXT NOT NULL, paid_on DATE,
     import_run_id BIGINT NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS activities_staging (
     line BIGINT NOT NULL, source {key} NOT NULL, external_id {key} NOT NULL,
-    customer_external_id {key} NOT NULL, owner_email {key}, kind TEXT NOT NULL,
+    customer_external_id {key} NOT NULL, customer_known BOOLEAN NOT NULL, owner_email {key}, kind TEXT NOT NULL,
     occurred_at TIMESTAMP NOT NULL, note TEXT, import_run_id BIGINT NOT NULL);
 ";
 
@@ -158,6 +161,8 @@ pub(crate) struct OrderStagingRow<'a> {
     pub source: &'a str,
     pub external_id: &'a str,
     pub customer_external_id: &'a str,
+    /// Known to exist from an earlier chunk of the same import: not looked up again.
+    pub customer_known: bool,
     pub customer_name: Option<&'a str>,
     pub owner_email: Option<&'a str>,
     pub order_date: chrono::NaiveDate,
@@ -175,6 +180,8 @@ pub(crate) struct InvoiceStagingRow<'a> {
     pub source: &'a str,
     pub external_id: &'a str,
     pub customer_external_id: &'a str,
+    /// Known to exist from an earlier chunk of the same import: not looked up again.
+    pub customer_known: bool,
     pub customer_name: Option<&'a str>,
     pub owner_email: Option<&'a str>,
     pub order_external_id: Option<&'a str>,
@@ -193,6 +200,8 @@ pub(crate) struct ActivityStagingRow<'a> {
     pub source: &'a str,
     pub external_id: &'a str,
     pub customer_external_id: &'a str,
+    /// Known to exist from an earlier chunk of the same import: not looked up again.
+    pub customer_known: bool,
     pub owner_email: Option<&'a str>,
     pub kind: &'a str,
     pub occurred_at: chrono::NaiveDateTime,

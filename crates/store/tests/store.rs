@@ -45,6 +45,7 @@ fn ctx(conn: &mut DbConnection, create_missing: bool) -> LoadContext {
         run,
         create_missing_customers: create_missing,
         default_locale: Locale::ZhCn,
+        known_customers: Default::default(),
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tierwise_import::{ColumnMapping, FileImportOptions, ImportReport, import_file};
+use tierwise_import::{ColumnMapping, FileImportOptions, ImportReport, RecordKind, import_file};
 use tierwise_store::ImportRunId;
 use tierwise_store::runs::{find_import_run, recent_import_runs, rejects_of_run};
 
@@ -19,6 +19,7 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     match command {
         ImportCommand::File(args) => file(settings, &args, progress),
+        ImportCommand::Fields { kind } => fields(kind),
         ImportCommand::Runs { limit } => runs(settings, limit),
         ImportCommand::Rejects { run, limit } => rejects(settings, run, limit),
     }
@@ -111,6 +112,34 @@ pub fn print_report(report: &ImportReport) {
             );
         }
     }
+}
+
+fn fields(only: Option<RecordKind>) -> anyhow::Result<ExitCode> {
+    for kind in RecordKind::ALL
+        .into_iter()
+        .filter(|k| only.is_none_or(|o| o == *k))
+    {
+        println!("{kind}:");
+        let rows: Vec<Vec<String>> = kind
+            .fields()
+            .iter()
+            .map(|f| {
+                vec![
+                    f.name.to_string(),
+                    if f.required { "required" } else { "optional" }.to_string(),
+                    f.help.to_string(),
+                ]
+            })
+            .collect();
+        print_table(&["field", "", "meaning"], &rows);
+        if kind == RecordKind::Customers {
+            println!(
+                "  + any numeric column mapped under [customers.attributes] in a mapping file"
+            );
+        }
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runs(settings: &Settings, limit: i64) -> anyhow::Result<ExitCode> {
