@@ -234,13 +234,13 @@ fn ensure_owners<'a>(
 /// policy allows) or removes and reports the rows whose customer is unknown.
 fn resolve_customers(
     conn: &mut DbConnection,
-    ctx: &LoadContext,
+    create_missing_customers: bool,
     staging: &str,
     outcome: &mut LoadOutcome,
 ) -> StoreResult<()> {
     let unknown = "NOT s.customer_known AND NOT EXISTS (SELECT 1 FROM customers c \
          WHERE c.source = s.source AND c.external_id = s.customer_external_id)";
-    if ctx.create_missing_customers {
+    if create_missing_customers {
         outcome.customers_created += execute(
             conn,
             &format!(
@@ -270,6 +270,30 @@ fn resolve_customers(
                 .map(|l| u64::try_from(l.line).unwrap_or(0)),
         );
     }
+    Ok(())
+}
+
+/// The steps shared by every kind whose rows name a customer: stage the chunk, create or report
+/// unknown customers, remember the customers that exist, and merge into the real table.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call per record kind, each argument differs"
+)]
+fn stage_resolve_merge<'a>(
+    conn: &mut DbConnection,
+    ctx: &LoadContext,
+    staging: &str,
+    create_missing_customers: bool,
+    stage: impl FnOnce(&mut DbConnection) -> StoreResult<()>,
+    customers: impl Iterator<Item = (i64, &'a str)>,
+    merge: &str,
+    outcome: &mut LoadOutcome,
+) -> StoreResult<()> {
+    prepare_staging(conn, staging)?;
+    stage(conn)?;
+    resolve_customers(conn, create_missing_customers, staging, outcome)?;
+    remember_customers(ctx, customers, outcome);
+    outcome.written = execute(conn, merge)?;
     Ok(())
 }
 
@@ -435,34 +459,36 @@ pub fn load_orders(
     if staged.is_empty() {
         return Ok(outcome);
     }
-    prepare_staging(conn, "orders_staging")?;
-    stage_rows!(conn, orders_staging, &staged);
-    resolve_customers(conn, ctx, "orders_staging", &mut outcome)?;
-    remember_customers(
-        ctx,
-        staged.iter().map(|r| (r.line, r.customer_external_id)),
-        &outcome,
-    );
-    outcome.written = execute(
-        conn,
-        &merge_sql(
-            "orders",
-            "source, external_id, customer_id, order_date, amount_minor, cost_minor, currency, \
+    let merge = merge_sql(
+        "orders",
+        "source, external_id, customer_id, order_date, amount_minor, cost_minor, currency, \
              quantity, import_run_id",
-            "SELECT s.source, s.external_id, c.id, s.order_date, s.amount_minor, s.cost_minor, \
+        "SELECT s.source, s.external_id, c.id, s.order_date, s.amount_minor, s.cost_minor, \
              s.currency, s.quantity, s.import_run_id FROM orders_staging s \
              JOIN customers c ON c.source = s.source AND c.external_id = s.customer_external_id \
              WHERE true",
-            "source, external_id",
-            &[
-                OnUpdate::Replace("customer_id"),
-                OnUpdate::Replace("order_date"),
-                OnUpdate::Replace("amount_minor"),
-                OnUpdate::KeepIfNull("cost_minor"),
-                OnUpdate::Replace("currency"),
-                OnUpdate::KeepIfNull("quantity"),
-            ],
-        ),
+        "source, external_id",
+        &[
+            OnUpdate::Replace("customer_id"),
+            OnUpdate::Replace("order_date"),
+            OnUpdate::Replace("amount_minor"),
+            OnUpdate::KeepIfNull("cost_minor"),
+            OnUpdate::Replace("currency"),
+            OnUpdate::KeepIfNull("quantity"),
+        ],
+    );
+    stage_resolve_merge(
+        conn,
+        ctx,
+        "orders_staging",
+        ctx.create_missing_customers,
+        |c| {
+            stage_rows!(c, orders_staging, &staged);
+            Ok(())
+        },
+        staged.iter().map(|r| (r.line, r.customer_external_id)),
+        &merge,
+        &mut outcome,
     )?;
     Ok(outcome)
 }
@@ -506,35 +532,37 @@ pub fn load_invoices(
     if staged.is_empty() {
         return Ok(outcome);
     }
-    prepare_staging(conn, "invoices_staging")?;
-    stage_rows!(conn, invoices_staging, &staged);
-    resolve_customers(conn, ctx, "invoices_staging", &mut outcome)?;
-    remember_customers(
-        ctx,
-        staged.iter().map(|r| (r.line, r.customer_external_id)),
-        &outcome,
-    );
-    outcome.written = execute(
-        conn,
-        &merge_sql(
-            "invoices",
-            "source, external_id, customer_id, order_external_id, issued_on, due_on, amount_minor, \
+    let merge = merge_sql(
+        "invoices",
+        "source, external_id, customer_id, order_external_id, issued_on, due_on, amount_minor, \
              currency, paid_on, import_run_id",
-            "SELECT s.source, s.external_id, c.id, s.order_external_id, s.issued_on, s.due_on, \
+        "SELECT s.source, s.external_id, c.id, s.order_external_id, s.issued_on, s.due_on, \
              s.amount_minor, s.currency, s.paid_on, s.import_run_id FROM invoices_staging s \
              JOIN customers c ON c.source = s.source AND c.external_id = s.customer_external_id \
              WHERE true",
-            "source, external_id",
-            &[
-                OnUpdate::Replace("customer_id"),
-                OnUpdate::KeepIfNull("order_external_id"),
-                OnUpdate::Replace("issued_on"),
-                OnUpdate::Replace("due_on"),
-                OnUpdate::Replace("amount_minor"),
-                OnUpdate::Replace("currency"),
-                OnUpdate::KeepIfNull("paid_on"),
-            ],
-        ),
+        "source, external_id",
+        &[
+            OnUpdate::Replace("customer_id"),
+            OnUpdate::KeepIfNull("order_external_id"),
+            OnUpdate::Replace("issued_on"),
+            OnUpdate::Replace("due_on"),
+            OnUpdate::Replace("amount_minor"),
+            OnUpdate::Replace("currency"),
+            OnUpdate::KeepIfNull("paid_on"),
+        ],
+    );
+    stage_resolve_merge(
+        conn,
+        ctx,
+        "invoices_staging",
+        ctx.create_missing_customers,
+        |c| {
+            stage_rows!(c, invoices_staging, &staged);
+            Ok(())
+        },
+        staged.iter().map(|r| (r.line, r.customer_external_id)),
+        &merge,
+        &mut outcome,
     )?;
     Ok(outcome)
 }
@@ -573,36 +601,34 @@ pub fn load_activities(
     if staged.is_empty() {
         return Ok(outcome);
     }
-    prepare_staging(conn, "activities_staging")?;
-    stage_rows!(conn, activities_staging, &staged);
-    let strict = LoadContext {
-        create_missing_customers: false,
-        ..ctx.clone()
-    };
-    resolve_customers(conn, &strict, "activities_staging", &mut outcome)?;
-    remember_customers(
-        ctx,
-        staged.iter().map(|r| (r.line, r.customer_external_id)),
-        &outcome,
-    );
-    outcome.written = execute(
-        conn,
-        &merge_sql(
-            "activities",
-            "source, external_id, customer_id, owner_id, kind, occurred_at, note, import_run_id",
-            "SELECT s.source, s.external_id, c.id, o.id, s.kind, s.occurred_at, s.note, \
+    let merge = merge_sql(
+        "activities",
+        "source, external_id, customer_id, owner_id, kind, occurred_at, note, import_run_id",
+        "SELECT s.source, s.external_id, c.id, o.id, s.kind, s.occurred_at, s.note, \
              s.import_run_id FROM activities_staging s \
              JOIN customers c ON c.source = s.source AND c.external_id = s.customer_external_id \
              LEFT JOIN owners o ON o.email = s.owner_email WHERE true",
-            "source, external_id",
-            &[
-                OnUpdate::Replace("customer_id"),
-                OnUpdate::KeepIfNull("owner_id"),
-                OnUpdate::Replace("kind"),
-                OnUpdate::Replace("occurred_at"),
-                OnUpdate::KeepIfNull("note"),
-            ],
-        ),
+        "source, external_id",
+        &[
+            OnUpdate::Replace("customer_id"),
+            OnUpdate::KeepIfNull("owner_id"),
+            OnUpdate::Replace("kind"),
+            OnUpdate::Replace("occurred_at"),
+            OnUpdate::KeepIfNull("note"),
+        ],
+    );
+    stage_resolve_merge(
+        conn,
+        ctx,
+        "activities_staging",
+        false,
+        |c| {
+            stage_rows!(c, activities_staging, &staged);
+            Ok(())
+        },
+        staged.iter().map(|r| (r.line, r.customer_external_id)),
+        &merge,
+        &mut outcome,
     )?;
     Ok(outcome)
 }
