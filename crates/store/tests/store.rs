@@ -228,6 +228,16 @@ backend_tests! {
         assert_eq!(rejects_of_run(&mut conn, c.run, 100).unwrap(), rejects);
     }
 
+    fn async_callers_run_on_the_blocking_pool(db) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let on_runtime_thread = std::thread::current().id();
+        let (counts, ran_on) = runtime
+            .block_on(db.db.run(|conn| Ok((table_counts(conn)?, std::thread::current().id()))))
+            .unwrap();
+        assert_eq!(counts.customers, 0);
+        assert_ne!(ran_on, on_runtime_thread, "database work must leave the async thread");
+    }
+
     fn a_failed_transaction_leaves_nothing(db) {
         let mut conn = db.conn();
         let c = ctx(&mut conn, true);

@@ -78,15 +78,24 @@ pub fn run(settings: &Settings, args: &DemoArgs, progress: bool) -> anyhow::Resu
         ]],
     );
     println!();
+    // Name the binary as the user can run it from here (after `cargo run` it is not on PATH).
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let here = std::env::current_dir().ok()?;
+            exe.strip_prefix(here).ok().map(|p| p.display().to_string())
+        })
+        .unwrap_or_else(|| "tierwise".to_string());
     println!(
         "Done in {:.1}s. Look around:",
         started.elapsed().as_secs_f64()
     );
     println!(
-        "  TIERWISE__DATABASE__URL={} tierwise import runs",
+        "  TIERWISE__DATABASE__URL={} {program} import runs",
         args.database
     );
-    println!("  tierwise import file --help        import your own CSV/XLSX files");
+    println!("  {program} import fields       what your own files may contain");
+    println!("  {program} import file --help  how to import them");
     if rejected > 0 {
         anyhow::bail!(
             "{rejected} demo rows were rejected; the generator and importer disagree (a bug)"
