@@ -23,6 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal};
 use tierwise_import::{ColumnMapping, FileImportOptions, ImportSettings, RecordKind, import_file};
 use tierwise_store::Database;
+use tierwise_store::testing::with_database_name;
 
 struct Args {
     rows: u64,
@@ -166,12 +167,6 @@ fn psql(url: &str, sql: &str) -> Result<()> {
     Ok(())
 }
 
-fn database_url(admin: &str, name: &str) -> String {
-    let (scheme, rest) = admin.split_once("://").unwrap_or(("postgres", admin));
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    format!("{scheme}://{authority}/{name}")
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -205,7 +200,7 @@ fn main() -> Result<()> {
         let name = format!("tierwise_bench_{}", std::process::id());
         psql(&admin, &format!("DROP DATABASE IF EXISTS {name}"))?;
         psql(&admin, &format!("CREATE DATABASE {name}"))?;
-        let url = database_url(&admin, &name);
+        let url = with_database_name(&admin, &name);
         let measured = run_child("postgres", &file, &url);
         // The floors: psql's client-side COPY of the same file into a plain table, and into a
         // table indexed like tierwise's orders (surrogate key, unique order id, customer index).

@@ -104,6 +104,11 @@ impl<'a> Row<'a> {
             .transpose()
     }
 
+    fn required_money(&self, field: &'static str, currency: Currency) -> Result<Money, RowReject> {
+        self.money(field, currency)?
+            .ok_or_else(|| self.reject(field, "is empty; this field is required"))
+    }
+
     fn required_date(&self, field: &str) -> Result<NaiveDate, RowReject> {
         self.required(field)?;
         self.date(field)?
@@ -278,9 +283,7 @@ pub(crate) fn order(
         defaults,
     };
     let currency = row.currency()?;
-    let amount = row
-        .money("amount", currency)?
-        .ok_or_else(|| row.reject("amount", "is empty; this field is required"))?;
+    let amount = row.required_money("amount", currency)?;
     let order = Order::new(
         row.id("order_id")?,
         row.id("customer_id")?,
@@ -305,9 +308,7 @@ pub(crate) fn invoice(
         defaults,
     };
     let currency = row.currency()?;
-    let amount = row
-        .money("amount", currency)?
-        .ok_or_else(|| row.reject("amount", "is empty; this field is required"))?;
+    let amount = row.required_money("amount", currency)?;
     let invoice = Invoice::new(
         row.id("invoice_id")?,
         row.id("customer_id")?,
