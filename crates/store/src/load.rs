@@ -206,7 +206,7 @@ fn execute(conn: &mut DbConnection, sql: &str) -> StoreResult<u64> {
     tracing::debug!(
         rows = n,
         duration_ms = started.elapsed().as_millis() as u64,
-        sql = &sql[..sql.len().min(60)],
+        sql = sql.get(..60).unwrap_or(sql),
         "statement"
     );
     Ok(n as u64)
