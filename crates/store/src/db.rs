@@ -213,6 +213,50 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrati
 /// apply migrations once.
 const MIGRATION_LOCK_KEY: i64 = 0x7469_6572_7769_7365; // "tierwise"
 
+/// A held database-wide lock (see [`Database::try_exclusive`]); dropping it releases the lock.
+pub enum ExclusiveLock {
+    /// PostgreSQL advisory lock held by this connection.
+    Postgres {
+        /// The connection holding the lock (boxed: a pooled connection is large).
+        conn: Box<PooledConnection>,
+        /// The lock key.
+        key: i64,
+    },
+    /// Locked file beside the SQLite database.
+    File(std::fs::File),
+}
+
+impl std::fmt::Debug for ExclusiveLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Postgres { key, .. } => write!(f, "ExclusiveLock::Postgres({key})"),
+            Self::File(_) => f.write_str("ExclusiveLock::File"),
+        }
+    }
+}
+
+impl Drop for ExclusiveLock {
+    fn drop(&mut self) {
+        if let Self::Postgres { conn, key } = self {
+            // If unlocking fails the connection is unusable anyway and the lock ends with it.
+            let unlocked = with_backend!(&mut ***conn, c => c.batch_execute(&format!("SELECT pg_advisory_unlock({key})")));
+            if let Err(error) = unlocked {
+                tracing::warn!(%error, "releasing an advisory lock failed");
+            }
+        }
+    }
+}
+
+/// Advisory lock key of a lock name: FNV-1a of the name, so names need no registry.
+fn lock_key(name: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}
+
 /// The database: a pool of connections to one backend.
 #[derive(Clone)]
 pub struct Database {
@@ -255,6 +299,63 @@ impl Database {
     /// The URL with its password masked.
     pub fn masked_url(&self) -> String {
         self.url.masked()
+    }
+
+    /// Takes the database-wide lock `name` without waiting, or fails with [`StoreError::Busy`]
+    /// when another process (or replica) holds it. PostgreSQL: a session advisory lock on a
+    /// connection kept out of the pool until the lock is dropped. SQLite: an exclusive lock on
+    /// the file `<database>.<name>.lock`. Either is released if the holder dies.
+    pub fn try_exclusive(&self, name: &str) -> StoreResult<ExclusiveLock> {
+        match &self.url {
+            DatabaseUrl::Postgres(_) => {
+                let mut conn = self.conn()?;
+                let key = lock_key(name);
+                #[derive(QueryableByName)]
+                struct Locked {
+                    #[diesel(sql_type = diesel::sql_types::Bool)]
+                    locked: bool,
+                }
+                let got: Locked = with_backend!(&mut *conn, c => diesel::sql_query(format!(
+                    "SELECT pg_try_advisory_lock({key}) AS locked"
+                ))
+                .get_result(c)?);
+                if !got.locked {
+                    return Err(StoreError::Busy(format!(
+                        "another process holds the '{name}' lock on this database; wait for it to finish"
+                    )));
+                }
+                Ok(ExclusiveLock::Postgres {
+                    conn: Box::new(conn),
+                    key,
+                })
+            }
+            DatabaseUrl::Sqlite(path) => {
+                let mut lock_path = path.as_os_str().to_owned();
+                lock_path.push(format!(".{name}.lock"));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .map_err(|e| {
+                        StoreError::Busy(format!(
+                            "cannot open lock file {}: {e}",
+                            PathBuf::from(&lock_path).display()
+                        ))
+                    })?;
+                match file.try_lock() {
+                    Ok(()) => Ok(ExclusiveLock::File(file)),
+                    Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Busy(format!(
+                        "another process holds the '{name}' lock on this database ({}); wait for it to finish",
+                        PathBuf::from(&lock_path).display()
+                    ))),
+                    Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Busy(format!(
+                        "cannot lock {}: {e}",
+                        PathBuf::from(&lock_path).display()
+                    ))),
+                }
+            }
+        }
     }
 
     /// A connection from the pool, for synchronous callers (CLI commands, blocking tasks).

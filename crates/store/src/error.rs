@@ -33,6 +33,9 @@ pub enum StoreError {
     /// A blocking database task panicked or was cancelled.
     #[error("database task did not finish: {0}")]
     Task(String),
+    /// A lock is held by another process.
+    #[error("{0}")]
+    Busy(String),
     /// A stored value could not be read back into a domain type.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),

@@ -7,6 +7,7 @@
 
 mod db;
 mod error;
+pub mod grading;
 pub mod load;
 pub mod queries;
 pub mod runs;
@@ -16,8 +17,9 @@ mod staging;
 pub mod testing;
 
 pub use db::{
-    Backend, ConnectionManager, Database, DatabaseUrl, DbConnection, PooledConnection,
-    mask_password, migration_status, revert_all_migrations, run_pending_migrations, transaction,
+    Backend, ConnectionManager, Database, DatabaseUrl, DbConnection, ExclusiveLock,
+    PooledConnection, mask_password, migration_status, revert_all_migrations,
+    run_pending_migrations, transaction,
 };
 pub use error::{StoreError, StoreResult};
 pub use runs::ImportRunId;

@@ -106,11 +106,93 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    grading_runs (id) {
+        id -> BigInt,
+        period -> Text,
+        status -> Text,
+        policy_hash -> Text,
+        policy -> Text,
+        started_at -> Timestamp,
+        finished_at -> Nullable<Timestamp>,
+        customers -> BigInt,
+        graded -> BigInt,
+        tier_changes -> BigInt,
+        timings -> Text,
+        summary -> Nullable<Text>,
+        error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    grading_periods (period) {
+        period -> Text,
+        run_id -> BigInt,
+        published_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    grades (run_id, customer_id) {
+        run_id -> BigInt,
+        customer_id -> BigInt,
+        graded -> Bool,
+        recency_days -> Nullable<Integer>,
+        frequency -> Integer,
+        monetary -> BigInt,
+        r_score -> Nullable<Integer>,
+        f_score -> Nullable<Integer>,
+        m_score -> Nullable<Integer>,
+        segment -> Nullable<Text>,
+        abc_class -> Nullable<Text>,
+        credit_score -> Nullable<Double>,
+        credit_grade -> Text,
+        profit -> Nullable<BigInt>,
+        composite -> Nullable<Double>,
+        computed_tier -> Nullable<Text>,
+        tier -> Nullable<Text>,
+        tier_reason -> Text,
+        periods_below -> Integer,
+        loyalty -> Nullable<Text>,
+        lifecycle -> Text,
+        clv -> Nullable<BigInt>,
+        explanation -> Text,
+    }
+}
+
+diesel::table! {
+    overrides (customer_id) {
+        customer_id -> BigInt,
+        kind -> Text,
+        tier -> Nullable<Text>,
+        reason -> Text,
+        author -> Text,
+        until -> Nullable<Date>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    override_events (id) {
+        id -> BigInt,
+        customer_id -> BigInt,
+        action -> Text,
+        tier -> Nullable<Text>,
+        reason -> Text,
+        author -> Text,
+        until -> Nullable<Date>,
+        at -> Timestamp,
+    }
+}
+
 diesel::joinable!(import_rejects -> import_runs (import_run_id));
 diesel::joinable!(customers -> owners (owner_id));
 diesel::joinable!(orders -> customers (customer_id));
 diesel::joinable!(invoices -> customers (customer_id));
 diesel::joinable!(activities -> customers (customer_id));
+diesel::joinable!(grades -> customers (customer_id));
+diesel::joinable!(grading_periods -> grading_runs (run_id));
+diesel::joinable!(overrides -> customers (customer_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     owners,
@@ -120,4 +202,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     orders,
     invoices,
     activities,
+    grading_runs,
+    grading_periods,
+    grades,
+    overrides,
+    override_events,
 );

@@ -1,0 +1,439 @@
+//! The re-grading job: reads every customer's facts as of a period's end from the store, grades
+//! them with the domain model, and publishes the grades as that period's snapshot.
+//!
+//! One run at a time per database (a database-wide lock); a run writes its rows beside the
+//! published ones and switches the period's pointer at the end, so readers never see a mix, and
+//! a run that dies leaves the previous snapshot in place (it is marked failed by the next run).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::Serialize;
+use tierwise_domain::Period;
+use tierwise_domain::grading::{
+    BUILTIN_COMPONENTS, Credit, Grade, GradingOutcome, Policy, Summary, TierReason,
+    grade_population, summarise,
+};
+use tierwise_store::grading::{self as store, FactsRequest, GradingRunId, NewGrade, RunCounts};
+use tierwise_store::{Database, DbConnection, StoreError};
+
+/// Name of the database-wide lock a grading run holds.
+pub const GRADING_LOCK: &str = "grading";
+
+/// Rows written per bulk statement batch (bounds the memory of rendered rows).
+const WRITE_BATCH: usize = 20_000;
+
+/// Why a grading run could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum GradingError {
+    /// The policy is not usable.
+    #[error("grading policy setting grading.{field}: {reason}")]
+    Policy {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store failed (including: another run holds the lock).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A range was given backwards.
+    #[error("--from {from} is after --to {to}")]
+    BackwardsRange {
+        /// Start.
+        from: Period,
+        /// End.
+        to: Period,
+    },
+}
+
+impl From<tierwise_domain::FieldError> for GradingError {
+    fn from(e: tierwise_domain::FieldError) -> Self {
+        Self::Policy {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
+/// Whether to publish the result or only report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Write the grades and publish them as the period's snapshot.
+    Publish,
+    /// Grade in memory and compare with the published snapshot; write nothing.
+    DryRun,
+}
+
+/// How a dry run's tiers compare with the published snapshot of the same period.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Movement {
+    /// Whether the period had a published snapshot to compare with.
+    pub compared: bool,
+    /// Customers whose tier would change.
+    pub moved: u64,
+    /// … to a better tier (or from none to one).
+    pub up: u64,
+    /// … to a worse tier (or from one to none).
+    pub down: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct GradingReport {
+    /// The graded period.
+    pub period: Period,
+    /// The stored run (none for a dry run).
+    pub run: Option<GradingRunId>,
+    /// Policy hash.
+    pub policy_hash: String,
+    /// Orders and invoices read.
+    pub orders_read: u64,
+    /// Invoices read.
+    pub invoices_read: u64,
+    /// The run's summary (distribution, migration matrix).
+    pub summary: Summary,
+    /// Phase timings in milliseconds, in order.
+    pub timings: Vec<(String, u64)>,
+    /// The run this one replaced as the period's snapshot.
+    pub replaced: Option<GradingRunId>,
+    /// Runs found abandoned (by a process that died) and marked failed before this one.
+    pub abandoned: Vec<GradingRunId>,
+    /// Dry runs: movement against the published snapshot.
+    pub movement: Option<Movement>,
+}
+
+impl GradingReport {
+    /// Total milliseconds over all phases.
+    pub fn total_ms(&self) -> u64 {
+        self.timings.iter().map(|(_, ms)| ms).sum()
+    }
+}
+
+struct Stopwatch {
+    clock: Instant,
+    laps: Vec<(String, u64)>,
+}
+
+impl Stopwatch {
+    fn new() -> Self {
+        Self {
+            clock: Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, name: &str) {
+        self.laps
+            .push((name.to_owned(), self.clock.elapsed().as_millis() as u64));
+        self.clock = Instant::now();
+    }
+}
+
+/// Grades `period` under `policy`.
+pub fn grade_period(
+    db: &Database,
+    period: Period,
+    policy: &Policy,
+    mode: Mode,
+) -> Result<GradingReport, GradingError> {
+    policy.validate()?;
+    let mut watch = Stopwatch::new();
+    let _lock = db.try_exclusive(GRADING_LOCK)?;
+    let mut conn = db.conn()?;
+    let conn: &mut DbConnection = &mut conn;
+    let abandoned = store::fail_abandoned_runs(conn)?;
+    for run in &abandoned {
+        tracing::warn!(run = run.0, "marked an abandoned grading run failed");
+    }
+    watch.lap("lock");
+
+    let hash = policy.hash();
+    let run = match mode {
+        Mode::Publish => {
+            let json = serde_json::to_string(policy).unwrap_or_default();
+            Some(store::start_run(conn, period, &hash, &json)?)
+        }
+        Mode::DryRun => None,
+    };
+    let result = grade_and_store(conn, period, policy, &hash, run, &mut watch);
+    match (result, run) {
+        (Ok(mut report), _) => {
+            report.abandoned = abandoned;
+            Ok(report)
+        }
+        (Err(error), Some(run)) => {
+            if let Err(mark) = store::fail_run(conn, run, &error.to_string()) {
+                tracing::error!(%mark, run = run.0, "could not mark the grading run failed");
+            }
+            Err(error)
+        }
+        (Err(error), None) => Err(error),
+    }
+}
+
+fn grade_and_store(
+    conn: &mut DbConnection,
+    period: Period,
+    policy: &Policy,
+    hash: &str,
+    run: Option<GradingRunId>,
+    watch: &mut Stopwatch,
+) -> Result<GradingReport, GradingError> {
+    let tiers: Vec<String> = policy.tiers.levels.iter().map(|l| l.name.clone()).collect();
+    let segment_table =
+        tierwise_domain::grading::SegmentTable::new(&policy.segments, policy.rfm.buckets).map_err(
+            |reason| GradingError::Policy {
+                field: "segments",
+                reason,
+            },
+        )?;
+    let segments: Vec<String> = segment_table.keys().map(str::to_owned).collect();
+    let attributes: Vec<String> = policy
+        .components
+        .custom
+        .values()
+        .map(|c| c.attribute.clone())
+        .collect();
+    let facts = store::load_facts(
+        conn,
+        &FactsRequest {
+            period,
+            lookback_months: policy.lookback_months,
+            grace_days: policy.credit.grace_days,
+            attributes: &attributes,
+            tiers: &tiers,
+            segments: &segments,
+        },
+    )?;
+    for (name, ms) in &facts.timings {
+        watch.laps.push((format!("read {name}"), *ms));
+    }
+    watch.clock = Instant::now();
+
+    let outcome = grade_population(&facts.customers, period.as_of(), policy)?;
+    watch.lap("grade");
+    let summary = summarise(&facts.customers, &outcome, policy);
+    watch.lap("summarise");
+
+    let mut report = GradingReport {
+        period,
+        run,
+        policy_hash: hash.to_owned(),
+        orders_read: facts.orders_read,
+        invoices_read: facts.invoices_read,
+        summary,
+        timings: Vec::new(),
+        replaced: None,
+        abandoned: Vec::new(),
+        movement: None,
+    };
+    match run {
+        None => {
+            report.movement = Some(movement(conn, period, &outcome, policy)?);
+            watch.lap("compare");
+        }
+        Some(run) => {
+            // Facts are not needed once grades and the summary exist.
+            drop(facts);
+            write_outcome(conn, run, &outcome, policy, hash)?;
+            watch.lap("write");
+            let counts = RunCounts {
+                customers: outcome.grades.len() as i64,
+                graded: i64::from(outcome.population),
+                tier_changes: report.summary.tier_changes as i64,
+            };
+            let summary_json = serde_json::to_string(&report.summary).unwrap_or_default();
+            let timings = timings_json(&watch.laps);
+            report.replaced =
+                store::publish_run(conn, run, period, &counts, &timings, &summary_json)?;
+            watch.lap("publish");
+            if let Some(old) = report.replaced {
+                store::delete_run_grades(conn, old)?;
+                watch.lap("remove replaced");
+            }
+            store::set_run_timings(conn, run, &timings_json(&watch.laps))?;
+        }
+    }
+    report.timings = watch.laps.clone();
+    Ok(report)
+}
+
+fn timings_json(laps: &[(String, u64)]) -> String {
+    let map: BTreeMap<&str, u64> = laps.iter().map(|(n, ms)| (n.as_str(), *ms)).collect();
+    serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
+}
+
+/// Compares in-memory grades with the published snapshot of the same period.
+fn movement(
+    conn: &mut DbConnection,
+    period: Period,
+    outcome: &GradingOutcome,
+    policy: &Policy,
+) -> Result<Movement, GradingError> {
+    let Some(published) = store::published_tiers(conn, period)? else {
+        return Ok(Movement::default());
+    };
+    let mut m = Movement {
+        compared: true,
+        ..Movement::default()
+    };
+    for grade in &outcome.grades {
+        let before = published
+            .get(&grade.customer.0)
+            .cloned()
+            .flatten()
+            .and_then(|name| policy.tier_index(&name));
+        if before == grade.assigned_tier {
+            continue;
+        }
+        m.moved += 1;
+        // Lower index is better; having a tier beats having none.
+        let rank = |t: Option<u8>| t.map_or(u16::MAX, u16::from);
+        if rank(grade.assigned_tier) < rank(before) {
+            m.up += 1;
+        } else {
+            m.down += 1;
+        }
+    }
+    Ok(m)
+}
+
+/// The JSON explanation stored with each grade: everything that produced it beyond the columns.
+#[derive(Serialize)]
+struct Explanation<'a> {
+    policy: &'a str,
+    components: BTreeMap<&'a str, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credit: Option<&'a Credit>,
+    tier: &'a TierReason,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_tier: Option<&'a str>,
+    lifetime_orders: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lifetime_recency_days: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    churn_rate: Option<f64>,
+}
+
+fn tier_reason_key(reason: &TierReason) -> &'static str {
+    match reason {
+        TierReason::Computed => "computed",
+        TierReason::Held { .. } => "held",
+        TierReason::Pinned { .. } => "pinned",
+        TierReason::Blocked { .. } => "blocked",
+        TierReason::NotGraded => "not_graded",
+    }
+}
+
+fn write_outcome(
+    conn: &mut DbConnection,
+    run: GradingRunId,
+    outcome: &GradingOutcome,
+    policy: &Policy,
+    hash: &str,
+) -> Result<(), GradingError> {
+    let segment_keys: Vec<&str> = outcome.segments.keys().collect();
+    let custom_names: Vec<&str> = policy
+        .components
+        .custom
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let tier = |t: Option<u8>| t.map(|t| policy.tier_name(t));
+    tierwise_store::transaction(conn, |conn| {
+        for chunk in outcome.grades.chunks(WRITE_BATCH) {
+            let explanations: Vec<String> = chunk
+                .iter()
+                .map(|g| explanation(g, &custom_names, policy, hash))
+                .collect();
+            let rows: Vec<NewGrade<'_>> = chunk
+                .iter()
+                .zip(&explanations)
+                .map(|(g, explanation)| NewGrade {
+                    run_id: run.0,
+                    customer_id: g.customer.0,
+                    graded: g.graded,
+                    recency_days: g.recency_days.and_then(|d| i32::try_from(d).ok()),
+                    frequency: i32::try_from(g.frequency).unwrap_or(i32::MAX),
+                    monetary: g.monetary,
+                    r_score: g.rfm.map(|s| i32::from(s[0])),
+                    f_score: g.rfm.map(|s| i32::from(s[1])),
+                    m_score: g.rfm.map(|s| i32::from(s[2])),
+                    segment: g
+                        .segment
+                        .and_then(|s| segment_keys.get(usize::from(s)).copied()),
+                    abc_class: g.abc.map(|a| a.as_str()),
+                    credit_score: g.credit.map(|c| c.score),
+                    credit_grade: g.credit.map_or("unrated", |c| c.grade.as_str()),
+                    profit: g.profit,
+                    composite: g.composite,
+                    computed_tier: tier(g.computed_tier),
+                    tier: tier(g.assigned_tier),
+                    tier_reason: tier_reason_key(&g.tier_reason),
+                    periods_below: i32::try_from(g.periods_below).unwrap_or(i32::MAX),
+                    loyalty: g
+                        .loyalty_step
+                        .and_then(|s| policy.loyalty.steps.get(usize::from(s)))
+                        .map(String::as_str),
+                    lifecycle: g.lifecycle.as_str(),
+                    clv: g.clv_simple,
+                    explanation,
+                })
+                .collect();
+            store::write_grades(conn, &rows)?;
+        }
+        Ok::<(), GradingError>(())
+    })
+}
+
+fn explanation(g: &Grade, custom_names: &[&str], policy: &Policy, hash: &str) -> String {
+    let mut components: BTreeMap<&str, f64> = BUILTIN_COMPONENTS
+        .iter()
+        .enumerate()
+        .filter_map(|(i, name)| g.component(i).map(|v| (*name, v)))
+        .collect();
+    for (name, value) in custom_names.iter().zip(&g.custom_components) {
+        if !value.is_nan() {
+            components.insert(name, *value);
+        }
+    }
+    let held_tier = match g.tier_reason {
+        TierReason::Held { .. } => g.computed_tier.map(|t| policy.tier_name(t)),
+        _ => None,
+    };
+    let e = Explanation {
+        policy: hash,
+        components,
+        credit: g.credit.as_ref(),
+        tier: &g.tier_reason,
+        held_tier,
+        lifetime_orders: g.lifetime_orders,
+        lifetime_recency_days: g.lifetime_recency_days,
+        churn_rate: g.churn_rate,
+    };
+    serde_json::to_string(&e).unwrap_or_else(|_| "{}".into())
+}
+
+/// Grades every period from `from` to `to` in order (hysteresis and CLV build on each other),
+/// calling `after_each` with each report. Stops at the first failure.
+pub fn grade_range(
+    db: &Database,
+    from: Period,
+    to: Period,
+    policy: &Policy,
+    mut after_each: impl FnMut(&GradingReport),
+) -> Result<Vec<GradingReport>, GradingError> {
+    if from > to {
+        return Err(GradingError::BackwardsRange { from, to });
+    }
+    let mut reports = Vec::new();
+    let mut period = from;
+    while period <= to {
+        let report = grade_period(db, period, policy, Mode::Publish)?;
+        after_each(&report);
+        reports.push(report);
+        period = period.next();
+    }
+    Ok(reports)
+}

@@ -1,0 +1,1125 @@
+//! Grading storage: the per-customer facts a run grades (one streaming pass over orders and one
+//! over invoices, folded in Rust), grading runs and their publication, grade rows, and overrides.
+//!
+//! Snapshot rule: a run writes its grade rows under its own id, invisible to readers, who always
+//! go through `grading_periods` (the published run of each period). Publishing switches that
+//! pointer in one transaction, so readers see the old snapshot or the new one, never a mix.
+
+use std::collections::HashMap;
+
+use chrono::{Datelike, Months, NaiveDate, NaiveDateTime, Utc};
+use diesel::connection::DefaultLoadingMode;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Date, Nullable};
+use serde::Serialize;
+use tierwise_domain::grading::{
+    CustomerFacts, InvoiceFacts, Override, OverrideKind, PreviousGrade, ProfitFacts, YearAgoGrade,
+};
+use tierwise_domain::{CustomerId, Period};
+
+use crate::schema::{
+    customers, grades, grading_periods, grading_runs, override_events, overrides, owners,
+};
+use crate::{DbConnection, StoreError, StoreResult, with_backend};
+
+/// The id of a grading run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct GradingRunId(pub i64);
+
+/// Where a grading run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GradingStatus {
+    /// Writing its grades.
+    Running,
+    /// Published: its grades are the period's snapshot.
+    Succeeded,
+    /// Ended with an error, or abandoned by a process that died; its grades were removed.
+    Failed,
+    /// Was published, then replaced by a later run of the same period.
+    Superseded,
+}
+
+impl GradingStatus {
+    /// The stored word.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Superseded => "superseded",
+        }
+    }
+
+    fn parse(raw: &str) -> StoreResult<Self> {
+        Ok(match raw {
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "superseded" => Self::Superseded,
+            other => return Err(StoreError::Corrupt(format!("grading run status '{other}'"))),
+        })
+    }
+}
+
+/// A stored grading run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GradingRun {
+    /// Id.
+    pub id: GradingRunId,
+    /// The graded period.
+    pub period: Period,
+    /// Status.
+    pub status: GradingStatus,
+    /// Hash of the policy used.
+    pub policy_hash: String,
+    /// The policy used, as JSON.
+    pub policy: String,
+    /// Start (UTC).
+    pub started_at: NaiveDateTime,
+    /// End (UTC).
+    pub finished_at: Option<NaiveDateTime>,
+    /// Customers considered.
+    pub customers: i64,
+    /// Customers graded.
+    pub graded: i64,
+    /// Assigned tiers that differ from the previous period.
+    pub tier_changes: i64,
+    /// Phase timings in milliseconds, as JSON.
+    pub timings: String,
+    /// The run's summary, as JSON.
+    pub summary: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+#[derive(Queryable)]
+struct RunRow {
+    id: i64,
+    period: String,
+    status: String,
+    policy_hash: String,
+    policy: String,
+    started_at: NaiveDateTime,
+    finished_at: Option<NaiveDateTime>,
+    customers: i64,
+    graded: i64,
+    tier_changes: i64,
+    timings: String,
+    summary: Option<String>,
+    error: Option<String>,
+}
+
+impl TryFrom<RunRow> for GradingRun {
+    type Error = StoreError;
+
+    fn try_from(r: RunRow) -> StoreResult<Self> {
+        Ok(Self {
+            id: GradingRunId(r.id),
+            period: Period::parse(&r.period).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            status: GradingStatus::parse(&r.status)?,
+            policy_hash: r.policy_hash,
+            policy: r.policy,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            customers: r.customers,
+            graded: r.graded,
+            tier_changes: r.tier_changes,
+            timings: r.timings,
+            summary: r.summary,
+            error: r.error,
+        })
+    }
+}
+
+type RunColumns = (
+    grading_runs::id,
+    grading_runs::period,
+    grading_runs::status,
+    grading_runs::policy_hash,
+    grading_runs::policy,
+    grading_runs::started_at,
+    grading_runs::finished_at,
+    grading_runs::customers,
+    grading_runs::graded,
+    grading_runs::tier_changes,
+    grading_runs::timings,
+    grading_runs::summary,
+    grading_runs::error,
+);
+
+const RUN_COLUMNS: RunColumns = (
+    grading_runs::id,
+    grading_runs::period,
+    grading_runs::status,
+    grading_runs::policy_hash,
+    grading_runs::policy,
+    grading_runs::started_at,
+    grading_runs::finished_at,
+    grading_runs::customers,
+    grading_runs::graded,
+    grading_runs::tier_changes,
+    grading_runs::timings,
+    grading_runs::summary,
+    grading_runs::error,
+);
+
+/// Marks runs left `running` by a process that died as failed and removes their grade rows.
+/// Call it while holding the grading lock, so no live run can be among them.
+pub fn fail_abandoned_runs(conn: &mut DbConnection) -> StoreResult<Vec<GradingRunId>> {
+    let abandoned: Vec<i64> = with_backend!(conn, c => grading_runs::table
+        .filter(grading_runs::status.eq(GradingStatus::Running.as_str()))
+        .select(grading_runs::id)
+        .load(c)?);
+    for &id in &abandoned {
+        with_backend!(conn, c => {
+            diesel::delete(grades::table.filter(grades::run_id.eq(id))).execute(c)?;
+            diesel::update(grading_runs::table.find(id))
+                .set((
+                    grading_runs::status.eq(GradingStatus::Failed.as_str()),
+                    grading_runs::finished_at.eq(Some(Utc::now().naive_utc())),
+                    grading_runs::error.eq(Some(
+                        "abandoned: the process grading it ended before it finished; the period's previous snapshot was kept",
+                    )),
+                ))
+                .execute(c)?;
+        });
+    }
+    Ok(abandoned.into_iter().map(GradingRunId).collect())
+}
+
+/// Records the start of a run of `period` under a policy (committed on its own).
+pub fn start_run(
+    conn: &mut DbConnection,
+    period: Period,
+    policy_hash: &str,
+    policy_json: &str,
+) -> StoreResult<GradingRunId> {
+    let values = (
+        grading_runs::period.eq(period.to_string()),
+        grading_runs::status.eq(GradingStatus::Running.as_str()),
+        grading_runs::policy_hash.eq(policy_hash),
+        grading_runs::policy.eq(policy_json),
+        grading_runs::started_at.eq(Utc::now().naive_utc()),
+    );
+    let id: i64 = with_backend!(conn, c => diesel::insert_into(grading_runs::table)
+        .values(values)
+        .returning(grading_runs::id)
+        .get_result(c)?);
+    Ok(GradingRunId(id))
+}
+
+/// Marks a run failed with its error and removes any grade rows it wrote.
+pub fn fail_run(conn: &mut DbConnection, run: GradingRunId, error: &str) -> StoreResult<()> {
+    with_backend!(conn, c => {
+        diesel::delete(grades::table.filter(grades::run_id.eq(run.0))).execute(c)?;
+        diesel::update(grading_runs::table.find(run.0))
+            .set((
+                grading_runs::status.eq(GradingStatus::Failed.as_str()),
+                grading_runs::finished_at.eq(Some(Utc::now().naive_utc())),
+                grading_runs::error.eq(Some(error)),
+            ))
+            .execute(c)?;
+    });
+    Ok(())
+}
+
+/// Counts a run reports when it is published.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunCounts {
+    /// Customers considered.
+    pub customers: i64,
+    /// Customers graded.
+    pub graded: i64,
+    /// Tier changes against the previous period.
+    pub tier_changes: i64,
+}
+
+/// Publishes a run as its period's snapshot, in one transaction: the period pointer moves to it,
+/// it becomes `succeeded` and the run it replaces `superseded`. Returns the replaced run, whose
+/// rows the caller removes with [`delete_run_grades`] once readers have moved on.
+pub fn publish_run(
+    conn: &mut DbConnection,
+    run: GradingRunId,
+    period: Period,
+    counts: &RunCounts,
+    timings_json: &str,
+    summary_json: &str,
+) -> StoreResult<Option<GradingRunId>> {
+    let now = Utc::now().naive_utc();
+    let key = period.to_string();
+    crate::transaction(conn, |conn| {
+        let replaced: Option<i64> = with_backend!(conn, c => grading_periods::table
+            .find(&key)
+            .select(grading_periods::run_id)
+            .first(c)
+            .optional()?);
+        with_backend!(conn, c => {
+            match replaced {
+                Some(_) => diesel::update(grading_periods::table.find(&key))
+                    .set((grading_periods::run_id.eq(run.0), grading_periods::published_at.eq(now)))
+                    .execute(c)?,
+                None => diesel::insert_into(grading_periods::table)
+                    .values((
+                        grading_periods::period.eq(&key),
+                        grading_periods::run_id.eq(run.0),
+                        grading_periods::published_at.eq(now),
+                    ))
+                    .execute(c)?,
+            };
+            diesel::update(grading_runs::table.find(run.0))
+                .set((
+                    grading_runs::status.eq(GradingStatus::Succeeded.as_str()),
+                    grading_runs::finished_at.eq(Some(now)),
+                    grading_runs::customers.eq(counts.customers),
+                    grading_runs::graded.eq(counts.graded),
+                    grading_runs::tier_changes.eq(counts.tier_changes),
+                    grading_runs::timings.eq(timings_json),
+                    grading_runs::summary.eq(Some(summary_json)),
+                ))
+                .execute(c)?;
+            if let Some(old) = replaced {
+                diesel::update(grading_runs::table.find(old))
+                    .set(grading_runs::status.eq(GradingStatus::Superseded.as_str()))
+                    .execute(c)?;
+            }
+        });
+        Ok(replaced.map(GradingRunId))
+    })
+}
+
+/// Removes the grade rows of a run (a superseded or failed one).
+pub fn delete_run_grades(conn: &mut DbConnection, run: GradingRunId) -> StoreResult<u64> {
+    let n = with_backend!(conn, c => diesel::delete(grades::table.filter(grades::run_id.eq(run.0))).execute(c)?);
+    Ok(n as u64)
+}
+
+/// Records phase timings of a run that is still going (e.g. written after publishing).
+pub fn set_run_timings(
+    conn: &mut DbConnection,
+    run: GradingRunId,
+    timings_json: &str,
+) -> StoreResult<()> {
+    with_backend!(conn, c => diesel::update(grading_runs::table.find(run.0))
+        .set(grading_runs::timings.eq(timings_json))
+        .execute(c)?);
+    Ok(())
+}
+
+/// The published run of `period`, if it was graded.
+pub fn published_run(conn: &mut DbConnection, period: Period) -> StoreResult<Option<GradingRun>> {
+    let row: Option<RunRow> = with_backend!(conn, c => grading_periods::table
+        .inner_join(grading_runs::table)
+        .filter(grading_periods::period.eq(period.to_string()))
+        .select(RUN_COLUMNS)
+        .first(c)
+        .optional()?);
+    row.map(GradingRun::try_from).transpose()
+}
+
+/// One run by id.
+pub fn find_run(conn: &mut DbConnection, run: GradingRunId) -> StoreResult<Option<GradingRun>> {
+    let row: Option<RunRow> = with_backend!(conn, c => grading_runs::table
+        .find(run.0)
+        .select(RUN_COLUMNS)
+        .first(c)
+        .optional()?);
+    row.map(GradingRun::try_from).transpose()
+}
+
+/// The most recent runs, newest first.
+pub fn recent_runs(conn: &mut DbConnection, limit: i64) -> StoreResult<Vec<GradingRun>> {
+    let rows: Vec<RunRow> = with_backend!(conn, c => grading_runs::table
+        .order(grading_runs::id.desc())
+        .limit(limit)
+        .select(RUN_COLUMNS)
+        .load(c)?);
+    rows.into_iter().map(GradingRun::try_from).collect()
+}
+
+/// The published periods, oldest first.
+pub fn published_periods(conn: &mut DbConnection) -> StoreResult<Vec<Period>> {
+    let rows: Vec<String> = with_backend!(conn, c => grading_periods::table
+        .order(grading_periods::period.asc())
+        .select(grading_periods::period)
+        .load(c)?);
+    rows.iter()
+        .map(|p| Period::parse(p).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Facts
+
+/// What a grading run needs to know to interpret stored history.
+#[derive(Debug)]
+pub struct FactsRequest<'a> {
+    /// The graded period.
+    pub period: Period,
+    /// Window length in months.
+    pub lookback_months: u32,
+    /// Days after due that still count as on time.
+    pub grace_days: i64,
+    /// Customer attributes used by custom components (others are not parsed).
+    pub attributes: &'a [String],
+    /// Tier names of the current policy, best first (stored names map to these indices).
+    pub tiers: &'a [String],
+    /// Segment keys of the current policy's table (stored keys map to these indices).
+    pub segments: &'a [String],
+}
+
+/// The facts of every customer, in tie-break order (source, then external id, as bytes).
+#[derive(Debug, Default)]
+pub struct GradingFacts {
+    /// One entry per customer.
+    pub customers: Vec<CustomerFacts>,
+    /// Orders read.
+    pub orders_read: u64,
+    /// Invoices read.
+    pub invoices_read: u64,
+    /// Milliseconds spent per phase (customers, orders, gaps, invoices, history).
+    pub timings: Vec<(&'static str, u64)>,
+}
+
+/// Maps a customer id to its position in tie-break order: a dense table when ids are compact
+/// (identity columns), a hash map otherwise.
+enum Positions {
+    Dense(Vec<u32>),
+    Sparse(HashMap<i64, u32>),
+}
+
+impl Positions {
+    fn new(ids: &[i64]) -> Self {
+        let max = ids.iter().copied().max().unwrap_or(0);
+        if max >= 0 && (max as u64) < 4 * ids.len() as u64 + 1_000_000 {
+            let mut table = vec![u32::MAX; max as usize + 1];
+            for (pos, &id) in ids.iter().enumerate() {
+                table[id as usize] = pos as u32;
+            }
+            Self::Dense(table)
+        } else {
+            Self::Sparse(
+                ids.iter()
+                    .enumerate()
+                    .map(|(p, &id)| (id, p as u32))
+                    .collect(),
+            )
+        }
+    }
+
+    fn get(&self, id: i64) -> Option<usize> {
+        match self {
+            Self::Dense(t) => usize::try_from(id)
+                .ok()
+                .and_then(|i| t.get(i))
+                .filter(|&&p| p != u32::MAX)
+                .map(|&p| p as usize),
+            Self::Sparse(m) => m.get(&id).map(|&p| p as usize),
+        }
+    }
+}
+
+/// Day number used to pack (position, day) pairs into one sortable u64.
+fn day_number(d: NaiveDate) -> u32 {
+    // Days since 0001-01-01 (CE); always positive for stored dates.
+    d.num_days_from_ce().max(0) as u32
+}
+
+#[derive(Queryable, QueryableByName)]
+struct OrderFact {
+    #[diesel(sql_type = BigInt)]
+    customer_id: i64,
+    #[diesel(sql_type = Date)]
+    order_date: NaiveDate,
+    #[diesel(sql_type = BigInt)]
+    amount_minor: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    cost_minor: Option<i64>,
+}
+
+#[derive(Queryable, QueryableByName)]
+struct InvoiceFact {
+    #[diesel(sql_type = BigInt)]
+    customer_id: i64,
+    #[diesel(sql_type = Date)]
+    due_on: NaiveDate,
+    #[diesel(sql_type = BigInt)]
+    amount_minor: i64,
+    #[diesel(sql_type = Nullable<Date>)]
+    paid_on: Option<NaiveDate>,
+}
+
+/// Rows fetched per round trip when streaming through a PostgreSQL cursor.
+const PG_FETCH_ROWS: usize = 100_000;
+
+/// Streams `select` (a query whose rows are `T`) to `each`: SQLite steps through the result;
+/// PostgreSQL reads it through a cursor in batches (its default mode would buffer the whole
+/// result in memory first). Runs inside the caller's transaction on PostgreSQL.
+fn stream_rows<T, F>(conn: &mut DbConnection, sql: &str, mut each: F) -> StoreResult<u64>
+where
+    T: QueryableByName<diesel::pg::Pg> + QueryableByName<diesel::sqlite::Sqlite> + 'static,
+    F: FnMut(T),
+{
+    let mut n = 0u64;
+    match conn {
+        DbConnection::Sqlite(c) => {
+            let rows = diesel::sql_query(sql).load_iter::<T, DefaultLoadingMode>(c)?;
+            for row in rows {
+                each(row?);
+                n += 1;
+            }
+        }
+        DbConnection::Postgresql(c) => {
+            use diesel::connection::SimpleConnection;
+            c.batch_execute(&format!(
+                "DECLARE tierwise_stream NO SCROLL CURSOR FOR {sql}"
+            ))?;
+            loop {
+                let batch: Vec<T> =
+                    diesel::sql_query(format!("FETCH {PG_FETCH_ROWS} FROM tierwise_stream"))
+                        .load(c)?;
+                let len = batch.len();
+                n += len as u64;
+                batch.into_iter().for_each(&mut each);
+                if len < PG_FETCH_ROWS {
+                    break;
+                }
+            }
+            c.batch_execute("CLOSE tierwise_stream")?;
+        }
+    }
+    Ok(n)
+}
+
+/// Loads the facts of every customer as of the period's last day. One pass over customers, one
+/// over orders dated up to then, one over invoices due by then; previous grades, the grades of
+/// twelve months before and overrides come from their tables.
+pub fn load_facts(conn: &mut DbConnection, req: &FactsRequest<'_>) -> StoreResult<GradingFacts> {
+    crate::transaction(conn, |conn| load_facts_in_transaction(conn, req))
+}
+
+fn load_facts_in_transaction(
+    conn: &mut DbConnection,
+    req: &FactsRequest<'_>,
+) -> StoreResult<GradingFacts> {
+    let as_of = req.period.as_of();
+    let window_start = req.period.as_of_minus_months(req.lookback_months);
+    let year_start = req.period.as_of_minus_months(12);
+    let mut timings = Vec::new();
+    let mut clock = std::time::Instant::now();
+    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, u64)>| {
+        timings.push((name, clock.elapsed().as_millis() as u64));
+        clock = std::time::Instant::now();
+    };
+
+    // Customers in tie-break order.
+    type CustomerRow = (i64, Option<NaiveDate>, Option<i32>, String);
+    let rows: Vec<CustomerRow> = with_backend!(conn, c => customers::table
+        .order((customers::source.asc(), customers::external_id.asc()))
+        .select((
+            customers::id,
+            customers::created_on,
+            customers::prospect_rating,
+            customers::attributes,
+        ))
+        .load(c)?);
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let positions = Positions::new(&ids);
+    let mut facts: Vec<CustomerFacts> = rows
+        .into_iter()
+        .map(|(id, created_on, rating, attributes)| CustomerFacts {
+            customer: CustomerId(id),
+            created_on,
+            prospect_rating: rating.and_then(|r| u8::try_from(r).ok()),
+            attributes: wanted_attributes(&attributes, req.attributes),
+            ..CustomerFacts::default()
+        })
+        .collect();
+    lap("customers", &mut timings);
+
+    // Orders up to D, in storage order, folded per customer.
+    let mut days: Vec<u64> = Vec::new();
+    let orders_sql = format!(
+        "SELECT customer_id, order_date, amount_minor, cost_minor FROM orders WHERE order_date <= '{as_of}'"
+    );
+    let orders_read = stream_rows::<OrderFact, _>(conn, &orders_sql, |o| {
+        let Some(pos) = positions.get(o.customer_id) else {
+            return;
+        };
+        let f = &mut facts[pos];
+        f.lifetime_orders += 1;
+        if f.first_order.is_none_or(|d| o.order_date < d) {
+            f.first_order = Some(o.order_date);
+        }
+        if f.last_order.is_none_or(|d| o.order_date > d) {
+            f.last_order = Some(o.order_date);
+        }
+        let add_profit = |p: &mut ProfitFacts| match o.cost_minor {
+            Some(cost) => p.costed_profit += o.amount_minor - cost,
+            None => {
+                p.uncosted_amount += o.amount_minor;
+                p.uncosted_orders += 1;
+            }
+        };
+        if o.order_date > window_start {
+            f.window_orders += 1;
+            f.window_amount += o.amount_minor;
+            if f.window_latest.is_none_or(|d| o.order_date > d) {
+                f.window_latest = Some(o.order_date);
+            }
+            add_profit(&mut f.window_profit);
+        }
+        if o.order_date > year_start {
+            f.last_year_revenue += o.amount_minor;
+            add_profit(&mut f.last_year_profit);
+        }
+        days.push(((pos as u64) << 32) | u64::from(day_number(o.order_date)));
+    })?;
+    lap("orders", &mut timings);
+
+    // Median gap between distinct order days, per customer.
+    days.sort_unstable();
+    days.dedup();
+    let mut gaps: Vec<f64> = Vec::new();
+    let mut start = 0;
+    while start < days.len() {
+        let pos = days[start] >> 32;
+        let mut end = start + 1;
+        while end < days.len() && days[end] >> 32 == pos {
+            end += 1;
+        }
+        if end - start >= 2 {
+            gaps.clear();
+            gaps.extend(
+                days[start..end]
+                    .windows(2)
+                    .map(|w| f64::from((w[1] & 0xffff_ffff) as u32 - (w[0] & 0xffff_ffff) as u32)),
+            );
+            facts[pos as usize].median_gap_days =
+                tierwise_domain::grading::score::median(&mut gaps);
+        }
+        start = end;
+    }
+    drop(days);
+    lap("gaps", &mut timings);
+
+    // Invoices issued in the window and due by D.
+    let grace = chrono::Days::new(req.grace_days.max(0) as u64);
+    let invoices_sql = format!(
+        "SELECT customer_id, due_on, amount_minor, paid_on FROM invoices \
+         WHERE due_on <= '{as_of}' AND issued_on <= '{as_of}' AND issued_on > '{window_start}' AND amount_minor > 0"
+    );
+    let invoices_read = stream_rows::<InvoiceFact, _>(conn, &invoices_sql, |i| {
+        let Some(pos) = positions.get(i.customer_id) else {
+            return;
+        };
+        let f: &mut InvoiceFacts = &mut facts[pos].invoices;
+        f.due_amount += i.amount_minor;
+        let paid_by_d = i.paid_on.filter(|&p| p <= as_of);
+        match paid_by_d {
+            Some(paid) if paid <= i.due_on + grace => f.on_time_amount += i.amount_minor,
+            Some(_) => {}
+            None => f.unpaid_amount += i.amount_minor,
+        }
+        let settled = paid_by_d.unwrap_or(as_of);
+        let late = (settled - i.due_on).num_days().max(0);
+        f.late_amount_days += i128::from(i.amount_minor) * i128::from(late);
+    })?;
+    lap("invoices", &mut timings);
+
+    // Previous period's tiers and the grades of twelve months before.
+    if let Some(run) = published_run_id(conn, req.period.prev())? {
+        let rows: Vec<(i64, Option<String>, i32)> = with_backend!(conn, c => grades::table
+            .filter(grades::run_id.eq(run))
+            .select((grades::customer_id, grades::tier, grades::periods_below))
+            .load(c)?);
+        for (id, tier, below) in rows {
+            if let Some(pos) = positions.get(id) {
+                facts[pos].previous = PreviousGrade {
+                    assigned_tier: tier
+                        .and_then(|t| req.tiers.iter().position(|n| *n == t))
+                        .and_then(|i| u8::try_from(i).ok()),
+                    periods_below: u32::try_from(below).unwrap_or(0),
+                };
+            }
+        }
+    }
+    if let Some(run) = published_run_id(conn, req.period.shift(-12))? {
+        let rows: Vec<(i64, Option<String>, String)> = with_backend!(conn, c => grades::table
+            .filter(grades::run_id.eq(run))
+            .select((grades::customer_id, grades::segment, grades::lifecycle))
+            .load(c)?);
+        for (id, segment, lifecycle) in rows {
+            if let Some(pos) = positions.get(id) {
+                facts[pos].year_ago = Some(YearAgoGrade {
+                    segment: segment
+                        .and_then(|s| req.segments.iter().position(|k| *k == s))
+                        .and_then(|i| u16::try_from(i).ok()),
+                    churned: lifecycle == "churned",
+                });
+            }
+        }
+    }
+    for (id, o) in list_overrides(conn)? {
+        if let Some(pos) = positions.get(id.0) {
+            facts[pos].override_ = Some(Box::new(o));
+        }
+    }
+    lap("history", &mut timings);
+
+    Ok(GradingFacts {
+        customers: facts,
+        orders_read,
+        invoices_read,
+        timings,
+    })
+}
+
+fn published_run_id(conn: &mut DbConnection, period: Period) -> StoreResult<Option<i64>> {
+    Ok(with_backend!(conn, c => grading_periods::table
+        .find(period.to_string())
+        .select(grading_periods::run_id)
+        .first(c)
+        .optional()?))
+}
+
+/// The attributes named in `wanted`, sorted by name, from a stored JSON object.
+fn wanted_attributes(json: &str, wanted: &[String]) -> Vec<(String, f64)> {
+    if wanted.is_empty() || json.len() <= 2 {
+        return Vec::new();
+    }
+    let Ok(map) = serde_json::from_str::<std::collections::BTreeMap<String, f64>>(json) else {
+        return Vec::new();
+    };
+    map.into_iter()
+        .filter(|(k, _)| wanted.contains(k))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grade rows
+
+/// One grade row as written.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = grades, treat_none_as_default_value = false)]
+pub struct NewGrade<'a> {
+    /// Run.
+    pub run_id: i64,
+    /// Customer.
+    pub customer_id: i64,
+    /// In the graded population.
+    pub graded: bool,
+    /// Days since the latest window order.
+    pub recency_days: Option<i32>,
+    /// Window orders.
+    pub frequency: i32,
+    /// Window monetary.
+    pub monetary: i64,
+    /// R score.
+    pub r_score: Option<i32>,
+    /// F score.
+    pub f_score: Option<i32>,
+    /// M score.
+    pub m_score: Option<i32>,
+    /// Segment key.
+    pub segment: Option<&'a str>,
+    /// ABC class.
+    pub abc_class: Option<&'a str>,
+    /// Credit score.
+    pub credit_score: Option<f64>,
+    /// Credit grade (`unrated` when none).
+    pub credit_grade: &'a str,
+    /// Window profit.
+    pub profit: Option<i64>,
+    /// Composite score.
+    pub composite: Option<f64>,
+    /// Tier from the composite.
+    pub computed_tier: Option<&'a str>,
+    /// Assigned tier.
+    pub tier: Option<&'a str>,
+    /// computed | held | pinned | blocked | not_graded.
+    pub tier_reason: &'a str,
+    /// Consecutive periods below the held tier.
+    pub periods_below: i32,
+    /// Loyalty step name.
+    pub loyalty: Option<&'a str>,
+    /// Lifecycle stage.
+    pub lifecycle: &'a str,
+    /// Simple CLV.
+    pub clv: Option<i64>,
+    /// Everything else that explains the grade, as JSON.
+    pub explanation: &'a str,
+}
+
+/// Rows per multi-row INSERT on SQLite (23 columns: well under its 32,766 variable limit).
+const SQLITE_GRADES_PER_INSERT: usize = 1_000;
+
+/// Writes grade rows (binary COPY on PostgreSQL, multi-row INSERT on SQLite).
+pub fn write_grades(conn: &mut DbConnection, rows: &[NewGrade<'_>]) -> StoreResult<()> {
+    match conn {
+        DbConnection::Postgresql(c) => {
+            diesel::copy_from(grades::table)
+                .from_insertable(rows)
+                .execute(c)?;
+        }
+        DbConnection::Sqlite(c) => {
+            for chunk in rows.chunks(SQLITE_GRADES_PER_INSERT) {
+                diesel::insert_into(grades::table)
+                    .values(chunk)
+                    .execute(c)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A published grade with its customer, for exports and drill-downs.
+#[derive(Debug, Clone, PartialEq, Queryable, Serialize)]
+pub struct GradedCustomer {
+    /// Customer id.
+    pub customer_id: i64,
+    /// Source.
+    pub source: String,
+    /// External id.
+    pub external_id: String,
+    /// Name.
+    pub name: String,
+    /// Contact person.
+    pub contact_name: Option<String>,
+    /// Contact email.
+    pub contact_email: Option<String>,
+    /// Owner's email.
+    pub owner_email: Option<String>,
+    /// In the graded population.
+    pub graded: bool,
+    /// Days since the latest window order.
+    pub recency_days: Option<i32>,
+    /// Window orders.
+    pub frequency: i32,
+    /// Window monetary.
+    pub monetary: i64,
+    /// R score.
+    pub r_score: Option<i32>,
+    /// F score.
+    pub f_score: Option<i32>,
+    /// M score.
+    pub m_score: Option<i32>,
+    /// Segment key.
+    pub segment: Option<String>,
+    /// ABC class.
+    pub abc_class: Option<String>,
+    /// Credit score.
+    pub credit_score: Option<f64>,
+    /// Credit grade.
+    pub credit_grade: String,
+    /// Window profit.
+    pub profit: Option<i64>,
+    /// Composite.
+    pub composite: Option<f64>,
+    /// Computed tier.
+    pub computed_tier: Option<String>,
+    /// Assigned tier.
+    pub tier: Option<String>,
+    /// Why the tier.
+    pub tier_reason: String,
+    /// Loyalty step.
+    pub loyalty: Option<String>,
+    /// Lifecycle stage.
+    pub lifecycle: String,
+    /// Simple CLV.
+    pub clv: Option<i64>,
+    /// Explanation JSON.
+    pub explanation: String,
+}
+
+/// Calls `each` for every customer of the published run of `period`, in tie-break order.
+/// Returns false when the period has not been graded.
+pub fn for_each_graded_customer(
+    conn: &mut DbConnection,
+    period: Period,
+    mut each: impl FnMut(GradedCustomer) -> StoreResult<()>,
+) -> StoreResult<bool> {
+    let Some(run) = published_run_id(conn, period)? else {
+        return Ok(false);
+    };
+    let query = grades::table
+        .inner_join(customers::table)
+        .left_join(owners::table.on(customers::owner_id.eq(owners::id.nullable())))
+        .filter(grades::run_id.eq(run))
+        .order((customers::source.asc(), customers::external_id.asc()))
+        .select((
+            grades::customer_id,
+            customers::source,
+            customers::external_id,
+            customers::name,
+            customers::contact_name,
+            customers::contact_email,
+            owners::email.nullable(),
+            grades::graded,
+            grades::recency_days,
+            grades::frequency,
+            grades::monetary,
+            grades::r_score,
+            grades::f_score,
+            grades::m_score,
+            grades::segment,
+            grades::abc_class,
+            grades::credit_score,
+            grades::credit_grade,
+            grades::profit,
+            grades::composite,
+            grades::computed_tier,
+            grades::tier,
+            grades::tier_reason,
+            grades::loyalty,
+            grades::lifecycle,
+            grades::clv,
+            grades::explanation,
+        ));
+    with_backend!(conn, c => {
+        for row in query.load_iter::<GradedCustomer, DefaultLoadingMode>(c)? {
+            each(row?)?;
+        }
+    });
+    Ok(true)
+}
+
+/// A customer whose assigned tier differs between a period and the one before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TierChange {
+    /// Customer id.
+    pub customer_id: i64,
+    /// Tier before (none = had no tier).
+    pub from: Option<String>,
+    /// Tier now.
+    pub to: Option<String>,
+}
+
+/// Tier changes of `period` against the period before (both published).
+pub fn tier_changes(conn: &mut DbConnection, period: Period) -> StoreResult<Vec<TierChange>> {
+    let Some(now) = published_run_id(conn, period)? else {
+        return Ok(Vec::new());
+    };
+    let before = published_run_id(conn, period.prev())?;
+    let current: Vec<(i64, Option<String>)> = with_backend!(conn, c => grades::table
+        .filter(grades::run_id.eq(now))
+        .select((grades::customer_id, grades::tier))
+        .order(grades::customer_id)
+        .load(c)?);
+    let previous: HashMap<i64, Option<String>> = match before {
+        Some(run) => with_backend!(conn, c => grades::table
+            .filter(grades::run_id.eq(run))
+            .select((grades::customer_id, grades::tier))
+            .load::<(i64, Option<String>)>(c)?)
+        .into_iter()
+        .collect(),
+        None => HashMap::new(),
+    };
+    Ok(current
+        .into_iter()
+        .filter_map(|(id, to)| {
+            let from = previous.get(&id).cloned().flatten();
+            (from != to).then_some(TierChange {
+                customer_id: id,
+                from,
+                to,
+            })
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overrides
+
+/// Every current override.
+pub fn list_overrides(conn: &mut DbConnection) -> StoreResult<Vec<(CustomerId, Override)>> {
+    type Row = (
+        i64,
+        String,
+        Option<String>,
+        String,
+        String,
+        Option<NaiveDate>,
+    );
+    let rows: Vec<Row> = with_backend!(conn, c => overrides::table
+        .order(overrides::customer_id)
+        .select((
+            overrides::customer_id,
+            overrides::kind,
+            overrides::tier,
+            overrides::reason,
+            overrides::author,
+            overrides::until,
+        ))
+        .load(c)?);
+    rows.into_iter()
+        .map(|(id, kind, tier, reason, author, until)| {
+            let kind = match (kind.as_str(), tier) {
+                ("pin", Some(tier)) => OverrideKind::Pin { tier },
+                ("block", _) => OverrideKind::Block,
+                (other, _) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "override of customer {id} has kind '{other}'"
+                    )));
+                }
+            };
+            Ok((
+                CustomerId(id),
+                Override {
+                    kind,
+                    reason,
+                    author,
+                    until,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Sets (replaces) a customer's override and records the event.
+pub fn set_override(
+    conn: &mut DbConnection,
+    customer: CustomerId,
+    o: &Override,
+) -> StoreResult<()> {
+    let now = Utc::now().naive_utc();
+    let (kind, tier) = match &o.kind {
+        OverrideKind::Pin { tier } => ("pin", Some(tier.as_str())),
+        OverrideKind::Block => ("block", None),
+    };
+    crate::transaction(conn, |conn| {
+        with_backend!(conn, c => {
+            diesel::delete(overrides::table.find(customer.0)).execute(c)?;
+            diesel::insert_into(overrides::table)
+                .values((
+                    overrides::customer_id.eq(customer.0),
+                    overrides::kind.eq(kind),
+                    overrides::tier.eq(tier),
+                    overrides::reason.eq(&o.reason),
+                    overrides::author.eq(&o.author),
+                    overrides::until.eq(o.until),
+                    overrides::created_at.eq(now),
+                ))
+                .execute(c)?;
+            diesel::insert_into(override_events::table)
+                .values((
+                    override_events::customer_id.eq(customer.0),
+                    override_events::action.eq(kind),
+                    override_events::tier.eq(tier),
+                    override_events::reason.eq(&o.reason),
+                    override_events::author.eq(&o.author),
+                    override_events::until.eq(o.until),
+                    override_events::at.eq(now),
+                ))
+                .execute(c)?;
+        });
+        Ok(())
+    })
+}
+
+/// Clears a customer's override, recording who and why. Returns false when it had none.
+pub fn clear_override(
+    conn: &mut DbConnection,
+    customer: CustomerId,
+    author: &str,
+    reason: &str,
+) -> StoreResult<bool> {
+    let now = Utc::now().naive_utc();
+    crate::transaction(conn, |conn| {
+        let removed =
+            with_backend!(conn, c => diesel::delete(overrides::table.find(customer.0)).execute(c)?);
+        if removed == 0 {
+            return Ok(false);
+        }
+        with_backend!(conn, c => diesel::insert_into(override_events::table)
+            .values((
+                override_events::customer_id.eq(customer.0),
+                override_events::action.eq("clear"),
+                override_events::reason.eq(reason),
+                override_events::author.eq(author),
+                override_events::at.eq(now),
+            ))
+            .execute(c)?);
+        Ok(true)
+    })
+}
+
+/// An entry of a customer's override audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Serialize)]
+pub struct OverrideEvent {
+    /// pin | block | clear.
+    pub action: String,
+    /// Pinned tier.
+    pub tier: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub author: String,
+    /// Until.
+    pub until: Option<NaiveDate>,
+    /// When (UTC).
+    pub at: NaiveDateTime,
+}
+
+/// A customer's override history, oldest first.
+pub fn override_history(
+    conn: &mut DbConnection,
+    customer: CustomerId,
+) -> StoreResult<Vec<OverrideEvent>> {
+    Ok(with_backend!(conn, c => override_events::table
+        .filter(override_events::customer_id.eq(customer.0))
+        .order(override_events::id.asc())
+        .select((
+            override_events::action,
+            override_events::tier,
+            override_events::reason,
+            override_events::author,
+            override_events::until,
+            override_events::at,
+        ))
+        .load(c)?))
+}
+
+/// The id of the customer `external_id` of `source`.
+pub fn customer_id_by_key(
+    conn: &mut DbConnection,
+    source: &str,
+    external_id: &str,
+) -> StoreResult<Option<CustomerId>> {
+    let id: Option<i64> = with_backend!(conn, c => customers::table
+        .filter(customers::source.eq(source))
+        .filter(customers::external_id.eq(external_id))
+        .select(customers::id)
+        .first(c)
+        .optional()?);
+    Ok(id.map(CustomerId))
+}
+
+/// Months helper kept here so callers need not depend on chrono's API for the window start.
+pub fn window_start(period: Period, lookback_months: u32) -> NaiveDate {
+    period
+        .as_of()
+        .checked_sub_months(Months::new(lookback_months))
+        .unwrap_or(NaiveDate::MIN)
+}
+
+/// Assigned tier of every customer in the published run of `period` (None when not graded).
+pub fn published_tiers(
+    conn: &mut DbConnection,
+    period: Period,
+) -> StoreResult<Option<HashMap<i64, Option<String>>>> {
+    let Some(run) = published_run_id(conn, period)? else {
+        return Ok(None);
+    };
+    let rows: Vec<(i64, Option<String>)> = with_backend!(conn, c => grades::table
+        .filter(grades::run_id.eq(run))
+        .select((grades::customer_id, grades::tier))
+        .load(c)?);
+    Ok(Some(rows.into_iter().collect()))
+}
+
+/// Grade rows stored over all runs (published, superseded or left by a dead run).
+pub fn count_grade_rows(conn: &mut DbConnection) -> StoreResult<u64> {
+    let n: i64 = with_backend!(conn, c => grades::table.count().get_result(c)?);
+    Ok(u64::try_from(n).unwrap_or(0))
+}
