@@ -61,9 +61,154 @@ pub enum Command {
     ///   tierwise demo
     ///   tierwise demo --customers 20000 --seed 7 --dir /tmp/demo
     Demo(DemoArgs),
+    /// Grade every customer for a month (or a range of months) and publish the result.
+    ///
+    /// A run grades customers as of the period's last day under the [grading] policy, then
+    /// replaces that period's grades as a whole: readers see the old grades or the new ones,
+    /// never a mix, and re-running a period is safe. Grade months in order: hysteresis and the
+    /// churn rate behind CLV build on earlier periods (use --from/--to to back-fill).
+    ///
+    /// Examples:
+    ///   tierwise grade --period 2026-10
+    ///   tierwise grade --from 2025-01 --to 2026-10
+    ///   tierwise grade --period 2026-10 --dry-run --policy what-if.toml
+    Grade(GradeArgs),
+    /// Inspect and export published grades.
+    #[command(subcommand)]
+    Grades(GradesCommand),
+    /// Pin a customer to a tier (red list), block it from grading (black list), or clear that.
+    ///
+    /// Overrides carry a reason, an author and an optional last day; they survive re-grading
+    /// and apply from the next run (re-grade the period to apply one now). Every change is kept
+    /// in an audit trail.
+    #[command(subcommand)]
+    Override(OverrideCommand),
     /// Show or check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("when").required(true).args(["period", "from"])))]
+pub struct GradeArgs {
+    /// The month to grade, e.g. 2026-10 (graded as of its last day).
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    pub period: Option<String>,
+    /// First month of a back-fill (with --to).
+    #[arg(long, requires = "to")]
+    pub from: Option<String>,
+    /// Last month of a back-fill (with --from).
+    #[arg(long, requires = "from")]
+    pub to: Option<String>,
+    /// Grade in memory and print the distribution and how many customers would change tier
+    /// against the published grades of the period; write nothing.
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    pub dry_run: bool,
+    /// A policy file (TOML, the keys of [grading], optionally under a [grading] table) to use
+    /// instead of the configured policy. Missing keys take the contract defaults.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GradesCommand {
+    /// Write one row per customer of a graded period to CSV or XLSX.
+    ///
+    /// Columns: source, external id, name, contact, owner, recency_days, frequency, monetary
+    /// (minor units), r/f/m scores, segment, ABC class, credit score and grade, profit,
+    /// composite, computed and assigned tier, tier reason, lifecycle, loyalty step, CLV.
+    ///
+    /// Examples:
+    ///   tierwise grades export --period 2026-10 --out grades.csv
+    ///   tierwise grades export --period 2026-10 --out grades.xlsx
+    Export {
+        /// The graded month.
+        #[arg(long)]
+        period: String,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// csv or xlsx (default: from the file extension).
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// List recent grading runs with their status, counts and timings.
+    ///
+    /// Example:
+    ///   tierwise grades runs --limit 5
+    Runs {
+        /// How many runs to show.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Explain one customer's grade: inputs, scores, components, weights and tier reason.
+    ///
+    /// Example:
+    ///   tierwise grades show C000123 --period 2026-10
+    Show {
+        /// The customer's id in its source.
+        customer: String,
+        /// The graded month (default: the latest graded).
+        #[arg(long)]
+        period: Option<String>,
+        /// Source of the customer (default: import.source).
+        #[arg(long)]
+        source: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct OverrideTarget {
+    /// The customer's id in its source.
+    pub customer: String,
+    /// Source of the customer (default: import.source).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Why (kept in the audit trail).
+    #[arg(long)]
+    pub reason: String,
+    /// Who decided (default: $USER).
+    #[arg(long)]
+    pub author: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OverrideCommand {
+    /// Pin a customer to a tier whatever its score (red list).
+    ///
+    /// Example:
+    ///   tierwise override pin C000123 --tier A --reason "strategic partner" --until 2027-03-31
+    Pin {
+        #[command(flatten)]
+        target: OverrideTarget,
+        /// Tier name from [grading.tiers].
+        #[arg(long)]
+        tier: String,
+        /// Last day it applies (YYYY-MM-DD); none = until cleared.
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Remove a customer from grading: no tier, no reminders (black list).
+    ///
+    /// Example:
+    ///   tierwise override block C000123 --reason "in liquidation"
+    Block {
+        #[command(flatten)]
+        target: OverrideTarget,
+        /// Last day it applies (YYYY-MM-DD); none = until cleared.
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Remove a customer's pin or block.
+    ///
+    /// Example:
+    ///   tierwise override clear C000123 --reason "dispute settled"
+    Clear {
+        #[command(flatten)]
+        target: OverrideTarget,
+    },
+    /// List current overrides.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

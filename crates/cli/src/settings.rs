@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 use tierwise_domain::EmailAddress;
+use tierwise_domain::grading::Policy;
 use tierwise_import::{ColumnMapping, ImportSettings};
 use tierwise_store::{DatabaseUrl, mask_password};
 
@@ -23,7 +24,7 @@ pub struct Settings {
     /// `[import]`
     pub import: ImportSettings,
     /// `[grading]`
-    pub grading: GradingSettings,
+    pub grading: Policy,
     /// `[predictive]`
     pub predictive: PredictiveSettings,
     /// `[smtp]`
@@ -71,22 +72,6 @@ impl Default for DatabaseSettings {
         Self {
             url: "data/tierwise.db".into(),
             pool_size: 8,
-        }
-    }
-}
-
-/// `[grading]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GradingSettings {
-    /// Months of history a run looks back.
-    pub lookback_months: u32,
-}
-
-impl Default for GradingSettings {
-    fn default() -> Self {
-        Self {
-            lookback_months: 24,
         }
     }
 }
@@ -276,11 +261,8 @@ impl Settings {
             load_mapping(Path::new(&self.import.mapping_file))
                 .map_err(|e| anyhow::anyhow!("configuration key import.mapping_file: {e:#}"))?;
         }
-        if !(1..=120).contains(&self.grading.lookback_months) {
-            return fail(
-                "grading.lookback_months",
-                format!("{} is outside 1..=120", self.grading.lookback_months),
-            );
+        if let Err(e) = self.grading.validate() {
+            return fail(&format!("grading.{}", e.field), e.reason);
         }
         if self.smtp.host.trim().is_empty() {
             return fail("smtp.host", "is empty");
@@ -377,9 +359,15 @@ mod tests {
     #[test]
     fn every_key_in_default_toml_has_a_comment() {
         let mut previous = "";
+        // Fields of an array of tables ([[grading.tiers.levels]]) are documented once, above
+        // the first entry.
+        let mut in_array_of_tables = false;
         for line in DEFAULT_TOML.lines() {
+            if line.starts_with('[') {
+                in_array_of_tables = line.starts_with("[[");
+            }
             let is_key = !line.starts_with('#') && !line.starts_with('[') && line.contains(" = ");
-            if is_key {
+            if is_key && !in_array_of_tables {
                 assert!(
                     previous.starts_with('#'),
                     "key without a comment above it: {line}"

@@ -77,6 +77,18 @@ pub fn run(settings: &Settings, args: &DemoArgs, progress: bool) -> anyhow::Resu
             counts.activities.to_string(),
         ]],
     );
+    // Grade the last thirteen months in order: hysteresis needs the months before, and the
+    // churn rate behind CLV needs a year of history.
+    println!();
+    let from = period.shift(-12);
+    let graded = tierwise_grading::grade_range(&db, from, period, &settings.grading, |r| {
+        tracing::info!(period = %r.period, graded = r.summary.graded, "graded");
+    })
+    .with_context(|| format!("grading the demo months {from} to {period}"))?;
+    if let Some(last) = graded.last() {
+        println!("Graded {} months, {from} to {period}.", graded.len());
+        super::grade::print_grading_report(last, &settings.grading, false);
+    }
     println!();
     // Name the binary as the user can run it from here (after `cargo run` it is not on PATH).
     let program = std::env::current_exe()
@@ -92,6 +104,10 @@ pub fn run(settings: &Settings, args: &DemoArgs, progress: bool) -> anyhow::Resu
     );
     println!(
         "  TIERWISE__DATABASE__URL={} {program} import runs",
+        args.database
+    );
+    println!(
+        "  TIERWISE__DATABASE__URL={} {program} grades export --period {period} --out grades.csv",
         args.database
     );
     println!("  {program} import fields       what your own files may contain");

@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod grade;
 mod import;
 mod migrate;
 
@@ -29,6 +30,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate { status } => migrate::run(&settings, status),
         Command::Import(command) => import::run(&settings, command, progress),
         Command::Demo(args) => demo::run(&settings, &args, progress),
+        Command::Grade(args) => grade::grade(&settings, &args, progress),
+        Command::Grades(command) => grade::grades(&settings, command),
+        Command::Override(command) => grade::override_command(&settings, command),
         Command::Config(ConfigCommand::Show) => config::show(&settings),
         Command::Config(ConfigCommand::Check) => config::check(&settings),
     }
