@@ -11,8 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tierwise_domain::Period;
 use tierwise_domain::grading::{
-    BUILTIN_COMPONENTS, Credit, Grade, GradingOutcome, Policy, Summary, TierReason,
-    grade_population, summarise,
+    Credit, Grade, GradingOutcome, Policy, Summary, TierReason, grade_population, summarise,
 };
 use tierwise_store::grading::{self as store, FactsRequest, GradingRunId, NewGrade, RunCounts};
 use tierwise_store::{Database, DbConnection, StoreError};
@@ -299,11 +298,31 @@ fn movement(
     Ok(m)
 }
 
-/// The JSON explanation stored with each grade: everything that produced it beyond the columns.
+/// Built-in component values of an explanation; absent ones are left out.
+#[derive(Serialize)]
+struct Components<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credit: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recency: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profit: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prospect: Option<f64>,
+    #[serde(flatten, skip_serializing_if = "BTreeMap::is_empty")]
+    custom: BTreeMap<&'a str, f64>,
+}
+
+/// The JSON explanation stored with each grade: everything that produced it beyond the columns
+/// (the weights are in the run's policy snapshot, named by `policy`).
 #[derive(Serialize)]
 struct Explanation<'a> {
     policy: &'a str,
-    components: BTreeMap<&'a str, f64>,
+    components: Components<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     credit: Option<&'a Credit>,
     tier: &'a TierReason,
@@ -326,6 +345,9 @@ fn tier_reason_key(reason: &TierReason) -> &'static str {
     }
 }
 
+/// Writes every grade of the run in one transaction, in customer-id order (the primary key's
+/// order, so index pages fill sequentially). Rendering the explanation JSON runs on a second
+/// thread, one batch ahead of the database writes.
 fn write_outcome(
     conn: &mut DbConnection,
     run: GradingRunId,
@@ -341,61 +363,77 @@ fn write_outcome(
         .map(String::as_str)
         .collect();
     let tier = |t: Option<u8>| t.map(|t| policy.tier_name(t));
-    tierwise_store::transaction(conn, |conn| {
-        for chunk in outcome.grades.chunks(WRITE_BATCH) {
-            let explanations: Vec<String> = chunk
-                .iter()
-                .map(|g| explanation(g, &custom_names, policy, hash))
-                .collect();
-            let rows: Vec<NewGrade<'_>> = chunk
-                .iter()
-                .zip(&explanations)
-                .map(|(g, explanation)| NewGrade {
-                    run_id: run.0,
-                    customer_id: g.customer.0,
-                    graded: g.graded,
-                    recency_days: g.recency_days.and_then(|d| i32::try_from(d).ok()),
-                    frequency: i32::try_from(g.frequency).unwrap_or(i32::MAX),
-                    monetary: g.monetary,
-                    r_score: g.rfm.map(|s| i32::from(s[0])),
-                    f_score: g.rfm.map(|s| i32::from(s[1])),
-                    m_score: g.rfm.map(|s| i32::from(s[2])),
-                    segment: g
-                        .segment
-                        .and_then(|s| segment_keys.get(usize::from(s)).copied()),
-                    abc_class: g.abc.map(|a| a.as_str()),
-                    credit_score: g.credit.map(|c| c.score),
-                    credit_grade: g.credit.map_or("unrated", |c| c.grade.as_str()),
-                    profit: g.profit,
-                    composite: g.composite,
-                    computed_tier: tier(g.computed_tier),
-                    tier: tier(g.assigned_tier),
-                    tier_reason: tier_reason_key(&g.tier_reason),
-                    periods_below: i32::try_from(g.periods_below).unwrap_or(i32::MAX),
-                    loyalty: g
-                        .loyalty_step
-                        .and_then(|s| policy.loyalty.steps.get(usize::from(s)))
-                        .map(String::as_str),
-                    lifecycle: g.lifecycle.as_str(),
-                    clv: g.clv_simple,
-                    explanation,
-                })
-                .collect();
-            store::write_grades(conn, &rows)?;
-        }
-        Ok::<(), GradingError>(())
+    let mut order: Vec<u32> = (0..outcome.grades.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| outcome.grades[i as usize].customer.0);
+
+    std::thread::scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<(usize, Vec<String>)>(1);
+        let order = &order;
+        let custom_names = &custom_names;
+        scope.spawn(move || {
+            for (batch, indices) in order.chunks(WRITE_BATCH).enumerate() {
+                let explanations = indices
+                    .iter()
+                    .map(|&i| explanation(&outcome.grades[i as usize], custom_names, policy, hash))
+                    .collect();
+                if sender.send((batch, explanations)).is_err() {
+                    // The writer stopped on an error; it reports it.
+                    return;
+                }
+            }
+        });
+        tierwise_store::transaction(conn, |conn| {
+            for (batch, explanations) in receiver.iter() {
+                let indices = &order[batch * WRITE_BATCH..];
+                let rows: Vec<NewGrade<'_>> = indices
+                    .iter()
+                    .zip(&explanations)
+                    .map(|(&i, explanation)| {
+                        let g = &outcome.grades[i as usize];
+                        NewGrade {
+                            run_id: run.0,
+                            customer_id: g.customer.0,
+                            graded: g.graded,
+                            recency_days: g.recency_days.and_then(|d| i32::try_from(d).ok()),
+                            frequency: i32::try_from(g.frequency).unwrap_or(i32::MAX),
+                            monetary: g.monetary,
+                            r_score: g.rfm.map(|s| i32::from(s[0])),
+                            f_score: g.rfm.map(|s| i32::from(s[1])),
+                            m_score: g.rfm.map(|s| i32::from(s[2])),
+                            segment: g
+                                .segment
+                                .and_then(|s| segment_keys.get(usize::from(s)).copied()),
+                            abc_class: g.abc.map(|a| a.as_str()),
+                            credit_score: g.credit.map(|c| c.score),
+                            credit_grade: g.credit.map_or("unrated", |c| c.grade.as_str()),
+                            profit: g.profit,
+                            composite: g.composite,
+                            computed_tier: tier(g.computed_tier),
+                            tier: tier(g.assigned_tier),
+                            tier_reason: tier_reason_key(&g.tier_reason),
+                            periods_below: i32::try_from(g.periods_below).unwrap_or(i32::MAX),
+                            loyalty: g
+                                .loyalty_step
+                                .and_then(|s| policy.loyalty.steps.get(usize::from(s)))
+                                .map(String::as_str),
+                            lifecycle: g.lifecycle.as_str(),
+                            clv: g.clv_simple,
+                            explanation,
+                        }
+                    })
+                    .collect();
+                store::write_grades(conn, &rows)?;
+            }
+            Ok::<(), GradingError>(())
+        })
     })
 }
 
 fn explanation(g: &Grade, custom_names: &[&str], policy: &Policy, hash: &str) -> String {
-    let mut components: BTreeMap<&str, f64> = BUILTIN_COMPONENTS
-        .iter()
-        .enumerate()
-        .filter_map(|(i, name)| g.component(i).map(|v| (*name, v)))
-        .collect();
+    let mut custom = BTreeMap::new();
     for (name, value) in custom_names.iter().zip(&g.custom_components) {
         if !value.is_nan() {
-            components.insert(name, *value);
+            custom.insert(*name, *value);
         }
     }
     let held_tier = match g.tier_reason {
@@ -404,7 +442,15 @@ fn explanation(g: &Grade, custom_names: &[&str], policy: &Policy, hash: &str) ->
     };
     let e = Explanation {
         policy: hash,
-        components,
+        components: Components {
+            value: g.component(0),
+            credit: g.component(1),
+            frequency: g.component(2),
+            recency: g.component(3),
+            profit: g.component(4),
+            prospect: g.component(5),
+            custom,
+        },
         credit: g.credit.as_ref(),
         tier: &g.tier_reason,
         held_tier,

@@ -9,8 +9,9 @@ use std::collections::HashMap;
 
 use chrono::{Datelike, Months, NaiveDate, NaiveDateTime, Utc};
 use diesel::connection::DefaultLoadingMode;
+use diesel::pg::PgRowByRowLoadingMode;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Date, Nullable};
+use diesel::sql_types::{Integer, Nullable};
 use serde::Serialize;
 use tierwise_domain::grading::{
     CustomerFacts, InvoiceFacts, Override, OverrideKind, PreviousGrade, ProfitFacts, YearAgoGrade,
@@ -18,7 +19,8 @@ use tierwise_domain::grading::{
 use tierwise_domain::{CustomerId, Period};
 
 use crate::schema::{
-    customers, grades, grading_periods, grading_runs, override_events, overrides, owners,
+    customers, grades, grading_periods, grading_runs, invoices, orders, override_events, overrides,
+    owners,
 };
 use crate::{DbConnection, StoreError, StoreResult, with_backend};
 
@@ -419,76 +421,179 @@ impl Positions {
     }
 }
 
-/// Day number used to pack (position, day) pairs into one sortable u64.
-fn day_number(d: NaiveDate) -> u32 {
-    // Days since 0001-01-01 (CE); always positive for stored dates.
-    d.num_days_from_ce().max(0) as u32
+/// Days since 1970-01-01 of a date (the unit the readers below hand out).
+fn epoch_day(d: NaiveDate) -> i32 {
+    d.num_days_from_ce() - UNIX_EPOCH_CE_DAY
 }
 
-#[derive(Queryable, QueryableByName)]
+/// `NaiveDate::num_days_from_ce` of 1970-01-01.
+const UNIX_EPOCH_CE_DAY: i32 = 719_163;
+
+fn from_epoch_day(day: i32) -> Option<NaiveDate> {
+    NaiveDate::from_num_days_from_ce_opt(day + UNIX_EPOCH_CE_DAY)
+}
+
+/// An order as the grading fold needs it.
+#[derive(Debug, Clone, Copy)]
 struct OrderFact {
-    #[diesel(sql_type = BigInt)]
     customer_id: i64,
-    #[diesel(sql_type = Date)]
-    order_date: NaiveDate,
-    #[diesel(sql_type = BigInt)]
-    amount_minor: i64,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    cost_minor: Option<i64>,
+    day: i32,
+    amount: i64,
+    cost: Option<i64>,
 }
 
-#[derive(Queryable, QueryableByName)]
+/// An invoice as the grading fold needs it (already filtered to the window and due by D).
+#[derive(Debug, Clone, Copy)]
 struct InvoiceFact {
-    #[diesel(sql_type = BigInt)]
     customer_id: i64,
-    #[diesel(sql_type = Date)]
-    due_on: NaiveDate,
-    #[diesel(sql_type = BigInt)]
-    amount_minor: i64,
-    #[diesel(sql_type = Nullable<Date>)]
-    paid_on: Option<NaiveDate>,
+    due: i32,
+    amount: i64,
+    paid: Option<i32>,
 }
 
-/// Rows fetched per round trip when streaming through a PostgreSQL cursor.
-const PG_FETCH_ROWS: usize = 100_000;
+/// SQLite: a stored `YYYY-MM-DD` date as days since 1970, computed by SQLite itself (parsing
+/// text dates in Rust cost more than the rest of reading a row).
+fn sqlite_epoch_day(column: &str) -> diesel::expression::SqlLiteral<Integer> {
+    diesel::dsl::sql::<Integer>(&format!("CAST(unixepoch({column}) / 86400 AS INTEGER)"))
+}
 
-/// Streams `select` (a query whose rows are `T`) to `each`: SQLite steps through the result;
-/// PostgreSQL reads it through a cursor in batches (its default mode would buffer the whole
-/// result in memory first). Runs inside the caller's transaction on PostgreSQL.
-fn stream_rows<T, F>(conn: &mut DbConnection, sql: &str, mut each: F) -> StoreResult<u64>
-where
-    T: QueryableByName<diesel::pg::Pg> + QueryableByName<diesel::sqlite::Sqlite> + 'static,
-    F: FnMut(T),
-{
+fn sqlite_epoch_day_nullable(column: &str) -> diesel::expression::SqlLiteral<Nullable<Integer>> {
+    diesel::dsl::sql::<Nullable<Integer>>(&format!("CAST(unixepoch({column}) / 86400 AS INTEGER)"))
+}
+
+/// Streams every order dated on or before `as_of`, in storage order. PostgreSQL uses libpq's
+/// row-by-row mode: its normal mode would buffer the whole result in memory first.
+fn for_each_order(
+    conn: &mut DbConnection,
+    as_of: NaiveDate,
+    mut each: impl FnMut(OrderFact),
+) -> StoreResult<u64> {
     let mut n = 0u64;
     match conn {
         DbConnection::Sqlite(c) => {
-            let rows = diesel::sql_query(sql).load_iter::<T, DefaultLoadingMode>(c)?;
+            let rows = orders::table
+                .filter(orders::order_date.le(as_of))
+                .select((
+                    orders::customer_id,
+                    sqlite_epoch_day("order_date"),
+                    orders::amount_minor,
+                    orders::cost_minor,
+                ))
+                .load_iter::<(i64, i32, i64, Option<i64>), DefaultLoadingMode>(c)?;
             for row in rows {
-                each(row?);
+                let (customer_id, day, amount, cost) = row?;
+                each(OrderFact {
+                    customer_id,
+                    day,
+                    amount,
+                    cost,
+                });
                 n += 1;
             }
         }
         DbConnection::Postgresql(c) => {
-            use diesel::connection::SimpleConnection;
-            c.batch_execute(&format!(
-                "DECLARE tierwise_stream NO SCROLL CURSOR FOR {sql}"
-            ))?;
-            loop {
-                let batch: Vec<T> =
-                    diesel::sql_query(format!("FETCH {PG_FETCH_ROWS} FROM tierwise_stream"))
-                        .load(c)?;
-                let len = batch.len();
-                n += len as u64;
-                batch.into_iter().for_each(&mut each);
-                if len < PG_FETCH_ROWS {
-                    break;
-                }
+            let rows = orders::table
+                .filter(orders::order_date.le(as_of))
+                .select((
+                    orders::customer_id,
+                    orders::order_date,
+                    orders::amount_minor,
+                    orders::cost_minor,
+                ))
+                .load_iter::<(i64, NaiveDate, i64, Option<i64>), PgRowByRowLoadingMode>(c)?;
+            for row in rows {
+                let (customer_id, date, amount, cost) = row?;
+                each(OrderFact {
+                    customer_id,
+                    day: epoch_day(date),
+                    amount,
+                    cost,
+                });
+                n += 1;
             }
-            c.batch_execute("CLOSE tierwise_stream")?;
         }
     }
     Ok(n)
+}
+
+/// Streams invoices issued in (window_start, as_of], due on or before `as_of`, with a positive
+/// amount.
+fn for_each_invoice(
+    conn: &mut DbConnection,
+    window_start: NaiveDate,
+    as_of: NaiveDate,
+    mut each: impl FnMut(InvoiceFact),
+) -> StoreResult<u64> {
+    let mut n = 0u64;
+    match conn {
+        DbConnection::Sqlite(c) => {
+            let rows = invoices::table
+                .filter(invoices::due_on.le(as_of))
+                .filter(invoices::issued_on.le(as_of))
+                .filter(invoices::issued_on.gt(window_start))
+                .filter(invoices::amount_minor.gt(0))
+                .select((
+                    invoices::customer_id,
+                    sqlite_epoch_day("due_on"),
+                    invoices::amount_minor,
+                    sqlite_epoch_day_nullable("paid_on"),
+                ))
+                .load_iter::<(i64, i32, i64, Option<i32>), DefaultLoadingMode>(c)?;
+            for row in rows {
+                let (customer_id, due, amount, paid) = row?;
+                each(InvoiceFact {
+                    customer_id,
+                    due,
+                    amount,
+                    paid,
+                });
+                n += 1;
+            }
+        }
+        DbConnection::Postgresql(c) => {
+            let rows = invoices::table
+                .filter(invoices::due_on.le(as_of))
+                .filter(invoices::issued_on.le(as_of))
+                .filter(invoices::issued_on.gt(window_start))
+                .filter(invoices::amount_minor.gt(0))
+                .select((
+                    invoices::customer_id,
+                    invoices::due_on,
+                    invoices::amount_minor,
+                    invoices::paid_on,
+                ))
+                .load_iter::<(i64, NaiveDate, i64, Option<NaiveDate>), PgRowByRowLoadingMode>(c)?;
+            for row in rows {
+                let (customer_id, due, amount, paid) = row?;
+                each(InvoiceFact {
+                    customer_id,
+                    due: epoch_day(due),
+                    amount,
+                    paid: paid.map(epoch_day),
+                });
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Order dates of a customer, folded as day numbers and turned into dates at the end.
+#[derive(Debug, Clone, Copy)]
+struct DayFold {
+    first: i32,
+    last: i32,
+    window_latest: i32,
+}
+
+impl Default for DayFold {
+    fn default() -> Self {
+        Self {
+            first: i32::MAX,
+            last: i32::MIN,
+            window_latest: i32::MIN,
+        }
+    }
 }
 
 /// Loads the facts of every customer as of the period's last day. One pass over customers, one
@@ -505,6 +610,7 @@ fn load_facts_in_transaction(
     let as_of = req.period.as_of();
     let window_start = req.period.as_of_minus_months(req.lookback_months);
     let year_start = req.period.as_of_minus_months(12);
+    let (window_start_day, year_start_day) = (epoch_day(window_start), epoch_day(year_start));
     let mut timings = Vec::new();
     let mut clock = std::time::Instant::now();
     let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, u64)>| {
@@ -512,69 +618,91 @@ fn load_facts_in_transaction(
         clock = std::time::Instant::now();
     };
 
-    // Customers in tie-break order.
-    type CustomerRow = (i64, Option<NaiveDate>, Option<i32>, String);
-    let rows: Vec<CustomerRow> = with_backend!(conn, c => customers::table
+    // Customers in tie-break order: ids alone come from the (source, external_id) index without
+    // touching the table; their other columns are read in storage order and placed by id.
+    let ids: Vec<i64> = with_backend!(conn, c => customers::table
         .order((customers::source.asc(), customers::external_id.asc()))
-        .select((
-            customers::id,
-            customers::created_on,
-            customers::prospect_rating,
-            customers::attributes,
-        ))
+        .select(customers::id)
         .load(c)?);
-    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
     let positions = Positions::new(&ids);
-    let mut facts: Vec<CustomerFacts> = rows
-        .into_iter()
-        .map(|(id, created_on, rating, attributes)| CustomerFacts {
+    let mut facts: Vec<CustomerFacts> = ids
+        .iter()
+        .map(|&id| CustomerFacts {
             customer: CustomerId(id),
-            created_on,
-            prospect_rating: rating.and_then(|r| u8::try_from(r).ok()),
-            attributes: wanted_attributes(&attributes, req.attributes),
             ..CustomerFacts::default()
         })
         .collect();
+    drop(ids);
+    type CustomerRow = (i64, Option<NaiveDate>, Option<i32>);
+    let base = (
+        customers::id,
+        customers::created_on,
+        customers::prospect_rating,
+    );
+    let mut place = |(id, created_on, rating): CustomerRow, attributes: Option<&str>| {
+        if let Some(pos) = positions.get(id) {
+            let f = &mut facts[pos];
+            f.created_on = created_on;
+            f.prospect_rating = rating.and_then(|r| u8::try_from(r).ok());
+            if let Some(json) = attributes {
+                f.attributes = wanted_attributes(json, req.attributes);
+            }
+        }
+    };
+    if req.attributes.is_empty() {
+        let rows: Vec<CustomerRow> =
+            with_backend!(conn, c => customers::table.select(base).load(c)?);
+        rows.into_iter().for_each(|r| place(r, None));
+    } else {
+        let rows: Vec<(CustomerRow, String)> = with_backend!(conn, c => customers::table
+            .select((base, customers::attributes))
+            .load(c)?);
+        rows.into_iter().for_each(|(r, json)| place(r, Some(&json)));
+    }
     lap("customers", &mut timings);
 
     // Orders up to D, in storage order, folded per customer.
+    let mut folds = vec![DayFold::default(); facts.len()];
     let mut days: Vec<u64> = Vec::new();
-    let orders_sql = format!(
-        "SELECT customer_id, order_date, amount_minor, cost_minor FROM orders WHERE order_date <= '{as_of}'"
-    );
-    let orders_read = stream_rows::<OrderFact, _>(conn, &orders_sql, |o| {
+    let orders_read = for_each_order(conn, as_of, |o| {
         let Some(pos) = positions.get(o.customer_id) else {
             return;
         };
         let f = &mut facts[pos];
+        let d = &mut folds[pos];
         f.lifetime_orders += 1;
-        if f.first_order.is_none_or(|d| o.order_date < d) {
-            f.first_order = Some(o.order_date);
-        }
-        if f.last_order.is_none_or(|d| o.order_date > d) {
-            f.last_order = Some(o.order_date);
-        }
-        let add_profit = |p: &mut ProfitFacts| match o.cost_minor {
-            Some(cost) => p.costed_profit += o.amount_minor - cost,
+        d.first = d.first.min(o.day);
+        d.last = d.last.max(o.day);
+        let add_profit = |p: &mut ProfitFacts| match o.cost {
+            Some(cost) => p.costed_profit += o.amount - cost,
             None => {
-                p.uncosted_amount += o.amount_minor;
+                p.uncosted_amount += o.amount;
                 p.uncosted_orders += 1;
             }
         };
-        if o.order_date > window_start {
+        if o.day > window_start_day {
             f.window_orders += 1;
-            f.window_amount += o.amount_minor;
-            if f.window_latest.is_none_or(|d| o.order_date > d) {
-                f.window_latest = Some(o.order_date);
-            }
+            f.window_amount += o.amount;
+            d.window_latest = d.window_latest.max(o.day);
             add_profit(&mut f.window_profit);
         }
-        if o.order_date > year_start {
-            f.last_year_revenue += o.amount_minor;
+        if o.day > year_start_day {
+            f.last_year_revenue += o.amount;
             add_profit(&mut f.last_year_profit);
         }
-        days.push(((pos as u64) << 32) | u64::from(day_number(o.order_date)));
+        // Offset keeps the day positive for any stored date (year ≥ 1900).
+        days.push(((pos as u64) << 32) | u64::from((o.day + DAY_OFFSET) as u32));
     })?;
+    for (f, d) in facts.iter_mut().zip(&folds) {
+        if f.lifetime_orders > 0 {
+            f.first_order = from_epoch_day(d.first);
+            f.last_order = from_epoch_day(d.last);
+        }
+        if f.window_orders > 0 {
+            f.window_latest = from_epoch_day(d.window_latest);
+        }
+    }
+    drop(folds);
     lap("orders", &mut timings);
 
     // Median gap between distinct order days, per customer.
@@ -604,26 +732,22 @@ fn load_facts_in_transaction(
     lap("gaps", &mut timings);
 
     // Invoices issued in the window and due by D.
-    let grace = chrono::Days::new(req.grace_days.max(0) as u64);
-    let invoices_sql = format!(
-        "SELECT customer_id, due_on, amount_minor, paid_on FROM invoices \
-         WHERE due_on <= '{as_of}' AND issued_on <= '{as_of}' AND issued_on > '{window_start}' AND amount_minor > 0"
-    );
-    let invoices_read = stream_rows::<InvoiceFact, _>(conn, &invoices_sql, |i| {
+    let grace = i32::try_from(req.grace_days.max(0)).unwrap_or(i32::MAX);
+    let as_of_day = epoch_day(as_of);
+    let invoices_read = for_each_invoice(conn, window_start, as_of, |i| {
         let Some(pos) = positions.get(i.customer_id) else {
             return;
         };
         let f: &mut InvoiceFacts = &mut facts[pos].invoices;
-        f.due_amount += i.amount_minor;
-        let paid_by_d = i.paid_on.filter(|&p| p <= as_of);
+        f.due_amount += i.amount;
+        let paid_by_d = i.paid.filter(|&p| p <= as_of_day);
         match paid_by_d {
-            Some(paid) if paid <= i.due_on + grace => f.on_time_amount += i.amount_minor,
+            Some(paid) if paid <= i.due.saturating_add(grace) => f.on_time_amount += i.amount,
             Some(_) => {}
-            None => f.unpaid_amount += i.amount_minor,
+            None => f.unpaid_amount += i.amount,
         }
-        let settled = paid_by_d.unwrap_or(as_of);
-        let late = (settled - i.due_on).num_days().max(0);
-        f.late_amount_days += i128::from(i.amount_minor) * i128::from(late);
+        let late = (paid_by_d.unwrap_or(as_of_day) - i.due).max(0);
+        f.late_amount_days += i128::from(i.amount) * i128::from(late);
     })?;
     lap("invoices", &mut timings);
 
@@ -674,6 +798,9 @@ fn load_facts_in_transaction(
         timings,
     })
 }
+
+/// Added to epoch days before packing them unsigned (covers dates back to 1900).
+const DAY_OFFSET: i32 = 30_000;
 
 fn published_run_id(conn: &mut DbConnection, period: Period) -> StoreResult<Option<i64>> {
     Ok(with_backend!(conn, c => grading_periods::table

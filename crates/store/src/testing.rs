@@ -9,7 +9,9 @@ use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 
-use crate::schema::{activities, customers, invoices, orders, owners};
+use crate::schema::{
+    activities, customers, grades, grading_periods, grading_runs, invoices, orders, owners,
+};
 use crate::{Database, DbConnection, PooledConnection, with_backend};
 
 /// Which backend a test runs on.
@@ -25,6 +27,25 @@ pub enum TestBackend {
 pub fn postgres_admin_url() -> String {
     std::env::var("TIERWISE_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// Removes the published grades of `period` and every run of it, so the next run of that period
+/// is a first run (benchmarks measure the monthly case, not a re-grade).
+pub fn clear_period(
+    conn: &mut DbConnection,
+    period: tierwise_domain::Period,
+) -> crate::StoreResult<()> {
+    let key = period.to_string();
+    with_backend!(conn, c => {
+        let runs: Vec<i64> = grading_runs::table
+            .filter(grading_runs::period.eq(&key))
+            .select(grading_runs::id)
+            .load(c)?;
+        diesel::delete(grading_periods::table.filter(grading_periods::period.eq(&key))).execute(c)?;
+        diesel::delete(grades::table.filter(grades::run_id.eq_any(&runs))).execute(c)?;
+        diesel::delete(grading_runs::table.filter(grading_runs::id.eq_any(&runs))).execute(c)?;
+    });
+    Ok(())
 }
 
 /// `url` with its database name replaced by `name`.

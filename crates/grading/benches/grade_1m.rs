@@ -1,0 +1,423 @@
+//! Grading benchmark: 1,000,000 customers (~8.6M orders and as many invoices) graded end to end —
+//! stored orders and invoices → stored, published grades — on SQLite and on PostgreSQL, against
+//! the DuckDB peer (../shared/bench/rfm_duckdb.py) computing RFM scores, rfm8 segments and ABC
+//! classes over the same orders from CSV. The same run checks that tierwise's RFM, segment and
+//! ABC columns equal DuckDB's for every customer.
+//!
+//! ```text
+//! cargo bench -p tierwise-grading --bench grade_1m                     # 1M customers, median of 3
+//! cargo bench -p tierwise-grading --bench grade_1m -- --customers 100000 --repeat 1
+//! ```
+//! Needs a Python with numpy, polars and duckdb (`TIERWISE_BENCH_PYTHON`, default `python3`;
+//! `python3 -m venv .venv && .venv/bin/pip install duckdb polars numpy`), `/usr/bin/time` and
+//! `psql`. PostgreSQL comes from TIERWISE_BENCH_DATABASE_URL (default
+//! postgres://postgres@127.0.0.1:5432/postgres). Data and databases are kept in
+//! target/bench-grade and reused; each measurement runs in a child process so its peak RSS is
+//! its own. The report is printed and written to target/bench-report/grade_1m.md.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use tierwise_domain::Period;
+use tierwise_domain::grading::Policy;
+use tierwise_grading::{Mode, grade_period};
+use tierwise_import::{ColumnMapping, FileImportOptions, ImportSettings, RecordKind, import_file};
+use tierwise_store::Database;
+use tierwise_store::grading::for_each_graded_customer;
+use tierwise_store::queries::table_counts;
+use tierwise_store::testing::{clear_period, with_database_name};
+
+const PERIOD: &str = "2026-10";
+const AS_OF: &str = "2026-10-31";
+
+struct Args {
+    customers: u64,
+    repeat: usize,
+    python: String,
+    child: Vec<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        customers: 1_000_000,
+        repeat: 3,
+        python: std::env::var("TIERWISE_BENCH_PYTHON").unwrap_or_else(|_| "python3".into()),
+        child: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--customers" => args.customers = it.next().context("--customers N")?.parse()?,
+            "--repeat" => args.repeat = it.next().context("--repeat N")?.parse()?,
+            "--python" => args.python = it.next().context("--python PATH")?,
+            "--child" => args.child = it.by_ref().collect(),
+            // cargo bench passes --bench; ignore what is not ours.
+            _ => {}
+        }
+    }
+    Ok(args)
+}
+
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn period() -> Period {
+    Period::parse(PERIOD).unwrap_or_else(|_| unreachable!("constant period"))
+}
+
+/// Child: load the CSV as orders and invoices unless already loaded, then grade the month before
+/// (so the measured run has a previous period, as a monthly run does).
+fn child_setup(url: &str, csv: &Path, expected_orders: u64) -> Result<()> {
+    let db = Database::open(url, 2)?;
+    db.migrate()?;
+    let counts = table_counts(&mut *db.conn()?)?;
+    if counts.orders != expected_orders || counts.invoices != expected_orders {
+        if counts.orders != 0 {
+            bail!(
+                "{url} holds {} orders, not {expected_orders}: delete it and run again",
+                counts.orders
+            );
+        }
+        let mapping: ColumnMapping = toml::from_str(
+            "[invoices.columns]\ninvoice_id = \"order_id\"\nissued_date = \"order_date\"\n",
+        )?;
+        for kind in [RecordKind::Orders, RecordKind::Invoices] {
+            let options = FileImportOptions::from_settings(
+                &ImportSettings::default(),
+                kind,
+                mapping.clone(),
+            )?;
+            let started = Instant::now();
+            let report = import_file(&db, csv, &options)?;
+            eprintln!(
+                "  loaded {} {kind:?} in {:.0}s",
+                report.totals.rows_written,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    if tierwise_store::grading::published_run(&mut *db.conn()?, period().prev())?.is_none() {
+        grade_period(&db, period().prev(), &Policy::default(), Mode::Publish)?;
+    }
+    Ok(())
+}
+
+/// Child: one measured grading run, printed as `seconds peak_rss_kb timings-json`.
+fn child_grade(url: &str) -> Result<()> {
+    let db = Database::open(url, 2)?;
+    clear_period(&mut *db.conn()?, period())?;
+    let baseline = peak_rss_kb();
+    let started = Instant::now();
+    let report = grade_period(&db, period(), &Policy::default(), Mode::Publish)?;
+    let secs = started.elapsed().as_secs_f64();
+    let timings: Vec<String> = report
+        .timings
+        .iter()
+        .map(|(k, ms)| format!("{k} {:.1}", *ms as f64 / 1000.0))
+        .collect();
+    println!(
+        "{secs} {} {baseline} {} {}|{}",
+        peak_rss_kb(),
+        report.summary.graded,
+        report.orders_read,
+        timings.join(", ")
+    );
+    Ok(())
+}
+
+/// Child: compares tierwise's published RFM, segment and ABC with DuckDB's output.
+fn child_check(url: &str, duckdb_csv: &Path) -> Result<()> {
+    let mut peer: HashMap<String, Vec<String>> = HashMap::new();
+    let mut reader = csv::Reader::from_path(duckdb_csv)?;
+    for row in reader.records() {
+        let row = row?;
+        let fields: Vec<String> = row.iter().map(str::to_owned).collect();
+        peer.insert(fields[0].clone(), fields[1..].to_vec());
+    }
+    let db = Database::open(url, 2)?;
+    let (mut same, mut different, mut graded) = (0u64, 0u64, 0u64);
+    let mut first_difference = None;
+    for_each_graded_customer(&mut *db.conn()?, period(), |c| {
+        if !c.graded {
+            return Ok(());
+        }
+        graded += 1;
+        let ours = vec![
+            c.recency_days.map(|v| v.to_string()).unwrap_or_default(),
+            c.frequency.to_string(),
+            c.monetary.to_string(),
+            c.r_score.map(|v| v.to_string()).unwrap_or_default(),
+            c.f_score.map(|v| v.to_string()).unwrap_or_default(),
+            c.m_score.map(|v| v.to_string()).unwrap_or_default(),
+            c.segment.clone().unwrap_or_default(),
+            c.abc_class.clone().unwrap_or_default(),
+        ];
+        match peer.get(&c.external_id) {
+            Some(theirs) if *theirs == ours => same += 1,
+            theirs => {
+                different += 1;
+                first_difference.get_or_insert(format!(
+                    "{}: tierwise {ours:?}, duckdb {theirs:?}",
+                    c.external_id
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    println!(
+        "{same} {different} {graded} {} {}",
+        peer.len(),
+        first_difference.unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn self_child(args: &[&str]) -> Result<String> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg("--child")
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "child {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// Runs a command under /usr/bin/time; returns (wall seconds, peak RSS KiB).
+fn timed(program: &str, args: &[&str]) -> Result<(f64, u64)> {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "TIME %e %M", program])
+        .args(args)
+        .output()
+        .context("running /usr/bin/time (apt-get install time)")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("{program} {args:?} failed: {stderr}");
+    }
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("TIME "))
+        .context("no timing line")?;
+    let mut parts = line.split_whitespace().skip(1);
+    let secs: f64 = parts.next().context("secs")?.parse()?;
+    let kb: u64 = parts.next().context("rss")?.parse()?;
+    Ok((secs, kb))
+}
+
+fn psql(url: &str, sql: &str) -> Result<String> {
+    let out = Command::new("psql")
+        .args(["-qtA", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "psql failed: {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Run {
+    secs: f64,
+    rss_kb: u64,
+    graded: u64,
+    orders: u64,
+    timings: String,
+}
+
+fn parse_run(line: &str) -> Result<Run> {
+    let (head, timings) = line.split_once('|').context("timings")?;
+    let mut parts = head.split_whitespace();
+    let secs = parts.next().context("secs")?.parse()?;
+    let rss_kb = parts.next().context("rss")?.parse()?;
+    let _baseline: u64 = parts.next().context("baseline")?.parse()?;
+    let graded = parts.next().context("graded")?.parse()?;
+    let orders = parts.next().context("orders")?.parse()?;
+    Ok(Run {
+        secs,
+        rss_kb,
+        graded,
+        orders,
+        timings: timings.to_owned(),
+    })
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    if let Some(command) = args.child.first() {
+        let rest: Vec<&str> = args.child.iter().skip(1).map(String::as_str).collect();
+        return match (command.as_str(), rest.as_slice()) {
+            ("setup", [url, csv, n]) => child_setup(url, Path::new(csv), n.parse()?),
+            ("grade", [url]) => child_grade(url),
+            ("check", [url, peer]) => child_check(url, Path::new(peer)),
+            _ => bail!("unknown child command {:?}", args.child),
+        };
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let shared = root.join("../shared/bench");
+    let dir = root.join("target/bench-grade");
+    std::fs::create_dir_all(&dir)?;
+    let n = args.customers;
+    let csv = dir.join(format!("orders_{n}.csv"));
+    if !csv.exists() {
+        eprintln!("generating orders for {n} customers with gen_orders.py");
+        let status = Command::new(&args.python)
+            .arg(shared.join("gen_orders.py"))
+            .args(["--customers", &n.to_string(), "--seed", "7", "--out"])
+            .arg(&csv)
+            .status()?;
+        if !status.success() {
+            bail!(
+                "gen_orders.py failed; does {} have numpy and polars?",
+                args.python
+            );
+        }
+    }
+    let csv = csv.canonicalize()?;
+    let orders = {
+        let text = std::fs::read(&csv)?;
+        text.iter().filter(|&&b| b == b'\n').count() as u64 - 1
+    };
+    let csv_s = csv.to_string_lossy().to_string();
+
+    // The peer.
+    let peer_out = dir.join(format!("rfm_duckdb_{n}.csv"));
+    let peer_s = peer_out.to_string_lossy().to_string();
+    let duckdb_script = shared.join("rfm_duckdb.py").to_string_lossy().to_string();
+    let mut duckdb = Vec::new();
+    for round in 0..args.repeat {
+        eprintln!("duckdb {}/{}", round + 1, args.repeat);
+        duckdb.push(timed(
+            &args.python,
+            &[
+                &duckdb_script,
+                &csv_s,
+                &peer_s,
+                "--asof",
+                AS_OF,
+                "--months",
+                "24",
+            ],
+        )?);
+    }
+
+    let admin = std::env::var("TIERWISE_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+    let pg_name = format!("tierwise_bench_grade_{n}");
+    if psql(
+        &admin,
+        &format!("SELECT 1 FROM pg_database WHERE datname = '{pg_name}'"),
+    )?
+    .is_empty()
+    {
+        psql(&admin, &format!("CREATE DATABASE {pg_name}"))?;
+    }
+    let backends = [
+        (
+            "SQLite",
+            dir.join(format!("grade_{n}.db"))
+                .to_string_lossy()
+                .to_string(),
+        ),
+        ("PostgreSQL", with_database_name(&admin, &pg_name)),
+    ];
+    let mut results = Vec::new();
+    for (name, url) in &backends {
+        eprintln!("{name}: setting up (loads {orders} orders and invoices once; slow)");
+        self_child(&["setup", url, &csv_s, &orders.to_string()])?;
+        let mut runs = Vec::new();
+        for round in 0..args.repeat {
+            eprintln!("{name} {}/{}", round + 1, args.repeat);
+            runs.push(parse_run(&self_child(&["grade", url])?)?);
+        }
+        let check = self_child(&["check", url, &peer_s])?;
+        results.push((*name, runs, check));
+    }
+
+    let duck_secs = median(duckdb.iter().map(|d| d.0).collect());
+    let duck_mib = duckdb.iter().map(|d| d.1).max().unwrap_or(0) as f64 / 1024.0;
+    let mut report = String::new();
+    writeln!(
+        report,
+        "# Grading {n} customers ({orders} orders, {orders} invoices), median of {}",
+        args.repeat
+    )?;
+    writeln!(report)?;
+    writeln!(report, "| path | seconds | × DuckDB | peak RSS | target |")?;
+    writeln!(report, "|---|---|---|---|---|")?;
+    writeln!(
+        report,
+        "| DuckDB peer (RFM + rfm8 + ABC from CSV) | {duck_secs:.2} | 1.00 | {duck_mib:.0} MiB | – |"
+    )?;
+    let mut details = String::new();
+    for (name, runs, check) in &results {
+        let secs = median(runs.iter().map(|r| r.secs).collect());
+        let mib = runs.iter().map(|r| r.rss_kb).max().unwrap_or(0) as f64 / 1024.0;
+        let target = if *name == "SQLite" {
+            "≤ 2.0×"
+        } else {
+            "≤ 1.5×"
+        };
+        writeln!(
+            report,
+            "| tierwise → {name} (stored orders + invoices → published grades) | {secs:.2} | {:.2} | {mib:.0} MiB | {target}, ≤ 600 MB |",
+            secs / duck_secs
+        )?;
+        if let Some(run) = runs.iter().min_by(|a, b| a.secs.total_cmp(&b.secs)) {
+            writeln!(
+                details,
+                "- {name}: {} customers graded, {} orders read; fastest run's phases (s): {}",
+                run.graded, run.orders, run.timings
+            )?;
+        }
+        let fields: Vec<&str> = check.splitn(5, ' ').collect();
+        let field = |i: usize| fields.get(i).copied().unwrap_or("?");
+        writeln!(
+            details,
+            "  - equal to DuckDB on recency, frequency, monetary, R, F, M, segment and ABC: {} of {} graded customers (DuckDB rows: {}); different: {}{}",
+            field(0),
+            field(2),
+            field(3),
+            field(1),
+            fields
+                .get(4)
+                .filter(|f| !f.is_empty())
+                .map(|f| format!(" (first: {f})"))
+                .unwrap_or_default()
+        )?;
+    }
+    writeln!(report)?;
+    report.push_str(&details);
+    writeln!(report)?;
+    writeln!(
+        report,
+        "tierwise computes the whole grade (RFM, segments, ABC, credit from invoices, profit, composite, tiers with hysteresis against the previous month, lifecycle, CLV, explanation JSON) and publishes it; DuckDB computes RFM, segment and ABC only and writes a CSV."
+    )?;
+    print!("{report}");
+    let report_dir = root.join("target/bench-report");
+    std::fs::create_dir_all(&report_dir)?;
+    std::fs::write(report_dir.join("grade_1m.md"), report)?;
+    Ok(())
+}
