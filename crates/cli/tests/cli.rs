@@ -169,6 +169,8 @@ fn demo_imports_and_is_repeatable() {
         text.contains("150 rows read, 0 written, 150 unchanged"),
         "{text}"
     );
+    assert!(text.contains("Graded 13 months"), "{text}");
+    assert!(text.contains("revenue share"), "{text}");
     let orders_line = text
         .lines()
         .find(|l| l.contains("orders.csv"))
@@ -207,5 +209,61 @@ backend_tests! {
         let out = tierwise(&["import", "runs"], &env, dir.path());
         let runs = stdout(&out);
         assert!(runs.contains("completed_with_rejects") && runs.contains("failed") && runs.contains("succeeded"), "{runs}");
+    }
+    fn grade_export_show_and_override_through_the_cli(db) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut csv = String::from("order_id,customer_id,customer_name,order_date,amount,cost\n");
+        for i in 1..=10 {
+            let amount = 1100 - 100 * i;
+            let name = if i == 3 { "=HYPERLINK(\"http://x\")".to_string() } else { format!("Customer {i}") };
+            csv.push_str(&format!("S{i:02},C{i:02},\"{}\",2026-09-15,{amount},{}\n", name.replace('"', "\"\""), amount / 2));
+        }
+        csv.push_str("O10,C10,,2026-10-10,5000,2500\n");
+        std::fs::write(dir.path().join("orders.csv"), csv).unwrap();
+        let env = [("TIERWISE__DATABASE__URL", db.url())];
+        let run = |args: &[&str]| {
+            let out = tierwise(args, &env, dir.path());
+            assert!(out.status.success(), "{args:?}: {}{}", stdout(&out), stderr(&out));
+            stdout(&out)
+        };
+        run(&["import", "file", "--kind", "orders", "orders.csv"]);
+        let text = run(&["grade", "--from", "2026-09", "--to", "2026-10"]);
+        assert!(text.contains("2026-09") && text.contains("2026-10"), "{text}");
+        let text = run(&["grade", "--period", "2026-10"]);
+        assert!(text.contains("10 of 10 customers graded"), "{text}");
+        assert!(text.contains("1 tier changes against the previous period"), "{text}");
+
+        run(&["grades", "export", "--period", "2026-10", "--out", "g.csv"]);
+        let exported = std::fs::read_to_string(dir.path().join("g.csv")).unwrap();
+        assert_eq!(exported.lines().count(), 11, "{exported}");
+        assert!(exported.starts_with("source,external_id,name,"), "{exported}");
+        // A name a spreadsheet would run as a formula is exported as text.
+        assert!(exported.contains("\"'=HYPERLINK"), "{exported}");
+        let c10 = exported.lines().find(|l| l.contains(",C10,")).unwrap();
+        assert!(c10.contains(",A,A,computed,"), "{c10}");
+        run(&["grades", "export", "--period", "2026-10", "--out", "g.xlsx"]);
+        assert!(std::fs::metadata(dir.path().join("g.xlsx")).unwrap().len() > 1000);
+
+        // Pin C07 to A, re-grade: it is A and says why.
+        run(&["override", "pin", "C07", "--tier", "A", "--reason", "strategic partner", "--author", "ops"]);
+        assert!(run(&["override", "list"]).contains("strategic partner"));
+        run(&["grade", "--period", "2026-10"]);
+        let shown = run(&["grades", "show", "C07", "--period", "2026-10"]);
+        assert!(shown.contains("A (computed D, pinned)"), "{shown}");
+        assert!(shown.contains("pin A by ops"), "{shown}");
+
+        // A dry run with no demotion grace reports the held customers that would drop.
+        std::fs::write(dir.path().join("strict.toml"), "[grading.tiers]\ndemotion_grace_periods = 1\n").unwrap();
+        let dry = run(&["grade", "--period", "2026-10", "--dry-run", "--policy", "strict.toml"]);
+        assert!(dry.contains("would change tier (0 up, 3 down)"), "{dry}");
+
+        // Mistakes are explained.
+        let out = tierwise(&["override", "pin", "C07", "--tier", "Z", "--reason", "x"], &env, dir.path());
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("--tier 'Z' is not a configured tier (A, B, C, D)"), "{}", stderr(&out));
+        let out = tierwise(&["grades", "export", "--period", "2025-01", "--out", "x.csv"], &env, dir.path());
+        assert!(stderr(&out).contains("2025-01 has not been graded"), "{}", stderr(&out));
+        let out = tierwise(&["grade", "--period", "2026-13"], &env, dir.path());
+        assert!(stderr(&out).contains("--period: month 13 is not 1-12"), "{}", stderr(&out));
     }
 }
