@@ -63,7 +63,62 @@ fn p(s: &str) -> Period {
     Period::parse(s).unwrap()
 }
 
+/// The peer's answer for the fixture orders: customer → [recency_days, frequency, monetary,
+/// r_score, f_score, m_score, rfm_segment, abc_class].
+fn peer_answer() -> std::collections::HashMap<String, Vec<String>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peer_rfm_duckdb.csv");
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let mut fields = line.split(',').map(str::to_owned);
+            let id = fields.next().unwrap();
+            (id, fields.collect())
+        })
+        .collect()
+}
+
 backend_tests! {
+    fn rfm_segments_and_abc_equal_the_duckdb_peer(db) {
+        // tests/fixtures: 400 customers' orders from ../shared/bench/gen_orders.py (seed 11) and
+        // what ../shared/bench/rfm_duckdb.py computes from them as of 2026-10-31.
+        let orders = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peer_orders.csv");
+        let options = FileImportOptions::from_settings(
+            &ImportSettings::default(),
+            RecordKind::Orders,
+            ColumnMapping::default(),
+        )
+        .unwrap();
+        let report = import_file(&db.db, &orders, &options).unwrap();
+        assert_eq!(report.totals.rows_written, 3166);
+        grade_period(&db.db, p("2026-10"), &Policy::default(), Mode::Publish).unwrap();
+        let peer = peer_answer();
+        let mut compared = 0;
+        for_each_graded_customer(&mut db.conn(), p("2026-10"), |c| {
+            let theirs = peer.get(&c.external_id);
+            if !c.graded {
+                assert!(theirs.is_none(), "{} graded by the peer only", c.external_id);
+                return Ok(());
+            }
+            let ours = vec![
+                c.recency_days.unwrap().to_string(),
+                c.frequency.to_string(),
+                c.monetary.to_string(),
+                c.r_score.unwrap().to_string(),
+                c.f_score.unwrap().to_string(),
+                c.m_score.unwrap().to_string(),
+                c.segment.clone().unwrap(),
+                c.abc_class.clone().unwrap(),
+            ];
+            assert_eq!(Some(&ours), theirs, "customer {}", c.external_id);
+            compared += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(compared, peer.len());
+        assert_eq!(compared, 333);
+    }
+
     fn two_periods_give_the_expected_changes_and_migration(db) {
         let dir = tempfile::tempdir().unwrap();
         import_orders(&db, dir.path(), "sep.csv", &september());
