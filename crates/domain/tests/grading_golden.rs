@@ -363,12 +363,12 @@ fn overrides_pin_and_block_until_they_expire() {
     let outcome = grade_population(&all, date(AS_OF), &Policy::default()).unwrap();
     let g = &outcome.grades;
     assert_eq!(g[0].assigned_tier, Some(0));
-    assert!(matches!(g[0].tier_reason, TierReason::Pinned { .. }));
+    assert!(matches!(g[0].tier_reason, TierReason::Pinned(_)));
     assert_ne!(g[0].computed_tier, Some(0));
     assert_eq!(g[1].tier_reason, TierReason::Computed);
     assert!(!g[2].graded);
     assert_eq!(g[2].assigned_tier, None);
-    assert!(matches!(&g[2].tier_reason, TierReason::Blocked { reason, .. } if reason == "fraud"));
+    assert!(matches!(&g[2].tier_reason, TierReason::Blocked(note) if note.reason == "fraud"));
     assert!(g[3].graded);
     assert_eq!(outcome.population, 9);
 }
@@ -506,4 +506,40 @@ fn invalid_policies_name_the_setting() {
     let mut p = Policy::default();
     p.abc.cuts = [0.95, 0.80];
     assert_eq!(p.validate().unwrap_err().field, "abc.cuts");
+}
+
+#[test]
+fn custom_tables_fall_back_to_unclassified_and_unknown_pins_are_counted() {
+    let mut policy = Policy::default();
+    policy.segments.preset = SegmentPreset::Custom;
+    policy.segments.rules = vec![tierwise_domain::grading::policy::SegmentRule {
+        key: "big".into(),
+        label: None,
+        r: "any".into(),
+        f: "any".into(),
+        m: "5".into(),
+    }];
+    let mut all = five();
+    all[4].override_ = pin("Platinum", None);
+    let outcome = grade_population(&all, date(AS_OF), &policy).unwrap();
+    let keys: Vec<&str> = outcome.segments.keys().collect();
+    let got: Vec<&str> = outcome
+        .grades
+        .iter()
+        .map(|g| keys[usize::from(g.segment.unwrap())])
+        .collect();
+    // Only customer 1 has M 5; the rest are unclassified but still get a CLV.
+    assert_eq!(
+        got,
+        [
+            "big",
+            "unclassified",
+            "unclassified",
+            "unclassified",
+            "unclassified"
+        ]
+    );
+    assert!(outcome.grades.iter().all(|g| g.clv_simple.is_some()));
+    assert_eq!(outcome.unknown_pin_tiers, 1);
+    assert_eq!(outcome.grades[4].tier_reason, TierReason::Computed);
 }

@@ -11,9 +11,11 @@ use std::time::Instant;
 use serde::Serialize;
 use tierwise_domain::Period;
 use tierwise_domain::grading::{
-    Credit, Grade, GradingOutcome, Policy, Summary, TierReason, grade_population, summarise,
+    Grade, GradingOutcome, Policy, Summary, TierReason, grade_population, summarise,
 };
-use tierwise_store::grading::{self as store, FactsRequest, GradingRunId, NewGrade, RunCounts};
+use tierwise_store::grading::{
+    self as store, FactsRequest, GradingRunId, NewExplanation, NewGrade, RunCounts,
+};
 use tierwise_store::{Database, DbConnection, StoreError};
 
 /// Name of the database-wide lock a grading run holds.
@@ -100,6 +102,8 @@ pub struct GradingReport {
     pub abandoned: Vec<GradingRunId>,
     /// Dry runs: movement against the published snapshot.
     pub movement: Option<Movement>,
+    /// Active pins naming a tier the policy does not have (ignored).
+    pub unknown_pin_tiers: u32,
 }
 
 impl GradingReport {
@@ -141,7 +145,11 @@ pub fn grade_period(
     let _lock = db.try_exclusive(GRADING_LOCK)?;
     let mut conn = db.conn()?;
     let conn: &mut DbConnection = &mut conn;
-    let abandoned = store::fail_abandoned_runs(conn)?;
+    // A dry run writes nothing, not even this clean-up; the next real run does it.
+    let abandoned = match mode {
+        Mode::Publish => store::fail_abandoned_runs(conn)?,
+        Mode::DryRun => Vec::new(),
+    };
     for run in &abandoned {
         tracing::warn!(run = run.0, "marked an abandoned grading run failed");
     }
@@ -211,6 +219,13 @@ fn grade_and_store(
     watch.clock = Instant::now();
 
     let outcome = grade_population(&facts.customers, period.as_of(), policy)?;
+    if outcome.unknown_pin_tiers > 0 {
+        tracing::warn!(
+            pins = outcome.unknown_pin_tiers,
+            "pins name tiers the policy does not have; those customers keep their computed tier \
+             (see `tierwise override list`)"
+        );
+    }
     watch.lap("grade");
     let summary = summarise(&facts.customers, &outcome, policy);
     watch.lap("summarise");
@@ -226,6 +241,7 @@ fn grade_and_store(
         replaced: None,
         abandoned: Vec::new(),
         movement: None,
+        unknown_pin_tiers: outcome.unknown_pin_tiers,
     };
     match run {
         None => {
@@ -235,7 +251,7 @@ fn grade_and_store(
         Some(run) => {
             // Facts are not needed once grades and the summary exist.
             drop(facts);
-            write_outcome(conn, run, &outcome, policy, hash)?;
+            write_outcome(conn, run, &outcome, policy)?;
             watch.lap("write");
             let counts = RunCounts {
                 customers: outcome.grades.len() as i64,
@@ -317,17 +333,23 @@ struct Components<'a> {
     custom: BTreeMap<&'a str, f64>,
 }
 
-/// The JSON explanation stored with each grade: everything that produced it beyond the columns
-/// (the weights are in the run's policy snapshot, named by `policy`).
+/// Payment figures behind the credit score (the score and grade are columns).
+#[derive(Serialize)]
+struct CreditFigures {
+    on_time_ratio: f64,
+    avg_days_late: f64,
+    overdue_ratio: f64,
+}
+
+/// The JSON explanation stored with each grade: everything that produced it beyond the grade's
+/// columns. The weights are in the run's policy snapshot (same run id). Values are rounded to six
+/// decimals: enough to explain, and it halves the row.
 #[derive(Serialize)]
 struct Explanation<'a> {
-    policy: &'a str,
     components: Components<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    credit: Option<&'a Credit>,
+    credit: Option<CreditFigures>,
     tier: &'a TierReason,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    held_tier: Option<&'a str>,
     lifetime_orders: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     lifetime_recency_days: Option<i64>,
@@ -339,10 +361,28 @@ fn tier_reason_key(reason: &TierReason) -> &'static str {
     match reason {
         TierReason::Computed => "computed",
         TierReason::Held { .. } => "held",
-        TierReason::Pinned { .. } => "pinned",
-        TierReason::Blocked { .. } => "blocked",
+        TierReason::Pinned(_) => "pinned",
+        TierReason::Blocked(_) => "blocked",
         TierReason::NotGraded => "not_graded",
     }
+}
+
+/// A `'static` copy of a policy name (tier, segment, loyalty step). Each distinct name is leaked
+/// once per process and reused, so the memory is bounded by the names configured.
+fn intern(name: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(&known) = names.get(name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(leaked);
+    leaked
 }
 
 /// Writes every grade of the run in one transaction, in customer-id order (the primary key's
@@ -353,16 +393,22 @@ fn write_outcome(
     run: GradingRunId,
     outcome: &GradingOutcome,
     policy: &Policy,
-    hash: &str,
 ) -> Result<(), GradingError> {
-    let segment_keys: Vec<&str> = outcome.segments.keys().collect();
+    let segment_keys: Vec<&'static str> = outcome.segments.keys().map(intern).collect();
+    let tier_names: Vec<&'static str> = policy
+        .tiers
+        .levels
+        .iter()
+        .map(|l| intern(&l.name))
+        .collect();
+    let loyalty_steps: Vec<&'static str> = policy.loyalty.steps.iter().map(|s| intern(s)).collect();
     let custom_names: Vec<&str> = policy
         .components
         .custom
         .keys()
         .map(String::as_str)
         .collect();
-    let tier = |t: Option<u8>| t.map(|t| policy.tier_name(t));
+    let tier = |t: Option<u8>| t.and_then(|t| tier_names.get(usize::from(t)).copied());
     let mut order: Vec<u32> = (0..outcome.grades.len() as u32).collect();
     order.sort_unstable_by_key(|&i| outcome.grades[i as usize].customer.0);
 
@@ -374,7 +420,7 @@ fn write_outcome(
             for (batch, indices) in order.chunks(WRITE_BATCH).enumerate() {
                 let explanations = indices
                     .iter()
-                    .map(|&i| explanation(&outcome.grades[i as usize], custom_names, policy, hash))
+                    .map(|&i| explanation(&outcome.grades[i as usize], custom_names))
                     .collect();
                 if sender.send((batch, explanations)).is_err() {
                     // The writer stopped on an error; it reports it.
@@ -385,10 +431,19 @@ fn write_outcome(
         tierwise_store::transaction(conn, |conn| {
             for (batch, explanations) in receiver.iter() {
                 let indices = &order[batch * WRITE_BATCH..];
-                let rows: Vec<NewGrade<'_>> = indices
+                let explanations: Vec<NewExplanation> = indices
                     .iter()
-                    .zip(&explanations)
-                    .map(|(&i, explanation)| {
+                    .zip(explanations)
+                    .map(|(&i, explanation)| NewExplanation {
+                        run_id: run.0,
+                        customer_id: outcome.grades[i as usize].customer.0,
+                        explanation,
+                    })
+                    .collect();
+                let rows: Vec<NewGrade> = indices
+                    .iter()
+                    .take(explanations.len())
+                    .map(|&i| {
                         let g = &outcome.grades[i as usize];
                         NewGrade {
                             run_id: run.0,
@@ -414,49 +469,51 @@ fn write_outcome(
                             periods_below: i32::try_from(g.periods_below).unwrap_or(i32::MAX),
                             loyalty: g
                                 .loyalty_step
-                                .and_then(|s| policy.loyalty.steps.get(usize::from(s)))
-                                .map(String::as_str),
+                                .and_then(|s| loyalty_steps.get(usize::from(s)).copied()),
                             lifecycle: g.lifecycle.as_str(),
                             clv: g.clv_simple,
-                            explanation,
                         }
                     })
                     .collect();
-                store::write_grades(conn, &rows)?;
+                store::write_grades(conn, &rows, &explanations)?;
             }
             Ok::<(), GradingError>(())
         })
     })
 }
 
-fn explanation(g: &Grade, custom_names: &[&str], policy: &Policy, hash: &str) -> String {
+/// `x` rounded to six decimals.
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+fn explanation(g: &Grade, custom_names: &[&str]) -> String {
     let mut custom = BTreeMap::new();
     for (name, value) in custom_names.iter().zip(&g.custom_components) {
         if !value.is_nan() {
-            custom.insert(*name, *value);
+            custom.insert(*name, round6(*value));
         }
     }
-    let held_tier = match g.tier_reason {
-        TierReason::Held { .. } => g.computed_tier.map(|t| policy.tier_name(t)),
-        _ => None,
-    };
+    let component = |i| g.component(i).map(round6);
     let e = Explanation {
-        policy: hash,
         components: Components {
-            value: g.component(0),
-            credit: g.component(1),
-            frequency: g.component(2),
-            recency: g.component(3),
-            profit: g.component(4),
-            prospect: g.component(5),
+            value: component(0),
+            credit: component(1),
+            frequency: component(2),
+            recency: component(3),
+            profit: component(4),
+            prospect: component(5),
             custom,
         },
-        credit: g.credit.as_ref(),
+        credit: g.credit.map(|c| CreditFigures {
+            on_time_ratio: round6(c.on_time_ratio),
+            avg_days_late: round6(c.avg_days_late),
+            overdue_ratio: round6(c.overdue_ratio),
+        }),
         tier: &g.tier_reason,
-        held_tier,
         lifetime_orders: g.lifetime_orders,
         lifetime_recency_days: g.lifetime_recency_days,
-        churn_rate: g.churn_rate,
+        churn_rate: g.churn_rate.map(round6),
     };
     serde_json::to_string(&e).unwrap_or_else(|_| "{}".into())
 }

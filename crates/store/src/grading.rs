@@ -11,7 +11,6 @@ use chrono::{Datelike, Months, NaiveDate, NaiveDateTime, Utc};
 use diesel::connection::DefaultLoadingMode;
 use diesel::pg::PgRowByRowLoadingMode;
 use diesel::prelude::*;
-use diesel::sql_types::{Integer, Nullable};
 use serde::Serialize;
 use tierwise_domain::grading::{
     CustomerFacts, InvoiceFacts, Override, OverrideKind, PreviousGrade, ProfitFacts, YearAgoGrade,
@@ -19,8 +18,8 @@ use tierwise_domain::grading::{
 use tierwise_domain::{CustomerId, Period};
 
 use crate::schema::{
-    customers, grades, grading_periods, grading_runs, invoices, orders, override_events, overrides,
-    owners,
+    customers, grade_explanations, grades, grading_periods, grading_runs, invoices, orders,
+    override_events, overrides, owners,
 };
 use crate::{DbConnection, StoreError, StoreResult, with_backend};
 
@@ -176,6 +175,7 @@ pub fn fail_abandoned_runs(conn: &mut DbConnection) -> StoreResult<Vec<GradingRu
     for &id in &abandoned {
         with_backend!(conn, c => {
             diesel::delete(grades::table.filter(grades::run_id.eq(id))).execute(c)?;
+            diesel::delete(grade_explanations::table.filter(grade_explanations::run_id.eq(id))).execute(c)?;
             diesel::update(grading_runs::table.find(id))
                 .set((
                     grading_runs::status.eq(GradingStatus::Failed.as_str()),
@@ -215,6 +215,7 @@ pub fn start_run(
 pub fn fail_run(conn: &mut DbConnection, run: GradingRunId, error: &str) -> StoreResult<()> {
     with_backend!(conn, c => {
         diesel::delete(grades::table.filter(grades::run_id.eq(run.0))).execute(c)?;
+        diesel::delete(grade_explanations::table.filter(grade_explanations::run_id.eq(run.0))).execute(c)?;
         diesel::update(grading_runs::table.find(run.0))
             .set((
                 grading_runs::status.eq(GradingStatus::Failed.as_str()),
@@ -292,7 +293,10 @@ pub fn publish_run(
 
 /// Removes the grade rows of a run (a superseded or failed one).
 pub fn delete_run_grades(conn: &mut DbConnection, run: GradingRunId) -> StoreResult<u64> {
-    let n = with_backend!(conn, c => diesel::delete(grades::table.filter(grades::run_id.eq(run.0))).execute(c)?);
+    let n = with_backend!(conn, c => {
+        diesel::delete(grade_explanations::table.filter(grade_explanations::run_id.eq(run.0))).execute(c)?;
+        diesel::delete(grades::table.filter(grades::run_id.eq(run.0))).execute(c)?
+    });
     Ok(n as u64)
 }
 
@@ -451,14 +455,38 @@ struct InvoiceFact {
     paid: Option<i32>,
 }
 
-/// SQLite: a stored `YYYY-MM-DD` date as days since 1970, computed by SQLite itself (parsing
-/// text dates in Rust cost more than the rest of reading a row).
-fn sqlite_epoch_day(column: &str) -> diesel::expression::SqlLiteral<Integer> {
-    diesel::dsl::sql::<Integer>(&format!("CAST(unixepoch({column}) / 86400 AS INTEGER)"))
+/// A SQLite `YYYY-MM-DD` date read straight from the row's text as days since 1970: no
+/// allocation, no format-string parsing (both cost more than the rest of reading an order).
+#[derive(Debug, Clone, Copy, diesel::deserialize::FromSqlRow)]
+struct SqliteDay(i32);
+
+impl diesel::deserialize::FromSql<diesel::sql_types::Date, diesel::sqlite::Sqlite> for SqliteDay {
+    fn from_sql(
+        mut value: diesel::sqlite::SqliteValue<'_, '_, '_>,
+    ) -> diesel::deserialize::Result<Self> {
+        let text = value.read_text();
+        iso_epoch_day(text.as_bytes())
+            .map(SqliteDay)
+            .ok_or_else(|| format!("stored date '{text}' is not YYYY-MM-DD").into())
+    }
 }
 
-fn sqlite_epoch_day_nullable(column: &str) -> diesel::expression::SqlLiteral<Nullable<Integer>> {
-    diesel::dsl::sql::<Nullable<Integer>>(&format!("CAST(unixepoch({column}) / 86400 AS INTEGER)"))
+/// Days since 1970 of a `YYYY-MM-DD` date.
+fn iso_epoch_day(b: &[u8]) -> Option<i32> {
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        b[range].iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    let date = NaiveDate::from_ymd_opt(
+        i32::try_from(number(0..4)?).ok()?,
+        number(5..7)?,
+        number(8..10)?,
+    )?;
+    Some(epoch_day(date))
 }
 
 /// Streams every order dated on or before `as_of`, in storage order. PostgreSQL uses libpq's
@@ -471,17 +499,23 @@ fn for_each_order(
     let mut n = 0u64;
     match conn {
         DbConnection::Sqlite(c) => {
+            // No date filter in SQL: the DATE columns have NUMERIC affinity, so comparing them
+            // with a bound date converts the bound text to a number on every row (a fifth of
+            // the read). The few later rows are skipped here instead.
+            let as_of_day = epoch_day(as_of);
             let rows = orders::table
-                .filter(orders::order_date.le(as_of))
                 .select((
                     orders::customer_id,
-                    sqlite_epoch_day("order_date"),
+                    orders::order_date,
                     orders::amount_minor,
                     orders::cost_minor,
                 ))
-                .load_iter::<(i64, i32, i64, Option<i64>), DefaultLoadingMode>(c)?;
+                .load_iter::<(i64, SqliteDay, i64, Option<i64>), DefaultLoadingMode>(c)?;
             for row in rows {
-                let (customer_id, day, amount, cost) = row?;
+                let (customer_id, SqliteDay(day), amount, cost) = row?;
+                if day > as_of_day {
+                    continue;
+                }
                 each(OrderFact {
                     customer_id,
                     day,
@@ -527,25 +561,30 @@ fn for_each_invoice(
     let mut n = 0u64;
     match conn {
         DbConnection::Sqlite(c) => {
+            // Dates are filtered here, not in SQL (see `for_each_order`).
+            let (as_of_day, start_day) = (epoch_day(as_of), epoch_day(window_start));
             let rows = invoices::table
-                .filter(invoices::due_on.le(as_of))
-                .filter(invoices::issued_on.le(as_of))
-                .filter(invoices::issued_on.gt(window_start))
                 .filter(invoices::amount_minor.gt(0))
                 .select((
                     invoices::customer_id,
-                    sqlite_epoch_day("due_on"),
+                    invoices::issued_on,
+                    invoices::due_on,
                     invoices::amount_minor,
-                    sqlite_epoch_day_nullable("paid_on"),
+                    invoices::paid_on,
                 ))
-                .load_iter::<(i64, i32, i64, Option<i32>), DefaultLoadingMode>(c)?;
+                .load_iter::<(i64, SqliteDay, SqliteDay, i64, Option<SqliteDay>), DefaultLoadingMode>(
+                    c,
+                )?;
             for row in rows {
-                let (customer_id, due, amount, paid) = row?;
+                let (customer_id, SqliteDay(issued), SqliteDay(due), amount, paid) = row?;
+                if due > as_of_day || issued > as_of_day || issued <= start_day {
+                    continue;
+                }
                 each(InvoiceFact {
                     customer_id,
                     due,
                     amount,
-                    paid,
+                    paid: paid.map(|d| d.0),
                 });
                 n += 1;
             }
@@ -747,7 +786,9 @@ fn load_facts_in_transaction(
             None => f.unpaid_amount += i.amount,
         }
         let late = (paid_by_d.unwrap_or(as_of_day) - i.due).max(0);
-        f.late_amount_days += i128::from(i.amount) * i128::from(late);
+        f.late_amount_days = f
+            .late_amount_days
+            .saturating_add(i.amount.saturating_mul(i64::from(late)));
     })?;
     lap("invoices", &mut timings);
 
@@ -826,10 +867,13 @@ fn wanted_attributes(json: &str, wanted: &[String]) -> Vec<(String, f64)> {
 // ---------------------------------------------------------------------------------------------
 // Grade rows
 
-/// One grade row as written.
+/// One grade row as written. Its text columns other than the explanation come from a small set
+/// of names (tiers, segments, stages), so they are `'static`: callers intern them once. That
+/// lets the SQLite writer reuse one prepared statement (diesel caches only statements whose
+/// types are `'static`).
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = grades, treat_none_as_default_value = false)]
-pub struct NewGrade<'a> {
+pub struct NewGrade {
     /// Run.
     pub run_id: i64,
     /// Customer.
@@ -849,50 +893,86 @@ pub struct NewGrade<'a> {
     /// M score.
     pub m_score: Option<i32>,
     /// Segment key.
-    pub segment: Option<&'a str>,
+    pub segment: Option<&'static str>,
     /// ABC class.
-    pub abc_class: Option<&'a str>,
+    pub abc_class: Option<&'static str>,
     /// Credit score.
     pub credit_score: Option<f64>,
     /// Credit grade (`unrated` when none).
-    pub credit_grade: &'a str,
+    pub credit_grade: &'static str,
     /// Window profit.
     pub profit: Option<i64>,
     /// Composite score.
     pub composite: Option<f64>,
     /// Tier from the composite.
-    pub computed_tier: Option<&'a str>,
+    pub computed_tier: Option<&'static str>,
     /// Assigned tier.
-    pub tier: Option<&'a str>,
+    pub tier: Option<&'static str>,
     /// computed | held | pinned | blocked | not_graded.
-    pub tier_reason: &'a str,
+    pub tier_reason: &'static str,
     /// Consecutive periods below the held tier.
     pub periods_below: i32,
     /// Loyalty step name.
-    pub loyalty: Option<&'a str>,
+    pub loyalty: Option<&'static str>,
     /// Lifecycle stage.
-    pub lifecycle: &'a str,
+    pub lifecycle: &'static str,
     /// Simple CLV.
     pub clv: Option<i64>,
-    /// Everything else that explains the grade, as JSON.
-    pub explanation: &'a str,
 }
 
-/// Rows per multi-row INSERT on SQLite (23 columns: well under its 32,766 variable limit).
-const SQLITE_GRADES_PER_INSERT: usize = 1_000;
+/// The explanation of one grade, as written.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = grade_explanations, treat_none_as_default_value = false)]
+pub struct NewExplanation {
+    /// Run.
+    pub run_id: i64,
+    /// Customer.
+    pub customer_id: i64,
+    /// Everything beyond the grade's columns that explains it, as JSON.
+    pub explanation: String,
+}
 
-/// Writes grade rows (binary COPY on PostgreSQL, multi-row INSERT on SQLite).
-pub fn write_grades(conn: &mut DbConnection, rows: &[NewGrade<'_>]) -> StoreResult<()> {
+/// Rows per multi-row INSERT on SQLite (23 columns each: well under its 32,766 variable limit).
+const SQLITE_GRADES_PER_INSERT: usize = 128;
+
+/// Writes grade rows and their explanations (binary COPY on PostgreSQL, multi-row INSERT with
+/// one reused prepared statement per table on SQLite).
+pub fn write_grades(
+    conn: &mut DbConnection,
+    rows: &[NewGrade],
+    explanations: &[NewExplanation],
+) -> StoreResult<()> {
     match conn {
         DbConnection::Postgresql(c) => {
             diesel::copy_from(grades::table)
                 .from_insertable(rows)
                 .execute(c)?;
+            diesel::copy_from(grade_explanations::table)
+                .from_insertable(explanations)
+                .execute(c)?;
         }
         DbConnection::Sqlite(c) => {
-            for chunk in rows.chunks(SQLITE_GRADES_PER_INSERT) {
+            // Fixed-size arrays give diesel a static query id, so each statement is prepared
+            // once and reused; preparing a fresh multi-row INSERT per batch cost a tenth of a
+            // run's instructions.
+            let (arrays, rest) = rows.as_chunks::<SQLITE_GRADES_PER_INSERT>();
+            for array in arrays {
                 diesel::insert_into(grades::table)
-                    .values(chunk)
+                    .values(array)
+                    .execute(c)?;
+            }
+            if !rest.is_empty() {
+                diesel::insert_into(grades::table).values(rest).execute(c)?;
+            }
+            let (arrays, rest) = explanations.as_chunks::<SQLITE_GRADES_PER_INSERT>();
+            for array in arrays {
+                diesel::insert_into(grade_explanations::table)
+                    .values(array)
+                    .execute(c)?;
+            }
+            if !rest.is_empty() {
+                diesel::insert_into(grade_explanations::table)
+                    .values(rest)
                     .execute(c)?;
             }
         }
@@ -955,8 +1035,8 @@ pub struct GradedCustomer {
     pub lifecycle: String,
     /// Simple CLV.
     pub clv: Option<i64>,
-    /// Explanation JSON.
-    pub explanation: String,
+    /// Explanation JSON (absent only if it was never written).
+    pub explanation: Option<String>,
 }
 
 /// Calls `each` for every customer of the published run of `period`, in tie-break order.
@@ -972,6 +1052,11 @@ pub fn for_each_graded_customer(
     let query = grades::table
         .inner_join(customers::table)
         .left_join(owners::table.on(customers::owner_id.eq(owners::id.nullable())))
+        .left_join(
+            grade_explanations::table.on(grade_explanations::run_id
+                .eq(grades::run_id)
+                .and(grade_explanations::customer_id.eq(grades::customer_id))),
+        )
         .filter(grades::run_id.eq(run))
         .order((customers::source.asc(), customers::external_id.asc()))
         .select((
@@ -1001,7 +1086,7 @@ pub fn for_each_graded_customer(
             grades::loyalty,
             grades::lifecycle,
             grades::clv,
-            grades::explanation,
+            grade_explanations::explanation.nullable(),
         ));
     with_backend!(conn, c => {
         for row in query.load_iter::<GradedCustomer, DefaultLoadingMode>(c)? {

@@ -156,6 +156,13 @@ diesel::table! {
         loyalty -> Nullable<Text>,
         lifecycle -> Text,
         clv -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    grade_explanations (run_id, customer_id) {
+        run_id -> BigInt,
+        customer_id -> BigInt,
         explanation -> Text,
     }
 }
@@ -205,6 +212,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     grading_runs,
     grading_periods,
     grades,
+    grade_explanations,
     overrides,
     override_events,
 );

@@ -10,7 +10,8 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 
 use crate::schema::{
-    activities, customers, grades, grading_periods, grading_runs, invoices, orders, owners,
+    activities, customers, grade_explanations, grades, grading_periods, grading_runs, invoices,
+    orders, owners,
 };
 use crate::{Database, DbConnection, PooledConnection, with_backend};
 
@@ -43,6 +44,7 @@ pub fn clear_period(
             .load(c)?;
         diesel::delete(grading_periods::table.filter(grading_periods::period.eq(&key))).execute(c)?;
         diesel::delete(grades::table.filter(grades::run_id.eq_any(&runs))).execute(c)?;
+        diesel::delete(grade_explanations::table.filter(grade_explanations::run_id.eq_any(&runs))).execute(c)?;
         diesel::delete(grading_runs::table.filter(grading_runs::id.eq_any(&runs))).execute(c)?;
     });
     Ok(())

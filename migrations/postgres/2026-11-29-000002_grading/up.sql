@@ -51,6 +51,15 @@ CREATE TABLE grades (
     loyalty TEXT,
     lifecycle TEXT NOT NULL,
     clv BIGINT,
+    PRIMARY KEY (run_id, customer_id)
+);
+
+-- Why each grade is what it is (component values, credit figures, tier reason), as JSON. Apart
+-- from grades so that reading a run's tiers (hysteresis, migrations, dashboards) scans narrow
+-- rows; only drill-downs and exports read this.
+CREATE TABLE grade_explanations (
+    run_id BIGINT NOT NULL,
+    customer_id BIGINT NOT NULL,
     explanation TEXT NOT NULL,
     PRIMARY KEY (run_id, customer_id)
 );

@@ -28,6 +28,7 @@ CREATE TABLE grading_periods (
 );
 
 -- Tiers are stored by name so a later policy with other tiers can still read history.
+-- WITHOUT ROWID: rows are stored in key order, so reading one run is a sequential range scan.
 CREATE TABLE grades (
     run_id BIGINT NOT NULL,
     customer_id BIGINT NOT NULL,
@@ -51,9 +52,18 @@ CREATE TABLE grades (
     loyalty TEXT,
     lifecycle TEXT NOT NULL,
     clv BIGINT,
+    PRIMARY KEY (run_id, customer_id)
+) WITHOUT ROWID;
+
+-- Why each grade is what it is (component values, credit figures, tier reason), as JSON. Apart
+-- from grades so that reading a run's tiers (hysteresis, migrations, dashboards) scans narrow
+-- rows; only drill-downs and exports read this.
+CREATE TABLE grade_explanations (
+    run_id BIGINT NOT NULL,
+    customer_id BIGINT NOT NULL,
     explanation TEXT NOT NULL,
     PRIMARY KEY (run_id, customer_id)
-);
+) WITHOUT ROWID;
 
 -- The current override of a customer (at most one); history is in override_events.
 CREATE TABLE overrides (

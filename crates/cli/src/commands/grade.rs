@@ -5,12 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use chrono::NaiveDate;
+use tierwise_domain::grading::policy::MonetaryMeasure;
 use tierwise_domain::grading::{Override, OverrideKind, Policy, Summary};
 use tierwise_domain::{CustomerId, Period};
 use tierwise_grading::{GradingReport, Mode, grade_period, grade_range};
 use tierwise_store::grading::{
     GradedCustomer, clear_override, customer_id_by_key, for_each_graded_customer, list_overrides,
-    override_history, published_periods, recent_runs, set_override,
+    override_history, published_periods, published_run, recent_runs, set_override,
 };
 use tierwise_store::{Database, DbConnection};
 
@@ -164,6 +165,12 @@ pub fn print_grading_report(report: &GradingReport, policy: &Policy, verbose: bo
             s.graded,
             s.customers
         ),
+    }
+    if report.unknown_pin_tiers > 0 {
+        println!(
+            "Warning: {} pins name a tier this policy does not have; those customers kept their computed tier. Re-pin them (`tierwise override list`).",
+            report.unknown_pin_tiers
+        );
     }
     if !report.abandoned.is_empty() {
         let ids: Vec<String> = report.abandoned.iter().map(|r| r.0.to_string()).collect();
@@ -371,9 +378,20 @@ fn opt_text(s: Option<String>) -> Cell {
     s.map_or(Cell::Empty, Cell::Text)
 }
 
-fn export_row(c: GradedCustomer) -> Vec<Cell> {
+/// The policy a published period was graded with (its snapshot is stored with the run).
+fn run_policy(db: &Database, period: Period) -> anyhow::Result<Policy> {
+    let run = published_run(&mut *db.conn()?, period)?.ok_or_else(|| not_graded(period))?;
+    serde_json::from_str(&run.policy)
+        .with_context(|| format!("reading the policy stored with grading run {}", run.id.0))
+}
+
+fn export_row(c: GradedCustomer, monetary_is_average: bool) -> Vec<Cell> {
     let int = |v: Option<i64>| v.map_or(Cell::Empty, Cell::Int);
-    let aov = (c.frequency > 0).then(|| c.monetary / i64::from(c.frequency));
+    let aov = if monetary_is_average {
+        Some(c.monetary)
+    } else {
+        (c.frequency > 0).then(|| c.monetary / i64::from(c.frequency))
+    };
     vec![
         text(c.source),
         text(c.external_id),
@@ -403,7 +421,7 @@ fn export_row(c: GradedCustomer) -> Vec<Cell> {
         text(c.lifecycle),
         opt_text(c.loyalty),
         int(c.clv),
-        text(c.explanation),
+        opt_text(c.explanation),
     ]
 }
 
@@ -421,6 +439,7 @@ fn not_graded(period: Period) -> anyhow::Error {
 }
 
 fn export_csv(db: &Database, period: Period, out: &Path) -> anyhow::Result<u64> {
+    let average = run_policy(db, period)?.rfm.monetary == MonetaryMeasure::Average;
     let mut writer =
         csv::Writer::from_path(out).with_context(|| format!("creating {}", out.display()))?;
     writer.write_record(EXPORT_HEADERS)?;
@@ -428,7 +447,7 @@ fn export_csv(db: &Database, period: Period, out: &Path) -> anyhow::Result<u64> 
     let mut record = csv::StringRecord::new();
     let graded = for_each_graded_customer(&mut *db.conn()?, period, |c| {
         record.clear();
-        for cell in export_row(c) {
+        for cell in export_row(c, average) {
             match cell {
                 Cell::Text(s) => record.push_field(&spreadsheet_safe(&s)),
                 Cell::Int(v) => record.push_field(&v.to_string()),
@@ -452,6 +471,7 @@ fn export_csv(db: &Database, period: Period, out: &Path) -> anyhow::Result<u64> 
 }
 
 fn export_xlsx(db: &Database, period: Period, out: &Path) -> anyhow::Result<u64> {
+    let average = run_policy(db, period)?.rfm.monetary == MonetaryMeasure::Average;
     use rust_xlsxwriter::{Format, Workbook};
     let mut workbook = Workbook::new();
     let sheet = workbook.add_worksheet_with_constant_memory()?;
@@ -464,7 +484,7 @@ fn export_xlsx(db: &Database, period: Period, out: &Path) -> anyhow::Result<u64>
     let mut failure: Option<rust_xlsxwriter::XlsxError> = None;
     let graded = for_each_graded_customer(&mut *db.conn()?, period, |c| {
         row += 1;
-        for (col, cell) in export_row(c).into_iter().enumerate() {
+        for (col, cell) in export_row(c, average).into_iter().enumerate() {
             let col = col as u16;
             // write_string never evaluates formulas; text stays text in Excel.
             let written = match cell {
@@ -573,13 +593,16 @@ fn show(
         format!("{} (loyalty: {})", c.lifecycle, opt(c.loyalty.clone())),
     );
     field("CLV", opt(c.clv.map(|v| v.to_string())));
-    let explanation: serde_json::Value = serde_json::from_str(&c.explanation).unwrap_or_default();
-    if let Some(components) = explanation.get("components").and_then(|v| v.as_object()) {
-        let weights = settings.grading.components.weights();
+    let explanation = c.explanation.clone().unwrap_or_default();
+    let parsed: serde_json::Value = serde_json::from_str(&explanation).unwrap_or_default();
+    if let Some(components) = parsed.get("components").and_then(|v| v.as_object()) {
+        // The weights the run used, from its stored policy (today's configuration may differ).
+        let policy = run_policy(db, period)?;
+        let weights = policy.components.weights();
         let names = tierwise_domain::grading::BUILTIN_COMPONENTS
             .iter()
             .map(|s| s.to_string())
-            .chain(settings.grading.components.custom.keys().cloned());
+            .chain(policy.components.custom.keys().cloned());
         let parts: Vec<String> = names
             .zip(weights)
             .filter_map(|(name, w)| {
@@ -591,7 +614,7 @@ fn show(
             .collect();
         field("components", parts.join(", "));
     }
-    field("explanation", c.explanation.clone());
+    field("explanation", explanation);
     let history = override_history(&mut conn, id)?;
     for e in history {
         field(

@@ -59,25 +59,32 @@ pub enum TierReason {
         periods_below: u32,
     },
     /// A red-list pin sets the tier.
-    Pinned {
-        /// Why.
-        reason: String,
-        /// Who.
-        author: String,
-        /// Until when.
-        until: Option<NaiveDate>,
-    },
+    Pinned(Box<OverrideNote>),
     /// A black-list entry removes the customer from grading.
-    Blocked {
-        /// Why.
-        reason: String,
-        /// Who.
-        author: String,
-        /// Until when.
-        until: Option<NaiveDate>,
-    },
+    Blocked(Box<OverrideNote>),
     /// No window orders: outside the graded population.
     NotGraded,
+}
+
+/// Who decided an override, why, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverrideNote {
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub author: String,
+    /// Last day it applies.
+    pub until: Option<NaiveDate>,
+}
+
+impl OverrideNote {
+    fn of(o: &super::facts::Override) -> Box<Self> {
+        Box::new(Self {
+            reason: o.reason.clone(),
+            author: o.author.clone(),
+            until: o.until,
+        })
+    }
 }
 
 /// One customer's grade for a period, with everything needed to explain it.
@@ -151,6 +158,8 @@ pub struct GradingOutcome {
     pub population_gap_days: Option<f64>,
     /// Churn rate per segment index measured from the grades of twelve months before.
     pub churn_rates: Vec<Option<f64>>,
+    /// Active pins naming a tier the policy no longer has (ignored; the computed tier applies).
+    pub unknown_pin_tiers: u32,
 }
 
 /// Grades every customer as of `as_of` under `policy`.
@@ -368,6 +377,7 @@ pub fn grade_population(
 
     // Hysteresis and overrides.
     let tiers = policy.tiers.levels.len();
+    let mut unknown_pin_tiers = 0u32;
     for (i, c) in customers.iter().enumerate() {
         let grade = &mut grades[i];
         let held = c.previous.assigned_tier.filter(|&t| usize::from(t) < tiers);
@@ -383,22 +393,17 @@ pub fn grade_population(
             grade.tier_reason = reason;
         }
         if let Some(o) = blocked[i] {
-            grade.tier_reason = TierReason::Blocked {
-                reason: o.reason.clone(),
-                author: o.author.clone(),
-                until: o.until,
-            };
+            grade.tier_reason = TierReason::Blocked(OverrideNote::of(o));
         } else if let Some(o) = c.override_.as_deref().filter(|o| o.is_active(as_of))
             && let OverrideKind::Pin { tier } = &o.kind
-            && let Some(pinned) = policy.tier_index(tier)
         {
+            let Some(pinned) = policy.tier_index(tier) else {
+                unknown_pin_tiers += 1;
+                continue;
+            };
             grade.assigned_tier = Some(pinned);
             grade.periods_below = 0;
-            grade.tier_reason = TierReason::Pinned {
-                reason: o.reason.clone(),
-                author: o.author.clone(),
-                until: o.until,
-            };
+            grade.tier_reason = TierReason::Pinned(OverrideNote::of(o));
         }
     }
 
@@ -442,6 +447,7 @@ pub fn grade_population(
         population: n,
         population_gap_days: population_gap,
         churn_rates,
+        unknown_pin_tiers,
     })
 }
 

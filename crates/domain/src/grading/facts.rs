@@ -40,8 +40,9 @@ pub struct InvoiceFacts {
     pub on_time_amount: i64,
     /// Σ amount still unpaid at D.
     pub unpaid_amount: i64,
-    /// Σ amount · max(0, (paid_date or D) − due_date), for the amount-weighted mean days late.
-    pub late_amount_days: i128,
+    /// Σ amount · max(0, (paid_date or D) − due_date), for the amount-weighted mean days late
+    /// (saturating; i64 holds 10¹⁵ minor units a thousand days late many times over).
+    pub late_amount_days: i64,
 }
 
 /// The customer's grade in the previous period, as hysteresis needs it.

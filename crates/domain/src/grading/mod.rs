@@ -11,7 +11,7 @@ pub mod segment;
 pub mod summary;
 
 pub use engine::{
-    AbcClass, BUILTIN_COMPONENTS, Grade, GradingOutcome, TierReason, grade_population,
+    AbcClass, BUILTIN_COMPONENTS, Grade, GradingOutcome, OverrideNote, TierReason, grade_population,
 };
 pub use facts::{
     CustomerFacts, InvoiceFacts, Override, OverrideKind, PreviousGrade, ProfitFacts, YearAgoGrade,

@@ -243,7 +243,7 @@ mod tests {
         assert_eq!(threshold_score(0, &days, true), 5);
     }
 
-    fn invoices(due: i64, on_time: i64, unpaid: i64, late_days: i128) -> InvoiceFacts {
+    fn invoices(due: i64, on_time: i64, unpaid: i64, late_days: i64) -> InvoiceFacts {
         InvoiceFacts {
             due_amount: due,
             on_time_amount: on_time,

@@ -94,7 +94,16 @@ impl SegmentTable {
                     key: rule.key,
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut rules = rules;
+        // A catch-all last row, so a custom table that leaves a cell uncovered still gives
+        // every customer a segment (and with it a churn rate for CLV). The presets cover every
+        // cell, so it never matches for them.
+        rules.push(CompiledRule {
+            key: UNCLASSIFIED.to_owned(),
+            label: UNCLASSIFIED.to_owned(),
+            conditions: [ScoreCondition::Any; 3],
+        });
         Ok(Self { rules })
     }
 
