@@ -246,8 +246,8 @@ fn custom_components_rank_over_the_customers_that_have_the_attribute() {
         customer(2, 5, 1, 100),
         customer(3, 5, 1, 100),
     ];
-    three[0].attributes = vec![("complaints".into(), 9.0)];
-    three[1].attributes = vec![("complaints".into(), 1.0)];
+    three[0].attributes = vec![("complaints".into(), 9.0)].into();
+    three[1].attributes = vec![("complaints".into(), 1.0)].into();
     let mut policy = Policy::default();
     policy.components.custom.insert(
         "complaints".into(),
@@ -259,8 +259,8 @@ fn custom_components_rank_over_the_customers_that_have_the_attribute() {
     );
     let outcome = grade_population(&three, date(AS_OF), &policy).unwrap();
     // Fewer complaints is better: customer 2 ranks 1.0, customer 1 ranks 0.0, customer 3 lacks it.
-    assert_eq!(outcome.grades[0].custom_components, vec![0.0]);
-    assert_eq!(outcome.grades[1].custom_components, vec![1.0]);
+    assert_eq!(&*outcome.grades[0].custom_components, [0.0]);
+    assert_eq!(&*outcome.grades[1].custom_components, [1.0]);
     assert!(outcome.grades[2].custom_components[0].is_nan());
     // Everything else ties at percent_rank 0: composite = 100 · 1 / (0.8 + 1) for customer 2.
     let c = outcome.grades[1].composite.unwrap();

@@ -95,7 +95,7 @@ pub struct Grade {
     /// Whether it is in the graded population G.
     pub graded: bool,
     /// Days since its latest window order (None outside G).
-    pub recency_days: Option<i64>,
+    pub recency_days: Option<i32>,
     /// Window orders.
     pub frequency: u32,
     /// Window monetary by the policy's measure.
@@ -113,7 +113,7 @@ pub struct Grade {
     /// Component values in [0, 1] by [`BUILTIN_COMPONENTS`] order; NaN = the customer lacks it.
     pub components: [f64; 6],
     /// Custom component values in the policy's order; NaN = lacks it.
-    pub custom_components: Vec<f64>,
+    pub custom_components: Box<[f64]>,
     /// `100 · Σ wᵢcᵢ / Σ wᵢ` over the components it has.
     pub composite: Option<f64>,
     /// Tier from the composite alone.
@@ -129,13 +129,19 @@ pub struct Grade {
     /// Lifecycle stage.
     pub lifecycle: Lifecycle,
     /// Days since the latest order ever (up to D).
-    pub lifetime_recency_days: Option<i64>,
+    pub lifetime_recency_days: Option<i32>,
     /// Lifetime orders up to D.
     pub lifetime_orders: u32,
-    /// Simple CLV in minor units.
+    /// Simple CLV in minor units (its churn rate: [`GradingOutcome::churn_rate_of`]).
     pub clv_simple: Option<i64>,
-    /// Annual churn rate used for the CLV.
-    pub churn_rate: Option<f64>,
+}
+
+impl GradingOutcome {
+    /// The annual churn rate behind a graded customer's simple CLV.
+    pub fn churn_rate_of(&self, grade: &Grade) -> Option<f64> {
+        let segment = grade.segment.filter(|_| grade.graded)?;
+        self.clv_churn_rates.get(usize::from(segment)).copied()
+    }
 }
 
 impl Grade {
@@ -158,6 +164,8 @@ pub struct GradingOutcome {
     pub population_gap_days: Option<f64>,
     /// Churn rate per segment index measured from the grades of twelve months before.
     pub churn_rates: Vec<Option<f64>>,
+    /// The annual churn rate simple CLV used, per segment index (after default and floor).
+    pub clv_churn_rates: Vec<f64>,
     /// Active pins naming a tier the policy no longer has (ignored; the computed tier applies).
     pub unknown_pin_tiers: u32,
 }
@@ -302,7 +310,7 @@ pub fn grade_population(
         .enumerate()
         .map(|(i, c)| {
             let credit = credit(&c.invoices, &policy.credit);
-            let lifetime_recency = c.last_order.map(days);
+            let lifetime_recency = c.last_order.and_then(|d| i32::try_from(days(d)).ok());
             Grade {
                 customer: c.customer,
                 graded: false,
@@ -315,7 +323,7 @@ pub fn grade_population(
                 credit,
                 profit: profit[i],
                 components: [f64::NAN; 6],
-                custom_components: Vec::new(),
+                custom_components: Box::default(),
                 composite: None,
                 computed_tier: None,
                 assigned_tier: None,
@@ -326,7 +334,6 @@ pub fn grade_population(
                 lifetime_recency_days: lifetime_recency,
                 lifetime_orders: c.lifetime_orders,
                 clv_simple: None,
-                churn_rate: None,
             }
         })
         .collect();
@@ -335,7 +342,7 @@ pub fn grade_population(
         let c = &customers[i];
         let grade = &mut grades[i];
         grade.graded = true;
-        grade.recency_days = Some(recency[g]);
+        grade.recency_days = i32::try_from(recency[g]).ok();
         grade.rfm = Some(rfm[g]);
         grade.segment = segment_of(rfm[g]);
         grade.abc = Some(abc[g]);
@@ -408,14 +415,17 @@ pub fn grade_population(
     }
 
     // Lifecycle.
-    let mut gaps: Vec<f64> = customers.iter().filter_map(|c| c.median_gap_days).collect();
+    let mut gaps: Vec<f64> = customers
+        .iter()
+        .filter_map(|c| c.median_gap_days.map(f64::from))
+        .collect();
     let population_gap = score::median(&mut gaps);
     let top_step = policy.loyalty.steps.len().checked_sub(1);
     for (c, grade) in customers.iter().zip(grades.iter_mut()) {
         let input = LifecycleInput {
             lifetime_orders: c.lifetime_orders,
-            recency_days: grade.lifetime_recency_days,
-            median_gap_days: c.median_gap_days,
+            recency_days: grade.lifetime_recency_days.map(i64::from),
+            median_gap_days: c.median_gap_days.map(f64::from),
             top_loyalty_step: grade.loyalty_step.map(usize::from) == top_step,
         };
         grade.lifecycle = score::lifecycle(&input, population_gap, &policy.lifecycle);
@@ -424,20 +434,24 @@ pub fn grade_population(
     // Churn rate per segment from twelve months of history, then simple CLV.
     let churn_rates = churn_rates_by_segment(customers, &grades, segment_keys.len());
     let have_history = customers.iter().any(|c| c.year_ago.is_some());
+    let clv_churn_rates: Vec<f64> = churn_rates
+        .iter()
+        .map(|measured| match measured {
+            Some(rate) if have_history => rate.max(policy.clv.min_churn_rate),
+            _ => policy.clv.default_churn_rate,
+        })
+        .collect();
     for (c, grade) in customers.iter().zip(grades.iter_mut()) {
         let Some(segment) = grade.segment.filter(|_| grade.graded) else {
             continue;
         };
-        let measured = churn_rates.get(usize::from(segment)).copied().flatten();
-        let rate = match measured {
-            Some(rate) if have_history => rate.max(policy.clv.min_churn_rate),
-            _ => policy.clv.default_churn_rate,
+        let Some(&rate) = clv_churn_rates.get(usize::from(segment)) else {
+            continue;
         };
         let value = c
             .last_year_profit
             .resolve(policy.profit.default_margin_rate)
             .unwrap_or(c.last_year_revenue);
-        grade.churn_rate = Some(rate);
         grade.clv_simple = Some(clv_simple(value, rate, policy.clv.min_churn_rate));
     }
 
@@ -447,6 +461,7 @@ pub fn grade_population(
         population: n,
         population_gap_days: population_gap,
         churn_rates,
+        clv_churn_rates,
         unknown_pin_tiers,
     })
 }

@@ -116,7 +116,7 @@ pub struct CustomerFacts {
     /// Latest order date up to D.
     pub last_order: Option<NaiveDate>,
     /// Median gap in days between consecutive distinct order days up to D (needs ≥ 2 order days).
-    pub median_gap_days: Option<f64>,
+    pub median_gap_days: Option<f32>,
     /// Σ amount of orders in the 12 months up to D.
     pub last_year_revenue: i64,
     /// Profit parts of orders in the 12 months up to D.
@@ -128,7 +128,7 @@ pub struct CustomerFacts {
     /// Manual 1–5 rating for new customers.
     pub prospect_rating: Option<u8>,
     /// Numeric attributes from imports (NPS, CSAT, …), sorted by name.
-    pub attributes: Vec<(String, f64)>,
+    pub attributes: Box<[(String, f64)]>,
     /// Its previous period's grade.
     pub previous: PreviousGrade,
     /// Its grade twelve months ago, if that period was graded.
