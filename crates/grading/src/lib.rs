@@ -163,9 +163,7 @@ pub fn grade_period(
         }
         Mode::DryRun => None,
     };
-    // A second connection reads invoices beside the orders.
-    let mut side = db.conn()?;
-    let result = grade_and_store(conn, &mut side, period, policy, &hash, run, &mut watch);
+    let result = grade_and_store(db, conn, period, policy, &hash, run, &mut watch);
     match (result, run) {
         (Ok(mut report), _) => {
             report.abandoned = abandoned;
@@ -182,8 +180,8 @@ pub fn grade_period(
 }
 
 fn grade_and_store(
+    db: &Database,
     conn: &mut DbConnection,
-    side: &mut DbConnection,
     period: Period,
     policy: &Policy,
     hash: &str,
@@ -206,8 +204,8 @@ fn grade_and_store(
         .map(|c| c.attribute.clone())
         .collect();
     let facts = store::load_facts(
+        db,
         conn,
-        side,
         &FactsRequest {
             period,
             lookback_months: policy.lookback_months,

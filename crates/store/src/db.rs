@@ -278,7 +278,7 @@ impl Database {
     /// one writer at a time, a few readers). The first connection is made now, so a wrong URL fails here.
     pub fn open(url: &str, pool_size: u32) -> StoreResult<Self> {
         let url = DatabaseUrl::parse(url)?;
-        // At least 4: a grading run holds its lock's connection and reads on two more.
+        // At least 4: a grading run holds its lock's connection, its main one and a reader.
         let max = match url.backend() {
             Backend::Sqlite => 4,
             Backend::Postgres => pool_size.max(4),
@@ -360,6 +360,22 @@ impl Database {
                 }
             }
         }
+    }
+
+    /// PostgreSQL: a new connection outside the pool, in a REPEATABLE READ transaction that
+    /// shares `snapshot` (from `pg_export_snapshot()` in a live transaction). For work that
+    /// leaves a connection unusable (diesel's `COPY TO`); drop it afterwards.
+    pub(crate) fn snapshot_connection(&self, snapshot: &str) -> StoreResult<DbConnection> {
+        let mut conn = self.url.connect()?;
+        // The id comes from pg_export_snapshot (hex digits and dashes), never from input.
+        let id: String = snapshot
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        conn.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{id}'"
+        ))?;
+        Ok(conn)
     }
 
     /// A connection from the pool, for synchronous callers (CLI commands, blocking tasks).

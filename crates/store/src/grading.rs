@@ -9,7 +9,6 @@ use std::collections::HashMap;
 
 use chrono::{Datelike, Months, NaiveDate, NaiveDateTime, Utc};
 use diesel::connection::DefaultLoadingMode;
-use diesel::pg::PgRowByRowLoadingMode;
 use diesel::prelude::*;
 use serde::Serialize;
 use tierwise_domain::grading::{
@@ -489,8 +488,30 @@ fn iso_epoch_day(b: &[u8]) -> Option<i32> {
     Some(epoch_day(date))
 }
 
-/// Streams every order dated on or before `as_of`, in storage order. PostgreSQL uses libpq's
-/// row-by-row mode: its normal mode would buffer the whole result in memory first.
+/// An order as PostgreSQL's binary `COPY` hands it out.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = orders, check_for_backend(diesel::pg::Pg))]
+struct OrderCopyRow {
+    customer_id: i64,
+    order_date: NaiveDate,
+    amount_minor: i64,
+    cost_minor: Option<i64>,
+}
+
+/// An invoice as PostgreSQL's binary `COPY` hands it out.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = invoices, check_for_backend(diesel::pg::Pg))]
+struct InvoiceCopyRow {
+    customer_id: i64,
+    issued_on: NaiveDate,
+    due_on: NaiveDate,
+    amount_minor: i64,
+    paid_on: Option<NaiveDate>,
+}
+
+/// Streams every order dated on or before `as_of`, in storage order. PostgreSQL streams the
+/// table with binary `COPY TO` (libpq's row-by-row mode cost several times as much per row),
+/// which leaves the connection unusable afterwards: pass a dedicated one and drop it.
 fn for_each_order(
     conn: &mut DbConnection,
     as_of: NaiveDate,
@@ -526,24 +547,18 @@ fn for_each_order(
             }
         }
         DbConnection::Postgresql(c) => {
-            let rows = orders::table
-                .filter(orders::order_date.le(as_of))
-                .select((
-                    orders::customer_id,
-                    orders::order_date,
-                    orders::amount_minor,
-                    orders::cost_minor,
-                ))
-                .load_iter::<(i64, NaiveDate, i64, Option<i64>), PgRowByRowLoadingMode>(c)?;
+            let rows = diesel::copy_to(orders::table).load::<OrderCopyRow, _>(c)?;
             for row in rows {
-                let (customer_id, date, amount, cost) = row?;
-                each(OrderFact {
-                    customer_id,
-                    day: epoch_day(date),
-                    amount,
-                    cost,
-                });
-                n += 1;
+                let row = row?;
+                if row.order_date <= as_of {
+                    each(OrderFact {
+                        customer_id: row.customer_id,
+                        day: epoch_day(row.order_date),
+                        amount: row.amount_minor,
+                        cost: row.cost_minor,
+                    });
+                    n += 1;
+                }
             }
         }
     }
@@ -590,27 +605,22 @@ fn for_each_invoice(
             }
         }
         DbConnection::Postgresql(c) => {
-            let rows = invoices::table
-                .filter(invoices::due_on.le(as_of))
-                .filter(invoices::issued_on.le(as_of))
-                .filter(invoices::issued_on.gt(window_start))
-                .filter(invoices::amount_minor.gt(0))
-                .select((
-                    invoices::customer_id,
-                    invoices::due_on,
-                    invoices::amount_minor,
-                    invoices::paid_on,
-                ))
-                .load_iter::<(i64, NaiveDate, i64, Option<NaiveDate>), PgRowByRowLoadingMode>(c)?;
+            let rows = diesel::copy_to(invoices::table).load::<InvoiceCopyRow, _>(c)?;
             for row in rows {
-                let (customer_id, due, amount, paid) = row?;
-                each(InvoiceFact {
-                    customer_id,
-                    due: epoch_day(due),
-                    amount,
-                    paid: paid.map(epoch_day),
-                });
-                n += 1;
+                let row = row?;
+                if row.due_on <= as_of
+                    && row.issued_on <= as_of
+                    && row.issued_on > window_start
+                    && row.amount_minor > 0
+                {
+                    each(InvoiceFact {
+                        customer_id: row.customer_id,
+                        due: epoch_day(row.due_on),
+                        amount: row.amount_minor,
+                        paid: row.paid_on.map(epoch_day),
+                    });
+                    n += 1;
+                }
             }
         }
     }
@@ -639,28 +649,56 @@ impl Default for DayFold {
 /// over orders dated up to then, one over invoices due by then; previous grades, the grades of
 /// twelve months before and overrides come from their tables.
 ///
-/// Orders are read on `conn` while invoices are read on `side` in a second thread (two cores,
-/// two scans). On PostgreSQL both transactions share one snapshot (`pg_export_snapshot`), so the
-/// facts are consistent to the row; on SQLite each connection's snapshot starts at its first
-/// read, a moment apart (an import committing in that moment could be half-seen; the grading
-/// lock does not stop imports).
+/// Orders and invoices are read at the same time on two connections (two cores, two scans). On
+/// PostgreSQL they are dedicated connections streaming binary `COPY` in the main transaction's
+/// exported snapshot, so the facts are consistent to the row; they are closed afterwards
+/// (diesel leaves a connection mid-COPY). On SQLite orders are read on `conn` and invoices on a
+/// pooled connection; each snapshot starts at its first read, a moment apart, so an import
+/// committing in that moment could be half-seen (do not import while grading).
 pub fn load_facts(
+    db: &crate::Database,
     conn: &mut DbConnection,
-    side: &mut DbConnection,
     req: &FactsRequest<'_>,
 ) -> StoreResult<GradingFacts> {
-    // The side connection only scans: a small page cache for the run keeps memory down (the
-    // pool's default is 32 MB per connection), restored afterwards.
-    set_sqlite_cache_kib(side, 2 * 1024)?;
-    let facts = crate::transaction(conn, |conn| {
-        let snapshot = export_snapshot(conn)?;
-        crate::transaction(side, |side| {
-            import_snapshot(side, snapshot.as_deref())?;
-            load_facts_in_transaction(conn, side, req)
-        })
-    });
-    set_sqlite_cache_kib(side, crate::db::SQLITE_CACHE_KIB)?;
-    facts
+    match db.backend() {
+        crate::Backend::Sqlite => {
+            let mut side = db.conn()?;
+            // The side connection only scans: a small page cache for the run keeps memory down
+            // (the pool's default is 32 MB per connection), restored afterwards.
+            set_sqlite_cache_kib(&mut side, 2 * 1024)?;
+            let facts = crate::transaction(conn, |conn| {
+                crate::transaction(&mut side, |side| {
+                    load_facts_in_transaction(conn, Readers::Sqlite { invoices: side }, req)
+                })
+            });
+            set_sqlite_cache_kib(&mut side, crate::db::SQLITE_CACHE_KIB)?;
+            facts
+        }
+        crate::Backend::Postgres => crate::transaction(conn, |conn| {
+            let snapshot = export_snapshot(conn)?;
+            let mut orders = db.snapshot_connection(&snapshot)?;
+            let mut invoices = db.snapshot_connection(&snapshot)?;
+            load_facts_in_transaction(
+                conn,
+                Readers::Postgres {
+                    orders: &mut orders,
+                    invoices: &mut invoices,
+                },
+                req,
+            )
+        }),
+    }
+}
+
+/// Where orders and invoices are read from.
+enum Readers<'a> {
+    /// Orders on the main connection, invoices on this one.
+    Sqlite { invoices: &'a mut DbConnection },
+    /// Dedicated connections in the main transaction's snapshot (closed afterwards).
+    Postgres {
+        orders: &'a mut DbConnection,
+        invoices: &'a mut DbConnection,
+    },
 }
 
 fn set_sqlite_cache_kib(conn: &mut DbConnection, kib: i64) -> StoreResult<()> {
@@ -673,7 +711,7 @@ fn set_sqlite_cache_kib(conn: &mut DbConnection, kib: i64) -> StoreResult<()> {
 
 /// PostgreSQL: makes the transaction REPEATABLE READ (one snapshot for every read), gives its
 /// sorts memory, and exports the snapshot for a second connection. SQLite: nothing to do.
-fn export_snapshot(conn: &mut DbConnection) -> StoreResult<Option<String>> {
+fn export_snapshot(conn: &mut DbConnection) -> StoreResult<String> {
     #[derive(QueryableByName)]
     struct Snapshot {
         #[diesel(sql_type = diesel::sql_types::Text)]
@@ -688,30 +726,17 @@ fn export_snapshot(conn: &mut DbConnection) -> StoreResult<Option<String>> {
             )?;
             let snapshot: Snapshot =
                 diesel::sql_query("SELECT pg_export_snapshot() AS id").get_result(c)?;
-            Ok(Some(snapshot.id))
+            Ok(snapshot.id)
         }
-        DbConnection::Sqlite(_) => Ok(None),
+        DbConnection::Sqlite(_) => Err(StoreError::Corrupt(
+            "snapshots are exported on PostgreSQL only".into(),
+        )),
     }
-}
-
-fn import_snapshot(conn: &mut DbConnection, snapshot: Option<&str>) -> StoreResult<()> {
-    if let (DbConnection::Postgresql(c), Some(id)) = (conn, snapshot) {
-        use diesel::connection::SimpleConnection;
-        // The id comes from pg_export_snapshot (hex digits and dashes), never from input.
-        let id: String = id
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .collect();
-        c.batch_execute(&format!(
-            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{id}'"
-        ))?;
-    }
-    Ok(())
 }
 
 fn load_facts_in_transaction(
     conn: &mut DbConnection,
-    side: &mut DbConnection,
+    readers: Readers<'_>,
     req: &FactsRequest<'_>,
 ) -> StoreResult<GradingFacts> {
     let as_of = req.period.as_of();
@@ -786,6 +811,10 @@ fn load_facts_in_transaction(
     let as_of_day = epoch_day(as_of);
     let customer_count = facts.len();
     let positions_ref = &positions;
+    let (orders_conn, side): (&mut DbConnection, &mut DbConnection) = match readers {
+        Readers::Sqlite { invoices } => (&mut *conn, invoices),
+        Readers::Postgres { orders, invoices } => (orders, invoices),
+    };
     let (orders_read, invoices) = std::thread::scope(|scope| -> StoreResult<_> {
         let invoices = scope.spawn(move || -> StoreResult<(Vec<InvoiceFacts>, u64, u64)> {
             let started = std::time::Instant::now();
@@ -812,7 +841,7 @@ fn load_facts_in_transaction(
             Ok((totals, read, started.elapsed().as_millis() as u64))
         });
         let orders_read = read_orders(
-            conn,
+            orders_conn,
             &positions,
             &mut facts,
             as_of,
