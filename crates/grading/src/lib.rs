@@ -437,6 +437,7 @@ fn write_outcome(
             }
         });
         tierwise_store::transaction(conn, |conn| {
+            store::begin_grade_load(conn)?;
             for (batch, explanations) in receiver.iter() {
                 let indices = &order[batch * WRITE_BATCH..];
                 let batch_len = explanations.len();
@@ -488,6 +489,7 @@ fn write_outcome(
                     .collect();
                 store::write_grades(conn, &rows, &explanations)?;
             }
+            store::finish_grade_load(conn, run)?;
             Ok::<(), GradingError>(())
         })
     })

@@ -17,8 +17,8 @@ use tierwise_domain::grading::{
 use tierwise_domain::{CustomerId, Period};
 
 use crate::schema::{
-    customers, grade_explanations, grades, grading_periods, grading_runs, invoices, orders,
-    override_events, overrides, owners,
+    customers, grade_explanations, grade_explanations_load, grades, grades_load, grading_periods,
+    grading_runs, invoices, orders, override_events, overrides, owners,
 };
 use crate::{DbConnection, StoreError, StoreResult, with_backend};
 
@@ -172,9 +172,8 @@ pub fn fail_abandoned_runs(conn: &mut DbConnection) -> StoreResult<Vec<GradingRu
         .select(grading_runs::id)
         .load(c)?);
     for &id in &abandoned {
+        delete_run_grades(conn, GradingRunId(id))?;
         with_backend!(conn, c => {
-            diesel::delete(grades::table.filter(grades::run_id.eq(id))).execute(c)?;
-            diesel::delete(grade_explanations::table.filter(grade_explanations::run_id.eq(id))).execute(c)?;
             diesel::update(grading_runs::table.find(id))
                 .set((
                     grading_runs::status.eq(GradingStatus::Failed.as_str()),
@@ -212,9 +211,8 @@ pub fn start_run(
 
 /// Marks a run failed with its error and removes any grade rows it wrote.
 pub fn fail_run(conn: &mut DbConnection, run: GradingRunId, error: &str) -> StoreResult<()> {
+    delete_run_grades(conn, run)?;
     with_backend!(conn, c => {
-        diesel::delete(grades::table.filter(grades::run_id.eq(run.0))).execute(c)?;
-        diesel::delete(grade_explanations::table.filter(grade_explanations::run_id.eq(run.0))).execute(c)?;
         diesel::update(grading_runs::table.find(run.0))
             .set((
                 grading_runs::status.eq(GradingStatus::Failed.as_str()),
@@ -290,13 +288,24 @@ pub fn publish_run(
     })
 }
 
-/// Removes the grade rows of a run (a superseded or failed one).
-pub fn delete_run_grades(conn: &mut DbConnection, run: GradingRunId) -> StoreResult<u64> {
-    let n = with_backend!(conn, c => {
-        diesel::delete(grade_explanations::table.filter(grade_explanations::run_id.eq(run.0))).execute(c)?;
-        diesel::delete(grades::table.filter(grades::run_id.eq(run.0))).execute(c)?
-    });
-    Ok(n as u64)
+/// Removes the grade rows of a run (a superseded or failed one): its partitions on PostgreSQL,
+/// its rows on SQLite.
+pub fn delete_run_grades(conn: &mut DbConnection, run: GradingRunId) -> StoreResult<()> {
+    match conn {
+        DbConnection::Postgresql(c) => {
+            use diesel::connection::SimpleConnection;
+            let id = run.0;
+            c.batch_execute(&format!(
+                "DROP TABLE IF EXISTS grades_r{id}; DROP TABLE IF EXISTS grade_explanations_r{id}"
+            ))?;
+        }
+        DbConnection::Sqlite(c) => {
+            diesel::delete(grade_explanations::table.filter(grade_explanations::run_id.eq(run.0)))
+                .execute(c)?;
+            diesel::delete(grades::table.filter(grades::run_id.eq(run.0))).execute(c)?;
+        }
+    }
+    Ok(())
 }
 
 /// Records phase timings of a run that is still going (e.g. written after publishing).
@@ -1021,7 +1030,7 @@ fn wanted_attributes(json: &str, wanted: &[String]) -> Vec<(String, f64)> {
 /// lets the SQLite writer reuse one prepared statement (diesel caches only statements whose
 /// types are `'static`).
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = grades, treat_none_as_default_value = false)]
+#[diesel(table_name = grades, table_name = grades_load, treat_none_as_default_value = false)]
 pub struct NewGrade {
     /// Run.
     pub run_id: i64,
@@ -1071,7 +1080,11 @@ pub struct NewGrade {
 
 /// The explanation of one grade, as written.
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = grade_explanations, treat_none_as_default_value = false)]
+#[diesel(
+    table_name = grade_explanations,
+    table_name = grade_explanations_load,
+    treat_none_as_default_value = false
+)]
 pub struct NewExplanation {
     /// Run.
     pub run_id: i64,
@@ -1084,7 +1097,45 @@ pub struct NewExplanation {
 /// Rows per multi-row INSERT on SQLite (23 columns each: well under its 32,766 variable limit).
 const SQLITE_GRADES_PER_INSERT: usize = 128;
 
-/// Writes grade rows and their explanations (binary COPY on PostgreSQL, multi-row INSERT with
+/// Prepares a run's grade writes. PostgreSQL: bare load tables (no key) that
+/// [`finish_grade_load`] turns into the run's partitions. SQLite: nothing. Call inside the
+/// write transaction; the grading lock makes the fixed table names safe.
+pub fn begin_grade_load(conn: &mut DbConnection) -> StoreResult<()> {
+    if let DbConnection::Postgresql(c) = conn {
+        use diesel::connection::SimpleConnection;
+        c.batch_execute(
+            "DROP TABLE IF EXISTS grades_load; DROP TABLE IF EXISTS grade_explanations_load; \
+             CREATE TABLE grades_load (LIKE grades); \
+             CREATE TABLE grade_explanations_load (LIKE grade_explanations)",
+        )?;
+    }
+    Ok(())
+}
+
+/// Completes a run's grade writes. PostgreSQL: builds the key on the loaded tables, marks them
+/// as holding only this run (so attaching needs no scan) and attaches them as the run's
+/// partitions. SQLite: nothing.
+pub fn finish_grade_load(conn: &mut DbConnection, run: GradingRunId) -> StoreResult<()> {
+    if let DbConnection::Postgresql(c) = conn {
+        use diesel::connection::SimpleConnection;
+        let id = run.0;
+        c.batch_execute(&format!(
+            "ALTER TABLE grades_load ADD PRIMARY KEY (run_id, customer_id), \
+                 ADD CONSTRAINT grades_r{id}_run CHECK (run_id = {id}); \
+             ALTER TABLE grades_load RENAME TO grades_r{id}; \
+             ALTER TABLE grades ATTACH PARTITION grades_r{id} FOR VALUES IN ({id}); \
+             ALTER TABLE grade_explanations_load ADD PRIMARY KEY (run_id, customer_id), \
+                 ADD CONSTRAINT grade_explanations_r{id}_run CHECK (run_id = {id}); \
+             ALTER TABLE grade_explanations_load RENAME TO grade_explanations_r{id}; \
+             ALTER TABLE grade_explanations ATTACH PARTITION grade_explanations_r{id} \
+                 FOR VALUES IN ({id})"
+        ))?;
+    }
+    Ok(())
+}
+
+/// Writes grade rows and their explanations between [`begin_grade_load`] and
+/// [`finish_grade_load`] (binary COPY into the load tables on PostgreSQL, multi-row INSERT with
 /// one reused prepared statement per table on SQLite).
 pub fn write_grades(
     conn: &mut DbConnection,
@@ -1093,10 +1144,10 @@ pub fn write_grades(
 ) -> StoreResult<()> {
     match conn {
         DbConnection::Postgresql(c) => {
-            diesel::copy_from(grades::table)
+            diesel::copy_from(grades_load::table)
                 .from_insertable(rows)
                 .execute(c)?;
-            diesel::copy_from(grade_explanations::table)
+            diesel::copy_from(grade_explanations_load::table)
                 .from_insertable(explanations)
                 .execute(c)?;
         }

@@ -167,6 +167,42 @@ diesel::table! {
     }
 }
 
+// PostgreSQL only: the bare tables a run loads before they become its partitions.
+diesel::table! {
+    grades_load (run_id, customer_id) {
+        run_id -> BigInt,
+        customer_id -> BigInt,
+        graded -> Bool,
+        recency_days -> Nullable<Integer>,
+        frequency -> Integer,
+        monetary -> BigInt,
+        r_score -> Nullable<Integer>,
+        f_score -> Nullable<Integer>,
+        m_score -> Nullable<Integer>,
+        segment -> Nullable<Text>,
+        abc_class -> Nullable<Text>,
+        credit_score -> Nullable<Double>,
+        credit_grade -> Text,
+        profit -> Nullable<BigInt>,
+        composite -> Nullable<Double>,
+        computed_tier -> Nullable<Text>,
+        tier -> Nullable<Text>,
+        tier_reason -> Text,
+        periods_below -> Integer,
+        loyalty -> Nullable<Text>,
+        lifecycle -> Text,
+        clv -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    grade_explanations_load (run_id, customer_id) {
+        run_id -> BigInt,
+        customer_id -> BigInt,
+        explanation -> Text,
+    }
+}
+
 diesel::table! {
     overrides (customer_id) {
         customer_id -> BigInt,

@@ -10,8 +10,7 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 
 use crate::schema::{
-    activities, customers, grade_explanations, grades, grading_periods, grading_runs, invoices,
-    orders, owners,
+    activities, customers, grading_periods, grading_runs, invoices, orders, owners,
 };
 use crate::{Database, DbConnection, PooledConnection, with_backend};
 
@@ -37,14 +36,18 @@ pub fn clear_period(
     period: tierwise_domain::Period,
 ) -> crate::StoreResult<()> {
     let key = period.to_string();
-    with_backend!(conn, c => {
+    let runs: Vec<i64> = with_backend!(conn, c => {
         let runs: Vec<i64> = grading_runs::table
             .filter(grading_runs::period.eq(&key))
             .select(grading_runs::id)
             .load(c)?;
         diesel::delete(grading_periods::table.filter(grading_periods::period.eq(&key))).execute(c)?;
-        diesel::delete(grades::table.filter(grades::run_id.eq_any(&runs))).execute(c)?;
-        diesel::delete(grade_explanations::table.filter(grade_explanations::run_id.eq_any(&runs))).execute(c)?;
+        runs
+    });
+    for &run in &runs {
+        crate::grading::delete_run_grades(conn, crate::grading::GradingRunId(run))?;
+    }
+    with_backend!(conn, c => {
         diesel::delete(grading_runs::table.filter(grading_runs::id.eq_any(&runs))).execute(c)?;
     });
     Ok(())
