@@ -29,7 +29,7 @@ use tierwise_import::{ColumnMapping, FileImportOptions, ImportSettings, RecordKi
 use tierwise_store::Database;
 use tierwise_store::grading::for_each_graded_customer;
 use tierwise_store::queries::table_counts;
-use tierwise_store::testing::{clear_period, with_database_name};
+use tierwise_store::testing::{clear_period, peak_rss_kb, with_database_name};
 
 const PERIOD: &str = "2026-10";
 const AS_OF: &str = "2026-10-31";
@@ -60,17 +60,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(args)
-}
-
-fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 fn period() -> Period {

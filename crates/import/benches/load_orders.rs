@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal};
 use tierwise_import::{ColumnMapping, FileImportOptions, ImportSettings, RecordKind, import_file};
 use tierwise_store::Database;
-use tierwise_store::testing::with_database_name;
+use tierwise_store::testing::{peak_rss_kb, with_database_name};
 
 struct Args {
     rows: u64,
@@ -100,17 +100,6 @@ fn generate(path: &Path, rows: u64) -> Result<()> {
     }
     writer.flush()?;
     Ok(())
-}
-
-fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 /// Child: one import, printed as `rows seconds peak_rss_kb`.

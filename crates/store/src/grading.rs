@@ -132,38 +132,6 @@ impl TryFrom<RunRow> for GradingRun {
     }
 }
 
-type RunColumns = (
-    grading_runs::id,
-    grading_runs::period,
-    grading_runs::status,
-    grading_runs::policy_hash,
-    grading_runs::policy,
-    grading_runs::started_at,
-    grading_runs::finished_at,
-    grading_runs::customers,
-    grading_runs::graded,
-    grading_runs::tier_changes,
-    grading_runs::timings,
-    grading_runs::summary,
-    grading_runs::error,
-);
-
-const RUN_COLUMNS: RunColumns = (
-    grading_runs::id,
-    grading_runs::period,
-    grading_runs::status,
-    grading_runs::policy_hash,
-    grading_runs::policy,
-    grading_runs::started_at,
-    grading_runs::finished_at,
-    grading_runs::customers,
-    grading_runs::graded,
-    grading_runs::tier_changes,
-    grading_runs::timings,
-    grading_runs::summary,
-    grading_runs::error,
-);
-
 /// Marks runs left `running` by a process that died as failed and removes their grade rows.
 /// Call it while holding the grading lock, so no live run can be among them.
 pub fn fail_abandoned_runs(conn: &mut DbConnection) -> StoreResult<Vec<GradingRunId>> {
@@ -325,7 +293,7 @@ pub fn published_run(conn: &mut DbConnection, period: Period) -> StoreResult<Opt
     let row: Option<RunRow> = with_backend!(conn, c => grading_periods::table
         .inner_join(grading_runs::table)
         .filter(grading_periods::period.eq(period.to_string()))
-        .select(RUN_COLUMNS)
+        .select(grading_runs::all_columns)
         .first(c)
         .optional()?);
     row.map(GradingRun::try_from).transpose()
@@ -335,7 +303,7 @@ pub fn published_run(conn: &mut DbConnection, period: Period) -> StoreResult<Opt
 pub fn find_run(conn: &mut DbConnection, run: GradingRunId) -> StoreResult<Option<GradingRun>> {
     let row: Option<RunRow> = with_backend!(conn, c => grading_runs::table
         .find(run.0)
-        .select(RUN_COLUMNS)
+        .select(grading_runs::all_columns)
         .first(c)
         .optional()?);
     row.map(GradingRun::try_from).transpose()
@@ -346,7 +314,7 @@ pub fn recent_runs(conn: &mut DbConnection, limit: i64) -> StoreResult<Vec<Gradi
     let rows: Vec<RunRow> = with_backend!(conn, c => grading_runs::table
         .order(grading_runs::id.desc())
         .limit(limit)
-        .select(RUN_COLUMNS)
+        .select(grading_runs::all_columns)
         .load(c)?);
     rows.into_iter().map(GradingRun::try_from).collect()
 }

@@ -53,6 +53,19 @@ pub fn clear_period(
     Ok(())
 }
 
+/// Peak resident memory of this process in KiB (Linux `VmHWM`; 0 where unavailable), for
+/// benchmark reports.
+pub fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
 /// `url` with its database name replaced by `name`.
 pub fn with_database_name(url: &str, name: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));

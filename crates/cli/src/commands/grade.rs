@@ -650,6 +650,25 @@ fn author(target: &OverrideTarget) -> String {
         .unwrap_or_else(|| "cli".into())
 }
 
+/// Sets `kind` on the target customer with the target's reason and author.
+fn apply_override(
+    conn: &mut DbConnection,
+    settings: &Settings,
+    target: &OverrideTarget,
+    kind: OverrideKind,
+    until: Option<&str>,
+) -> anyhow::Result<()> {
+    let id = resolve_customer(conn, settings, &target.customer, target.source.as_deref())?;
+    let o = Override {
+        kind,
+        reason: target.reason.clone(),
+        author: author(target),
+        until: parse_until(until)?,
+    };
+    set_override(conn, id, &o)?;
+    Ok(())
+}
+
 pub fn override_command(settings: &Settings, command: OverrideCommand) -> anyhow::Result<ExitCode> {
     let db = open_database(&settings.database.url, settings.database.pool_size)?;
     let mut conn = db.conn()?;
@@ -672,38 +691,21 @@ pub fn override_command(settings: &Settings, command: OverrideCommand) -> anyhow
                     names.join(", ")
                 );
             }
-            let id = resolve_customer(
-                &mut conn,
-                settings,
-                &target.customer,
-                target.source.as_deref(),
-            )?;
-            let o = Override {
-                kind: OverrideKind::Pin { tier: tier.clone() },
-                reason: target.reason.clone(),
-                author: author(&target),
-                until: parse_until(until.as_deref())?,
-            };
-            set_override(&mut conn, id, &o)?;
+            let kind = OverrideKind::Pin { tier: tier.clone() };
+            apply_override(&mut conn, settings, &target, kind, until.as_deref())?;
             println!(
                 "Pinned {} to tier {tier}; it applies from the next grading run.",
                 target.customer
             );
         }
         OverrideCommand::Block { target, until } => {
-            let id = resolve_customer(
+            apply_override(
                 &mut conn,
                 settings,
-                &target.customer,
-                target.source.as_deref(),
+                &target,
+                OverrideKind::Block,
+                until.as_deref(),
             )?;
-            let o = Override {
-                kind: OverrideKind::Block,
-                reason: target.reason.clone(),
-                author: author(&target),
-                until: parse_until(until.as_deref())?,
-            };
-            set_override(&mut conn, id, &o)?;
             println!(
                 "Blocked {} from grading; it applies from the next grading run.",
                 target.customer
