@@ -1256,11 +1256,19 @@ pub fn for_each_graded_customer(
             grades::clv,
             grade_explanations::explanation.nullable(),
         ));
-    with_backend!(conn, c => {
-        for row in query.load_iter::<GradedCustomer, DefaultLoadingMode>(c)? {
-            each(row?)?;
+    // Streamed on both backends: PostgreSQL's default mode would buffer every customer first.
+    match conn {
+        DbConnection::Sqlite(c) => {
+            for row in query.load_iter::<GradedCustomer, DefaultLoadingMode>(c)? {
+                each(row?)?;
+            }
         }
-    });
+        DbConnection::Postgresql(c) => {
+            for row in query.load_iter::<GradedCustomer, diesel::pg::PgRowByRowLoadingMode>(c)? {
+                each(row?)?;
+            }
+        }
+    }
     Ok(true)
 }
 
