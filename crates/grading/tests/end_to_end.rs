@@ -10,9 +10,10 @@ use tierwise_grading::{Mode, grade_period, grade_range};
 use tierwise_import::{ColumnMapping, FileImportOptions, ImportSettings, RecordKind, import_file};
 use tierwise_store::backend_tests;
 use tierwise_store::grading::{
-    GradingStatus, count_grade_rows, customer_id_by_key, find_run, for_each_graded_customer,
-    published_run, set_override, start_run, tier_changes,
+    GradingStatus, count_grade_rows, find_run, for_each_graded_customer, published_run,
+    set_override, start_run, tier_changes,
 };
+use tierwise_store::queries::find_customer;
 use tierwise_store::testing::TestDb;
 
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
@@ -201,8 +202,8 @@ backend_tests! {
         let dir = tempfile::tempdir().unwrap();
         import_orders(&db, dir.path(), "sep.csv", &september());
         import_orders(&db, dir.path(), "oct.csv", OCTOBER);
-        let c09 = customer_id_by_key(&mut db.conn(), "file", "C09").unwrap().unwrap();
-        let c02 = customer_id_by_key(&mut db.conn(), "file", "C02").unwrap().unwrap();
+        let c09 = find_customer(&mut db.conn(), "file", "C09").unwrap().unwrap().id;
+        let c02 = find_customer(&mut db.conn(), "file", "C02").unwrap().unwrap().id;
         set_override(&mut db.conn(), c09, &Override {
             kind: OverrideKind::Pin { tier: "A".into() },
             reason: "strategic".into(),

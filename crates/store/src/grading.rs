@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{Datelike, Months, NaiveDate, NaiveDateTime, Utc};
+use chrono::{Datelike, NaiveDate, NaiveDateTime, Utc};
 use diesel::connection::DefaultLoadingMode;
 use diesel::prelude::*;
 use serde::Serialize;
@@ -373,7 +373,8 @@ enum Positions {
 impl Positions {
     fn new(ids: &[i64]) -> Self {
         let max = ids.iter().copied().max().unwrap_or(0);
-        if max >= 0 && (max as u64) < 4 * ids.len() as u64 + 1_000_000 {
+        let min = ids.iter().copied().min().unwrap_or(0);
+        if min >= 0 && (max as u64) < 4 * ids.len() as u64 + 1_000_000 {
             let mut table = vec![u32::MAX; max as usize + 1];
             for (pos, &id) in ids.iter().enumerate() {
                 table[id as usize] = pos as u32;
@@ -550,11 +551,12 @@ fn for_each_invoice(
     as_of: NaiveDate,
     mut each: impl FnMut(InvoiceFact),
 ) -> StoreResult<u64> {
+    let (as_of_day, start_day) = (epoch_day(as_of), epoch_day(window_start));
+    let in_window =
+        |issued: i32, due: i32| issued > start_day && issued <= as_of_day && due <= as_of_day;
     let mut n = 0u64;
     match conn {
         DbConnection::Sqlite(c) => {
-            // Dates are filtered here, not in SQL (see `for_each_order`).
-            let (as_of_day, start_day) = (epoch_day(as_of), epoch_day(window_start));
             let rows = invoices::table
                 .filter(invoices::amount_minor.gt(0))
                 .select((
@@ -569,7 +571,8 @@ fn for_each_invoice(
                 )?;
             for row in rows {
                 let (customer_id, SqliteDay(issued), SqliteDay(due), amount, paid) = row?;
-                if due > as_of_day || issued > as_of_day || issued <= start_day {
+                // Dates are filtered here, not in SQL (see `for_each_order`).
+                if !in_window(issued, due) {
                     continue;
                 }
                 each(InvoiceFact {
@@ -585,10 +588,8 @@ fn for_each_invoice(
             let rows = diesel::copy_to(invoices::table).load::<InvoiceCopyRow, _>(c)?;
             for row in rows {
                 let row = row?;
-                if row.due_on <= as_of
-                    && row.issued_on <= as_of
-                    && row.issued_on > window_start
-                    && row.amount_minor > 0
+                if row.amount_minor > 0
+                    && in_window(epoch_day(row.issued_on), epoch_day(row.due_on))
                 {
                     each(InvoiceFact {
                         customer_id: row.customer_id,
@@ -686,8 +687,8 @@ fn set_sqlite_cache_kib(conn: &mut DbConnection, kib: i64) -> StoreResult<()> {
     Ok(())
 }
 
-/// PostgreSQL: makes the transaction REPEATABLE READ (one snapshot for every read), gives its
-/// sorts memory, and exports the snapshot for a second connection. SQLite: nothing to do.
+/// PostgreSQL: makes the transaction REPEATABLE READ (one snapshot for every read) and exports
+/// the snapshot for the reader connections. SQLite has no exported snapshots: an error.
 fn export_snapshot(conn: &mut DbConnection) -> StoreResult<String> {
     #[derive(QueryableByName)]
     struct Snapshot {
@@ -697,10 +698,7 @@ fn export_snapshot(conn: &mut DbConnection) -> StoreResult<String> {
     match conn {
         DbConnection::Postgresql(c) => {
             use diesel::connection::SimpleConnection;
-            // Sorting a million customer keys in the default 4 MB spills to disk (1.9 s vs 0.4 s).
-            c.batch_execute(
-                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SET LOCAL work_mem = '256MB'",
-            )?;
+            c.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")?;
             let snapshot: Snapshot =
                 diesel::sql_query("SELECT pg_export_snapshot() AS id").get_result(c)?;
             Ok(snapshot.id)
@@ -1123,26 +1121,21 @@ pub fn write_grades(
             // Fixed-size arrays give diesel a static query id, so each statement is prepared
             // once and reused; preparing a fresh multi-row INSERT per batch cost a tenth of a
             // run's instructions.
-            let (arrays, rest) = rows.as_chunks::<SQLITE_GRADES_PER_INSERT>();
-            for array in arrays {
-                diesel::insert_into(grades::table)
-                    .values(array)
-                    .execute(c)?;
+            macro_rules! insert_in_cached_batches {
+                ($table:ident, $rows:expr) => {{
+                    let (arrays, rest) = $rows.as_chunks::<SQLITE_GRADES_PER_INSERT>();
+                    for array in arrays {
+                        diesel::insert_into($table::table)
+                            .values(array)
+                            .execute(c)?;
+                    }
+                    if !rest.is_empty() {
+                        diesel::insert_into($table::table).values(rest).execute(c)?;
+                    }
+                }};
             }
-            if !rest.is_empty() {
-                diesel::insert_into(grades::table).values(rest).execute(c)?;
-            }
-            let (arrays, rest) = explanations.as_chunks::<SQLITE_GRADES_PER_INSERT>();
-            for array in arrays {
-                diesel::insert_into(grade_explanations::table)
-                    .values(array)
-                    .execute(c)?;
-            }
-            if !rest.is_empty() {
-                diesel::insert_into(grade_explanations::table)
-                    .values(rest)
-                    .execute(c)?;
-            }
+            insert_in_cached_batches!(grades, rows);
+            insert_in_cached_batches!(grade_explanations, explanations);
         }
     }
     Ok(())
@@ -1212,11 +1205,40 @@ pub struct GradedCustomer {
 pub fn for_each_graded_customer(
     conn: &mut DbConnection,
     period: Period,
-    mut each: impl FnMut(GradedCustomer) -> StoreResult<()>,
+    each: impl FnMut(GradedCustomer) -> StoreResult<()>,
 ) -> StoreResult<bool> {
     let Some(run) = published_run_id(conn, period)? else {
         return Ok(false);
     };
+    graded_customers(conn, run, i64::MIN..=i64::MAX, each)?;
+    Ok(true)
+}
+
+/// One customer's published grade for `period` (None when the period was not graded or the
+/// customer has no grade in it).
+pub fn graded_customer(
+    conn: &mut DbConnection,
+    period: Period,
+    customer: CustomerId,
+) -> StoreResult<Option<GradedCustomer>> {
+    let Some(run) = published_run_id(conn, period)? else {
+        return Ok(None);
+    };
+    let mut found = None;
+    graded_customers(conn, run, customer.0..=customer.0, |c| {
+        found = Some(c);
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// Streams the grades of `run` whose customer id is in `ids`, in tie-break order.
+fn graded_customers(
+    conn: &mut DbConnection,
+    run: i64,
+    ids: std::ops::RangeInclusive<i64>,
+    mut each: impl FnMut(GradedCustomer) -> StoreResult<()>,
+) -> StoreResult<()> {
     let query = grades::table
         .inner_join(customers::table)
         .left_join(owners::table.on(customers::owner_id.eq(owners::id.nullable())))
@@ -1226,6 +1248,7 @@ pub fn for_each_graded_customer(
                 .and(grade_explanations::customer_id.eq(grades::customer_id))),
         )
         .filter(grades::run_id.eq(run))
+        .filter(grades::customer_id.between(*ids.start(), *ids.end()))
         .order((customers::source.asc(), customers::external_id.asc()))
         .select((
             grades::customer_id,
@@ -1269,7 +1292,7 @@ pub fn for_each_graded_customer(
             }
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// A customer whose assigned tier differs between a period and the one before.
@@ -1289,18 +1312,9 @@ pub fn tier_changes(conn: &mut DbConnection, period: Period) -> StoreResult<Vec<
         return Ok(Vec::new());
     };
     let before = published_run_id(conn, period.prev())?;
-    let current: Vec<(i64, Option<String>)> = with_backend!(conn, c => grades::table
-        .filter(grades::run_id.eq(now))
-        .select((grades::customer_id, grades::tier))
-        .order(grades::customer_id)
-        .load(c)?);
+    let current = tiers_of_run(conn, now)?;
     let previous: HashMap<i64, Option<String>> = match before {
-        Some(run) => with_backend!(conn, c => grades::table
-            .filter(grades::run_id.eq(run))
-            .select((grades::customer_id, grades::tier))
-            .load::<(i64, Option<String>)>(c)?)
-        .into_iter()
-        .collect(),
+        Some(run) => tiers_of_run(conn, run)?.into_iter().collect(),
         None => HashMap::new(),
     };
     Ok(current
@@ -1468,29 +1482,6 @@ pub fn override_history(
         .load(c)?))
 }
 
-/// The id of the customer `external_id` of `source`.
-pub fn customer_id_by_key(
-    conn: &mut DbConnection,
-    source: &str,
-    external_id: &str,
-) -> StoreResult<Option<CustomerId>> {
-    let id: Option<i64> = with_backend!(conn, c => customers::table
-        .filter(customers::source.eq(source))
-        .filter(customers::external_id.eq(external_id))
-        .select(customers::id)
-        .first(c)
-        .optional()?);
-    Ok(id.map(CustomerId))
-}
-
-/// Months helper kept here so callers need not depend on chrono's API for the window start.
-pub fn window_start(period: Period, lookback_months: u32) -> NaiveDate {
-    period
-        .as_of()
-        .checked_sub_months(Months::new(lookback_months))
-        .unwrap_or(NaiveDate::MIN)
-}
-
 /// Assigned tier of every customer in the published run of `period` (None when not graded).
 pub fn published_tiers(
     conn: &mut DbConnection,
@@ -1499,11 +1490,16 @@ pub fn published_tiers(
     let Some(run) = published_run_id(conn, period)? else {
         return Ok(None);
     };
-    let rows: Vec<(i64, Option<String>)> = with_backend!(conn, c => grades::table
+    Ok(Some(tiers_of_run(conn, run)?.into_iter().collect()))
+}
+
+/// (customer id, assigned tier) of every grade of a run, in customer-id order.
+fn tiers_of_run(conn: &mut DbConnection, run: i64) -> StoreResult<Vec<(i64, Option<String>)>> {
+    Ok(with_backend!(conn, c => grades::table
         .filter(grades::run_id.eq(run))
         .select((grades::customer_id, grades::tier))
-        .load(c)?);
-    Ok(Some(rows.into_iter().collect()))
+        .order(grades::customer_id)
+        .load(c)?))
 }
 
 /// Grade rows stored over all runs (published, superseded or left by a dead run).

@@ -10,7 +10,7 @@ use tierwise_domain::grading::{Override, OverrideKind, Policy, Summary};
 use tierwise_domain::{CustomerId, Period};
 use tierwise_grading::{GradingReport, Mode, grade_period, grade_range};
 use tierwise_store::grading::{
-    GradedCustomer, clear_override, customer_id_by_key, for_each_graded_customer, list_overrides,
+    GradedCustomer, clear_override, for_each_graded_customer, graded_customer, list_overrides,
     override_history, published_periods, published_run, recent_runs, set_override,
 };
 use tierwise_store::{Database, DbConnection};
@@ -518,7 +518,8 @@ fn resolve_customer(
     source: Option<&str>,
 ) -> anyhow::Result<CustomerId> {
     let source = source.unwrap_or(&settings.import.source);
-    customer_id_by_key(conn, source, customer)?.with_context(|| {
+    let found = tierwise_store::queries::find_customer(conn, source, customer)?;
+    found.map(|c| c.id).with_context(|| {
         format!("no customer '{customer}' from source '{source}'; check the id, or pass --source")
     })
 }
@@ -538,17 +539,11 @@ fn show(
             .last()
             .context("nothing has been graded yet; run `tierwise grade --period YYYY-MM`")?,
     };
-    let mut found = None;
-    let graded = for_each_graded_customer(&mut conn, period, |c| {
-        if c.customer_id == id.0 {
-            found = Some(c);
-        }
-        Ok(())
-    })?;
-    if !graded {
+    if published_run(&mut conn, period)?.is_none() {
         bail!(not_graded(period));
     }
-    let c = found.with_context(|| format!("customer '{customer}' has no grade for {period}"))?;
+    let c = graded_customer(&mut conn, period, id)?
+        .with_context(|| format!("customer '{customer}' has no grade for {period}"))?;
     println!("{} ({}:{}) — {period}", c.name, c.source, c.external_id);
     let field = |k: &str, v: String| println!("  {k:<16}{v}");
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());

@@ -250,13 +250,9 @@ pub fn grade_population(
             sums[axis] += u64::from(scores[axis]);
         }
     }
-    let segment_keys: Vec<&str> = segments.keys().collect();
+    let segment_count = segments.keys().count();
     let segment_of = |scores: [u8; 3]| -> Option<u16> {
-        let key = segments.classify(scores, sums, u64::from(n));
-        segment_keys
-            .iter()
-            .position(|k| *k == key)
-            .and_then(|i| u16::try_from(i).ok())
+        u16::try_from(segments.classify_index(scores, sums, u64::from(n))).ok()
     };
 
     // ABC over G.
@@ -432,7 +428,7 @@ pub fn grade_population(
     }
 
     // Churn rate per segment from twelve months of history, then simple CLV.
-    let churn_rates = churn_rates_by_segment(customers, &grades, segment_keys.len());
+    let churn_rates = churn_rates_by_segment(customers, &grades, segment_count);
     let have_history = customers.iter().any(|c| c.year_ago.is_some());
     let clv_churn_rates: Vec<f64> = churn_rates
         .iter()

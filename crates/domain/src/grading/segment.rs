@@ -110,13 +110,19 @@ impl SegmentTable {
     /// The key of the first rule matching `scores` = (R, F, M), given the score sums over the
     /// population of size N (for `high`/`low`); [`UNCLASSIFIED`] when none matches.
     pub fn classify(&self, scores: [u8; 3], sums: [u64; 3], population: u64) -> &str {
+        &self.rules[self.classify_index(scores, sums, population)].key
+    }
+
+    /// The position in [`Self::keys`] of the segment [`Self::classify`] names. Every table ends
+    /// with the catch-all row, so some rule always matches.
+    pub fn classify_index(&self, scores: [u8; 3], sums: [u64; 3], population: u64) -> usize {
         self.rules
             .iter()
-            .find(|rule| {
+            .position(|rule| {
                 (0..3)
                     .all(|axis| rule.conditions[axis].matches(scores[axis], sums[axis], population))
             })
-            .map_or(UNCLASSIFIED, |rule| rule.key.as_str())
+            .unwrap_or(self.rules.len() - 1)
     }
 
     /// Display label of a segment key.
