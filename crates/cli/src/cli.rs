@@ -83,9 +83,98 @@ pub enum Command {
     /// in an audit trail.
     #[command(subcommand)]
     Override(OverrideCommand),
+    /// Queue, preview and send digests, reminders and churn alerts.
+    ///
+    /// Messages go through an outbox: queueing writes each rendered message once (a second
+    /// run for the same period or week queues nothing), and `notify send` delivers what is
+    /// due over SMTP ([smtp]), retrying transient failures and dead-lettering the rest.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Show or check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Queue the digests and churn alerts of a graded period.
+    ///
+    /// Without --period, handles the publications not yet notified (what `grade` does after
+    /// publishing when [notify] after_grading is on). Each owner gets a digest of their
+    /// customers' tier changes, churn alerts, movers and follow-ups due; admins listed in
+    /// [notify] admins get the whole distribution and import and job health.
+    ///
+    /// Examples:
+    ///   tierwise notify digest
+    ///   tierwise notify digest --period 2026-10
+    Digest {
+        /// A graded month, e.g. 2026-10.
+        #[arg(long)]
+        period: Option<String>,
+        /// Judge follow-ups as of this day (YYYY-MM-DD) instead of today.
+        #[arg(long)]
+        today: Option<String>,
+    },
+    /// Queue this week's follow-up reminders: per owner, contacts due within 7 days or overdue
+    /// by each tier's cadence (call_every_months, visit_every_months).
+    ///
+    /// Run weekly; a second run in the same ISO week queues nothing.
+    ///
+    /// Example:
+    ///   tierwise notify reminders
+    Reminders {
+        /// Judge follow-ups as of this day (YYYY-MM-DD) instead of today.
+        #[arg(long)]
+        today: Option<String>,
+    },
+    /// Send every queued message that is due, then exit.
+    ///
+    /// Transient failures (server down, timeouts, 4xx) are retried by later runs with growing
+    /// delays; permanent ones (e.g. 550 unknown recipient) are dead-lettered at once.
+    ///
+    /// Example:
+    ///   TIERWISE__SMTP__HOST=smtp.example.com tierwise notify send
+    Send,
+    /// List the outbox, show one message, or put a dead-lettered message back in the queue.
+    ///
+    /// Examples:
+    ///   tierwise notify outbox
+    ///   tierwise notify outbox --status dead
+    ///   tierwise notify outbox --show 42
+    ///   tierwise notify outbox --retry 42
+    Outbox {
+        /// Only messages in this state: queued, sending, sent or dead.
+        #[arg(long)]
+        status: Option<String>,
+        /// Most messages listed.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print one message (headers and text part).
+        #[arg(long, conflicts_with = "retry")]
+        show: Option<i64>,
+        /// Queue a dead-lettered message again.
+        #[arg(long)]
+        retry: Option<i64>,
+    },
+    /// Render one owner's emails to files (.eml to open in a mail client, .html for a browser),
+    /// without queueing anything.
+    ///
+    /// Example:
+    ///   tierwise notify preview --owner li.na@example.com --out previews/
+    Preview {
+        /// Owner email or id.
+        #[arg(long)]
+        owner: String,
+        /// Folder to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Graded month of the digest (default: the newest).
+        #[arg(long)]
+        period: Option<String>,
+        /// Judge follow-ups as of this day (YYYY-MM-DD) instead of today.
+        #[arg(long)]
+        today: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

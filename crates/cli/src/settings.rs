@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use tierwise_domain::EmailAddress;
 use tierwise_domain::grading::Policy;
 use tierwise_import::{ColumnMapping, ImportSettings};
+use tierwise_notify::{NotifySettings, SmtpSettings};
 use tierwise_store::{DatabaseUrl, mask_password};
 
 /// The defaults, compiled in so the binary works from any folder.
@@ -29,6 +30,8 @@ pub struct Settings {
     pub predictive: PredictiveSettings,
     /// `[smtp]`
     pub smtp: SmtpSettings,
+    /// `[notify]`
+    pub notify: NotifySettings,
     /// `[dashboard]`
     pub dashboard: DashboardSettings,
     /// `[scheduler]`
@@ -37,14 +40,6 @@ pub struct Settings {
 
 fn masked_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&mask_password(url))
-}
-
-fn masked_secret<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(if secret.expose_secret().is_empty() {
-        ""
-    } else {
-        "***"
-    })
 }
 
 /// `[database]`
@@ -87,56 +82,6 @@ pub struct PredictiveSettings {
 impl Default for PredictiveSettings {
     fn default() -> Self {
         Self { enabled: true }
-    }
-}
-
-/// How the SMTP connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmtpSecurity {
-    /// Plain text (a relay on localhost).
-    None,
-    /// STARTTLS upgrade.
-    Starttls,
-    /// Implicit TLS.
-    Tls,
-}
-
-/// `[smtp]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SmtpSettings {
-    /// Server host.
-    pub host: String,
-    /// Server port.
-    pub port: u16,
-    /// Transport security.
-    pub security: SmtpSecurity,
-    /// Login name.
-    pub username: String,
-    /// Password (masked when shown).
-    #[serde(serialize_with = "masked_secret")]
-    pub password: SecretString,
-    /// File holding the password.
-    pub password_file: String,
-    /// Sender.
-    pub from: String,
-    /// Timeout per attempt.
-    pub timeout_secs: u64,
-}
-
-impl Default for SmtpSettings {
-    fn default() -> Self {
-        Self {
-            host: "127.0.0.1".into(),
-            port: 587,
-            security: SmtpSecurity::Starttls,
-            username: String::new(),
-            password: SecretString::default(),
-            password_file: String::new(),
-            from: "tierwise <noreply@tierwise.localhost>".into(),
-            timeout_secs: 30,
-        }
     }
 }
 
@@ -277,6 +222,50 @@ impl Settings {
             return fail(
                 "smtp.timeout_secs",
                 format!("{} is outside 1..=600", self.smtp.timeout_secs),
+            );
+        }
+        for (i, admin) in self.notify.admins.iter().enumerate() {
+            if let Err(e) = EmailAddress::parse(admin) {
+                return fail(&format!("notify.admins[{i}]"), e.reason);
+            }
+        }
+        if !(1..=1000).contains(&self.notify.max_rows) {
+            return fail(
+                "notify.max_rows",
+                format!("{} is outside 1..=1000", self.notify.max_rows),
+            );
+        }
+        if !(1..=64).contains(&self.notify.sending.concurrency) {
+            return fail(
+                "notify.sending.concurrency",
+                format!("{} is outside 1..=64", self.notify.sending.concurrency),
+            );
+        }
+        if self.notify.sending.max_attempts == 0 {
+            return fail("notify.sending.max_attempts", "must be at least 1");
+        }
+        if self.notify.sending.lease_secs < self.smtp.timeout_secs.saturating_mul(2) {
+            return fail(
+                "notify.sending.lease_secs",
+                format!(
+                    "{} is shorter than two SMTP timeouts ({} s): a slow send could be claimed twice",
+                    self.notify.sending.lease_secs,
+                    self.smtp.timeout_secs * 2
+                ),
+            );
+        }
+        for tier in self.notify.churn_actions.keys() {
+            if self.grading.tier_index(tier).is_none() {
+                return fail(
+                    &format!("notify.churn_actions.{tier}"),
+                    "is not a tier in [grading.tiers]",
+                );
+            }
+        }
+        if !self.notify.templates_dir.is_empty() && !Path::new(&self.notify.templates_dir).is_dir() {
+            return fail(
+                "notify.templates_dir",
+                format!("{} is not a folder", self.notify.templates_dir),
             );
         }
         if let Err(e) = self.dashboard.bind.parse::<SocketAddr>() {

@@ -3,13 +3,15 @@
 //! This crate owns the vocabulary every other crate speaks: identifiers, periods, money and the
 //! imported records (owners, customers, orders, invoices, activities), each of which can only be
 //! built valid, and the grading model itself ([`grading`]): scores, segments, tiers and the policy
-//! that parameterises them. It performs no I/O, has no async code and knows nothing of storage.
+//! that parameterises them, and the rules notifications follow ([`notify`]: contact cadences,
+//! churn alerts). It performs no I/O, has no async code and knows nothing of storage.
 
 pub mod email;
 pub mod error;
 pub mod grading;
 pub mod ids;
 pub mod money;
+pub mod notify;
 pub mod period;
 pub mod records;
 

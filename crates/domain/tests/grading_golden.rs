@@ -291,7 +291,7 @@ fn hysteresis_holds_a_demotion_for_the_grace_periods() {
 #[test]
 fn hysteresis_runs_through_the_engine_over_three_periods() {
     // Ten customers; customer 1 is the best in period 1 and the worst afterwards.
-    let period = |best: bool, previous: PreviousGrade| -> (u8, u32, TierReason) {
+    let period = |best: bool, previous: PreviousGrade| -> (u8, u32, TierReason, Option<NaiveDate>) {
         let mut all: Vec<CustomerFacts> = (2..=10).map(|id| customer(id, 30, 3, 1000)).collect();
         let mut first = if best {
             customer(1, 1, 9, 9000)
@@ -306,26 +306,36 @@ fn hysteresis_runs_through_the_engine_over_three_periods() {
             g.assigned_tier.unwrap(),
             g.periods_below,
             g.tier_reason.clone(),
+            g.tier_since,
         )
     };
-    let (a1, b1, _) = period(true, PreviousGrade::default());
+    let (a1, b1, _, since1) = period(true, PreviousGrade::default());
     assert_eq!(a1, 0);
-    let (a2, b2, r2) = period(
+    // A first tier is entered on the run's day.
+    assert_eq!(since1, Some(date(AS_OF)));
+    let entered = date("2025-03-31");
+    let (a2, b2, r2, since2) = period(
         false,
         PreviousGrade {
             assigned_tier: Some(a1),
             periods_below: b1,
+            tier_since: Some(entered),
         },
     );
     assert_eq!((a2, b2, r2), (0, 1, TierReason::Held { periods_below: 1 }));
-    let (a3, b3, r3) = period(
+    // Held in the same tier: the day it entered carries over.
+    assert_eq!(since2, Some(entered));
+    let (a3, b3, r3, since3) = period(
         false,
         PreviousGrade {
             assigned_tier: Some(a2),
             periods_below: b2,
+            tier_since: Some(entered),
         },
     );
     assert_eq!((a3, b3, r3), (3, 0, TierReason::Computed));
+    // Demoted: a new tier, entered on this run's day.
+    assert_eq!(since3, Some(date(AS_OF)));
 }
 
 fn pin(tier: &str, until: Option<&str>) -> Option<Box<Override>> {

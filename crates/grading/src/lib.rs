@@ -484,6 +484,7 @@ fn write_outcome(
                                 .and_then(|s| loyalty_steps.get(usize::from(s)).copied()),
                             lifecycle: g.lifecycle.as_str(),
                             clv: g.clv_simple,
+                            tier_since: g.tier_since,
                         }
                     })
                     .collect();

@@ -18,7 +18,7 @@ use tierwise_domain::{CustomerId, Period};
 
 use crate::schema::{
     customers, grade_explanations, grade_explanations_load, grades, grades_load, grading_periods,
-    grading_runs, invoices, orders, override_events, overrides, owners,
+    grading_runs, invoices, notification_events, orders, override_events, overrides, owners,
 };
 use crate::{DbConnection, StoreError, StoreResult, with_backend};
 
@@ -251,6 +251,15 @@ pub fn publish_run(
                     .set(grading_runs::status.eq(GradingStatus::Superseded.as_str()))
                     .execute(c)?;
             }
+            // Owed notifications (digests, alerts) are recorded with the publication itself.
+            diesel::insert_into(notification_events::table)
+                .values((
+                    notification_events::kind.eq(crate::notify::PERIOD_PUBLISHED),
+                    notification_events::period.eq(&key),
+                    notification_events::run_id.eq(run.0),
+                    notification_events::created_at.eq(now),
+                ))
+                .execute(c)?;
         });
         Ok(replaced.map(GradingRunId))
     })
@@ -837,17 +846,19 @@ fn load_facts_in_transaction(
 
     // Previous period's tiers and the grades of twelve months before.
     if let Some(run) = published_run_id(conn, req.period.prev())? {
-        let rows: Vec<(i64, Option<String>, i32)> = with_backend!(conn, c => grades::table
+        type Row = (i64, Option<String>, i32, Option<NaiveDate>);
+        let rows: Vec<Row> = with_backend!(conn, c => grades::table
             .filter(grades::run_id.eq(run))
-            .select((grades::customer_id, grades::tier, grades::periods_below))
+            .select((grades::customer_id, grades::tier, grades::periods_below, grades::tier_since))
             .load(c)?);
-        for (id, tier, below) in rows {
+        for (id, tier, below, since) in rows {
             if let Some(pos) = positions.get(id) {
                 facts[pos].previous = PreviousGrade {
                     assigned_tier: tier
                         .and_then(|t| req.tiers.iter().position(|n| *n == t))
                         .and_then(|i| u8::try_from(i).ok()),
                     periods_below: u32::try_from(below).unwrap_or(0),
+                    tier_since: since,
                 };
             }
         }
@@ -1042,6 +1053,8 @@ pub struct NewGrade {
     pub lifecycle: &'static str,
     /// Simple CLV.
     pub clv: Option<i64>,
+    /// Day the customer entered its tier.
+    pub tier_since: Option<NaiveDate>,
 }
 
 /// The explanation of one grade, as written.

@@ -9,6 +9,7 @@ mod db;
 mod error;
 pub mod grading;
 pub mod load;
+pub mod notify;
 pub mod queries;
 pub mod runs;
 mod schema;

@@ -156,6 +156,7 @@ diesel::table! {
         loyalty -> Nullable<Text>,
         lifecycle -> Text,
         clv -> Nullable<BigInt>,
+        tier_since -> Nullable<Date>,
     }
 }
 
@@ -192,6 +193,7 @@ diesel::table! {
         loyalty -> Nullable<Text>,
         lifecycle -> Text,
         clv -> Nullable<BigInt>,
+        tier_since -> Nullable<Date>,
     }
 }
 
@@ -200,6 +202,38 @@ diesel::table! {
         run_id -> BigInt,
         customer_id -> BigInt,
         explanation -> Text,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> BigInt,
+        dedupe_key -> Text,
+        kind -> Text,
+        owner_id -> Nullable<BigInt>,
+        recipient -> Text,
+        subject -> Text,
+        body_text -> Text,
+        body_html -> Text,
+        message_id -> Text,
+        status -> Text,
+        attempts -> Integer,
+        next_attempt_at -> Timestamp,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamp,
+        sent_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    notification_events (id) {
+        id -> BigInt,
+        kind -> Text,
+        period -> Text,
+        run_id -> BigInt,
+        created_at -> Timestamp,
+        processed_at -> Nullable<Timestamp>,
+        outcome -> Nullable<Text>,
     }
 }
 
@@ -251,4 +285,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     grade_explanations,
     overrides,
     override_events,
+    outbox,
+    notification_events,
 );

@@ -9,10 +9,54 @@ use tierwise_import::demo::{DemoSpec, generate};
 use tierwise_import::{ColumnMapping, FileImportOptions, ImportSettings, RecordKind, import_file};
 use tierwise_store::queries::table_counts;
 
-use super::{open_database, print_table};
+use std::path::{Path, PathBuf};
+
+use tierwise_store::Database;
+use tierwise_store::notify::{self as outbox, NewMessage, OutboxStatus};
+
+use super::{notify, open_database, print_table};
 use crate::cli::DemoArgs;
 use crate::commands::import::print_report;
 use crate::settings::Settings;
+
+/// Admin address of the demo, so its admins' digest is rendered too.
+const DEMO_ADMIN: &str = "admin@tierwise.localhost";
+
+/// Queues the demo's digests, churn alerts and this week's reminders in the outbox (as a real
+/// run would) and writes every queued message to `dir` as .eml and .html files.
+fn render_demo_emails(settings: &Settings, db: &Database, dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut settings = settings.clone();
+    if settings.notify.admins.is_empty() {
+        settings.notify.admins = vec![DEMO_ADMIN.to_owned()];
+    }
+    let templates = notify::templates(&settings)?;
+    let domain = notify::mail_domain(&settings)?;
+    let composer = notify::composer(&settings, &templates, &domain, tierwise_notify::today());
+    let mut conn = db.conn()?;
+    notify::queue_pending(&mut conn, &composer)?;
+    tierwise_notify::queue_reminders(&mut conn, &composer).context("queueing the demo reminders")?;
+    let queued: Vec<NewMessage> = outbox::list_outbox(&mut conn, Some(OutboxStatus::Queued), 10_000)?
+        .into_iter()
+        .map(|m| NewMessage {
+            dedupe_key: m.dedupe_key,
+            kind: m.kind,
+            owner_id: m.owner_id,
+            recipient: m.recipient,
+            subject: m.subject,
+            body_text: m.body_text,
+            body_html: m.body_html,
+            message_id: m.message_id,
+        })
+        .collect();
+    let written = notify::write_messages(&settings, &queued, dir)?;
+    println!(
+        "Rendered {} queued emails ({} files) to {}",
+        queued.len(),
+        written.len(),
+        dir.display()
+    );
+    Ok(dir.to_path_buf())
+}
 
 /// Source name of demo records, so they never mix with a real file feed.
 const DEMO_SOURCE: &str = "demo";
@@ -90,6 +134,8 @@ pub fn run(settings: &Settings, args: &DemoArgs, progress: bool) -> anyhow::Resu
         super::grade::print_grading_report(last, &settings.grading, false);
     }
     println!();
+    let emails = render_demo_emails(settings, &db, &args.dir.join("emails"))?;
+    println!();
     // Name the binary as the user can run it from here (after `cargo run` it is not on PATH).
     let program = std::env::current_exe()
         .ok()
@@ -109,6 +155,14 @@ pub fn run(settings: &Settings, args: &DemoArgs, progress: bool) -> anyhow::Resu
     println!(
         "  TIERWISE__DATABASE__URL={} {program} grades export --period {period} --out grades.csv",
         args.database
+    );
+    println!(
+        "  TIERWISE__DATABASE__URL={} {program} notify outbox",
+        args.database
+    );
+    println!(
+        "  open {}                  the demo owners' emails, as .eml and .html",
+        emails.display()
     );
     println!("  {program} import fields       what your own files may contain");
     println!("  {program} import file --help  how to import them");

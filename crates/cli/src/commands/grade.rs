@@ -68,6 +68,9 @@ pub fn grade(settings: &Settings, args: &GradeArgs, progress: bool) -> anyhow::R
             let report = grade_period(&db, period, &policy, mode)
                 .with_context(|| format!("grading {period}"))?;
             print_grading_report(&report, &policy, true);
+            if mode == Mode::Publish {
+                notify_after_grading(settings, &db)?;
+            }
         }
         (None, Some(from), Some(to)) => {
             let (from, to) = (period(from, "--from")?, period(to, "--to")?);
@@ -93,10 +96,28 @@ pub fn grade(settings: &Settings, args: &GradeArgs, progress: bool) -> anyhow::R
             headers.extend(&names);
             headers.push("seconds");
             print_table(&headers, &rows);
+            notify_after_grading(settings, &db)?;
         }
         _ => bail!("give --period, or --from and --to"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Queues the digests the publication owes, when [notify] after_grading is on. A failure here
+/// leaves the grades published and the publication pending for `tierwise notify digest`.
+fn notify_after_grading(settings: &Settings, db: &Database) -> anyhow::Result<()> {
+    if !settings.notify.after_grading {
+        return Ok(());
+    }
+    let templates = super::notify::templates(settings)?;
+    let domain = super::notify::mail_domain(settings)?;
+    let composer = super::notify::composer(settings, &templates, &domain, tierwise_notify::today());
+    if let Some(n) = super::notify::queue_pending(&mut *db.conn()?, &composer)
+        .context("grades are published; queueing their notifications failed (retry with `tierwise notify digest`)")?
+    {
+        println!("Queued {n} notifications; send them with `tierwise notify send`.");
+    }
+    Ok(())
 }
 
 fn progress_bar(progress: bool, from: Period, to: Period) -> Option<indicatif::ProgressBar> {

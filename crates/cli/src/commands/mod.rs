@@ -5,6 +5,7 @@ mod demo;
 mod grade;
 mod import;
 mod migrate;
+mod notify;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Grade(args) => grade::grade(&settings, &args, progress),
         Command::Grades(command) => grade::grades(&settings, command),
         Command::Override(command) => grade::override_command(&settings, command),
+        Command::Notify(command) => notify::run(&settings, command),
         Command::Config(ConfigCommand::Show) => config::show(&settings),
         Command::Config(ConfigCommand::Check) => config::check(&settings),
     }

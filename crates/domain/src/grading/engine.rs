@@ -124,6 +124,9 @@ pub struct Grade {
     pub tier_reason: TierReason,
     /// Consecutive periods the computed tier has been below the assigned one.
     pub periods_below: u32,
+    /// The day the customer entered its assigned tier: the previous grade's day when the tier is
+    /// unchanged, else `as_of`. Follow-up cadences count from it when no contact is recorded.
+    pub tier_since: Option<NaiveDate>,
     /// Loyalty ladder step.
     pub loyalty_step: Option<u8>,
     /// Lifecycle stage.
@@ -325,6 +328,7 @@ pub fn grade_population(
                 assigned_tier: None,
                 tier_reason: TierReason::NotGraded,
                 periods_below: 0,
+                tier_since: None,
                 loyalty_step: loyalty_step(c.lifetime_orders, policy.loyalty.steps.len()),
                 lifecycle: Lifecycle::Prospect,
                 lifetime_recency_days: lifetime_recency,
@@ -408,6 +412,15 @@ pub fn grade_population(
             grade.periods_below = 0;
             grade.tier_reason = TierReason::Pinned(OverrideNote::of(o));
         }
+    }
+    for (c, grade) in customers.iter().zip(grades.iter_mut()) {
+        grade.tier_since = grade.assigned_tier.map(|t| {
+            if c.previous.assigned_tier == Some(t) {
+                c.previous.tier_since.unwrap_or(as_of)
+            } else {
+                as_of
+            }
+        });
     }
 
     // Lifecycle.

@@ -52,6 +52,8 @@ pub struct PreviousGrade {
     pub assigned_tier: Option<u8>,
     /// Consecutive periods its computed tier has been below the assigned one.
     pub periods_below: u32,
+    /// The day it entered that tier (the as-of day of the run that first assigned it).
+    pub tier_since: Option<NaiveDate>,
 }
 
 /// The customer's grade twelve months before, as the churn rate of simple CLV needs it.

@@ -1,0 +1,3 @@
+DROP TABLE notification_events;
+DROP TABLE outbox;
+ALTER TABLE grades DROP COLUMN tier_since;
