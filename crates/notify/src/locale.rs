@@ -246,6 +246,6 @@ mod tests {
         let missing_in_en: Vec<_> = zh.words().keys().filter(|k| !en.words().contains_key(*k)).collect();
         assert!(missing_in_zh.is_empty(), "zh-CN lacks {missing_in_zh:?}");
         assert!(missing_in_en.is_empty(), "en lacks {missing_in_en:?}");
-        assert_ne!(en.get("digest.subject_prefix"), zh.get("digest.subject_prefix"));
+        assert_ne!(en.get("digest.title"), zh.get("digest.title"));
     }
 }
