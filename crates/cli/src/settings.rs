@@ -262,7 +262,8 @@ impl Settings {
                 );
             }
         }
-        if !self.notify.templates_dir.is_empty() && !Path::new(&self.notify.templates_dir).is_dir() {
+        if !self.notify.templates_dir.is_empty() && !Path::new(&self.notify.templates_dir).is_dir()
+        {
             return fail(
                 "notify.templates_dir",
                 format!("{} is not a folder", self.notify.templates_dir),

@@ -179,6 +179,58 @@ fn demo_imports_and_is_repeatable() {
         orders_line.contains(" 0 written, ") && orders_line.contains(" 0 rejected"),
         "{text}"
     );
+
+    // The demo renders every queued email; running it again queued nothing new.
+    let emails = dir.path().join("demo/emails");
+    let eml = std::fs::read_to_string(emails.join("digest-owner-1.eml")).unwrap();
+    assert!(eml.contains("Content-Type: multipart/alternative"), "{eml}");
+    assert!(emails.join("admin_digest-admins.html").exists());
+    let env = [("TIERWISE__DATABASE__URL", "demo/t.db")];
+    let outbox = tierwise(&["notify", "outbox"], &env, dir.path());
+    let listing = stdout(&outbox);
+    assert!(
+        listing.contains("digest") && listing.contains("Outbox: queued "),
+        "{listing}"
+    );
+    let period = text
+        .split("Graded 13 months, ")
+        .nth(1)
+        .and_then(|rest| rest.split(" to ").nth(1))
+        .map(|p| p[..7].to_string())
+        .unwrap();
+    let again = tierwise(&["notify", "digest", "--period", &period], &env, dir.path());
+    assert!(
+        stdout(&again).contains("queued 0 new"),
+        "{}{}",
+        stdout(&again),
+        stderr(&again)
+    );
+    let preview = tierwise(
+        &["notify", "preview", "--owner", "1", "--out", "previews"],
+        &env,
+        dir.path(),
+    );
+    assert!(preview.status.success(), "{}", stderr(&preview));
+    assert!(dir.path().join("previews/digest-owner-1.html").exists());
+    // No SMTP server listens on port 9: everything waits for a retry, nothing is lost.
+    let send_env = [
+        ("TIERWISE__DATABASE__URL", "demo/t.db"),
+        ("TIERWISE__SMTP__PORT", "9"),
+        ("TIERWISE__SMTP__SECURITY", "none"),
+    ];
+    let send = tierwise(&["notify", "send"], &send_env, dir.path());
+    assert!(send.status.success(), "{}", stderr(&send));
+    assert!(
+        stdout(&send).contains("Sent 0, will retry "),
+        "{}",
+        stdout(&send)
+    );
+    let dead = tierwise(&["notify", "outbox", "--status", "dead"], &env, dir.path());
+    assert!(
+        stdout(&dead).contains("Outbox: queued "),
+        "{}",
+        stdout(&dead)
+    );
 }
 
 backend_tests! {

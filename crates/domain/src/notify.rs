@@ -235,7 +235,11 @@ pub struct ComponentMove {
 pub fn component_moves(before: &ScoreState, now: &ScoreState) -> Vec<ComponentMove> {
     let mut moves = Vec::new();
     if let (Some(b), Some(n)) = (before.rfm, now.rfm) {
-        let names = [Component::Recency, Component::Frequency, Component::Monetary];
+        let names = [
+            Component::Recency,
+            Component::Frequency,
+            Component::Monetary,
+        ];
         for ((component, b), n) in names.into_iter().zip(b).zip(n) {
             if b != n {
                 moves.push(ComponentMove {

@@ -291,7 +291,9 @@ fn hysteresis_holds_a_demotion_for_the_grace_periods() {
 #[test]
 fn hysteresis_runs_through_the_engine_over_three_periods() {
     // Ten customers; customer 1 is the best in period 1 and the worst afterwards.
-    let period = |best: bool, previous: PreviousGrade| -> (u8, u32, TierReason, Option<NaiveDate>) {
+    let period = |best: bool,
+                  previous: PreviousGrade|
+     -> (u8, u32, TierReason, Option<NaiveDate>) {
         let mut all: Vec<CustomerFacts> = (2..=10).map(|id| customer(id, 30, 3, 1000)).collect();
         let mut first = if best {
             customer(1, 1, 9, 9000)

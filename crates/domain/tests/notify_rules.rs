@@ -20,7 +20,10 @@ const D: u8 = 3;
 
 #[test]
 fn next_due_counts_months_from_the_last_contact_or_the_tier_entry() {
-    assert_eq!(next_due(Some(d("2026-10-20")), d("2026-01-31"), 1), d("2026-11-20"));
+    assert_eq!(
+        next_due(Some(d("2026-10-20")), d("2026-01-31"), 1),
+        d("2026-11-20")
+    );
     assert_eq!(next_due(None, d("2026-09-30"), 3), d("2026-12-30"));
     // Month arithmetic clamps to the month's end.
     assert_eq!(next_due(None, d("2026-01-31"), 1), d("2026-02-28"));
@@ -47,11 +50,22 @@ fn a_follow_up_is_listed_when_due_within_seven_days_or_overdue() {
     let p = Policy::default();
     let today = d("2026-11-02");
     let call = |last: &str| {
-        follow_up(&p, A, FollowUpKind::Call, Some(d(last)), d("2026-01-31"), today, 7)
+        follow_up(
+            &p,
+            A,
+            FollowUpKind::Call,
+            Some(d(last)),
+            d("2026-01-31"),
+            today,
+            7,
+        )
     };
     // Due 2026-11-09: exactly seven days ahead, listed.
     let f = call("2026-10-09").unwrap();
-    assert_eq!((f.due_on, f.is_overdue(today), f.days_overdue(today)), (d("2026-11-09"), false, -7));
+    assert_eq!(
+        (f.due_on, f.is_overdue(today), f.days_overdue(today)),
+        (d("2026-11-09"), false, -7)
+    );
     // Due 2026-11-10: eight days ahead, not yet.
     assert!(call("2026-10-10").is_none());
     // Due yesterday: overdue by one day.
@@ -65,7 +79,11 @@ fn a_follow_up_is_listed_when_due_within_seven_days_or_overdue() {
 }
 
 fn state(tier: Option<u8>, lifecycle: Lifecycle, p_alive: Option<f64>) -> ChurnState {
-    ChurnState { tier, lifecycle, p_alive }
+    ChurnState {
+        tier,
+        lifecycle,
+        p_alive,
+    }
 }
 
 #[test]
@@ -75,7 +93,10 @@ fn churn_alerts_follow_the_contract() {
     // Lifecycle moved into at_risk / churned.
     assert_eq!(
         churn_signals(&p, &active_a, &state(Some(A), Lifecycle::AtRisk, Some(0.9))),
-        vec![ChurnSignal::Lifecycle { from: Lifecycle::Active, to: Lifecycle::AtRisk }]
+        vec![ChurnSignal::Lifecycle {
+            from: Lifecycle::Active,
+            to: Lifecycle::AtRisk
+        }]
     );
     assert_eq!(
         churn_signals(
@@ -83,21 +104,33 @@ fn churn_alerts_follow_the_contract() {
             &state(Some(B), Lifecycle::AtRisk, None),
             &state(Some(B), Lifecycle::Churned, None)
         ),
-        vec![ChurnSignal::Lifecycle { from: Lifecycle::AtRisk, to: Lifecycle::Churned }]
+        vec![ChurnSignal::Lifecycle {
+            from: Lifecycle::AtRisk,
+            to: Lifecycle::Churned
+        }]
     );
     // Staying at risk is not a new alert.
-    assert!(churn_signals(
-        &p,
-        &state(Some(A), Lifecycle::AtRisk, None),
-        &state(Some(A), Lifecycle::AtRisk, None)
-    )
-    .is_empty());
+    assert!(
+        churn_signals(
+            &p,
+            &state(Some(A), Lifecycle::AtRisk, None),
+            &state(Some(A), Lifecycle::AtRisk, None)
+        )
+        .is_empty()
+    );
     // P(alive) fell by 0.3 exactly (binary rounding tolerated), not by 0.29.
     assert_eq!(
         churn_signals(&p, &active_a, &state(Some(A), Lifecycle::Active, Some(0.6))),
         vec![ChurnSignal::PAliveFell { from: 0.9, to: 0.6 }]
     );
-    assert!(churn_signals(&p, &active_a, &state(Some(A), Lifecycle::Active, Some(0.61))).is_empty());
+    assert!(
+        churn_signals(
+            &p,
+            &active_a,
+            &state(Some(A), Lifecycle::Active, Some(0.61))
+        )
+        .is_empty()
+    );
     // A demotion by two tiers; one tier is not enough.
     assert_eq!(
         churn_signals(&p, &active_a, &state(Some(C), Lifecycle::Active, Some(0.9))),
@@ -106,7 +139,12 @@ fn churn_alerts_follow_the_contract() {
     assert!(churn_signals(&p, &active_a, &state(Some(B), Lifecycle::Active, Some(0.9))).is_empty());
     // Several signals at once, in rule order.
     assert_eq!(
-        churn_signals(&p, &active_a, &state(Some(D), Lifecycle::Churned, Some(0.1))).len(),
+        churn_signals(
+            &p,
+            &active_a,
+            &state(Some(D), Lifecycle::Churned, Some(0.1))
+        )
+        .len(),
         3
     );
 }
@@ -119,10 +157,16 @@ fn churn_alerts_only_for_flagged_tiers() {
     assert!(churn_signals(&p, &c, &state(Some(D), Lifecycle::Churned, None)).is_empty());
     // Flagged by the tier held before the move.
     let b = state(Some(B), Lifecycle::Loyal, None);
-    assert_eq!(churn_signals(&p, &b, &state(Some(D), Lifecycle::AtRisk, None)).len(), 2);
+    assert_eq!(
+        churn_signals(&p, &b, &state(Some(D), Lifecycle::AtRisk, None)).len(),
+        2
+    );
     // A customer that had no tier is judged by its new one.
     let none = state(None, Lifecycle::Active, None);
-    assert_eq!(churn_signals(&p, &none, &state(Some(A), Lifecycle::AtRisk, None)).len(), 1);
+    assert_eq!(
+        churn_signals(&p, &none, &state(Some(A), Lifecycle::AtRisk, None)).len(),
+        1
+    );
 }
 
 #[test]
@@ -157,8 +201,19 @@ fn component_moves_name_what_changed_and_its_direction() {
     );
     assert!(component_moves(&before, &before).is_empty());
     // Unrated credit ranks below C; leaving at_risk is better.
-    let a = ScoreState { credit: Some("unrated".into()), lifecycle: Some(Lifecycle::AtRisk), ..ScoreState::default() };
-    let b = ScoreState { credit: Some("C".into()), lifecycle: Some(Lifecycle::Active), ..ScoreState::default() };
+    let a = ScoreState {
+        credit: Some("unrated".into()),
+        lifecycle: Some(Lifecycle::AtRisk),
+        ..ScoreState::default()
+    };
+    let b = ScoreState {
+        credit: Some("C".into()),
+        lifecycle: Some(Lifecycle::Active),
+        ..ScoreState::default()
+    };
     let moves = component_moves(&a, &b);
-    assert_eq!(moves.iter().map(|m| m.improved).collect::<Vec<_>>(), vec![Some(true), Some(true)]);
+    assert_eq!(
+        moves.iter().map(|m| m.improved).collect::<Vec<_>>(),
+        vec![Some(true), Some(true)]
+    );
 }

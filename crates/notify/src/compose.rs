@@ -254,22 +254,23 @@ impl Folder<'_> {
         }
 
         if self.with_previous {
-            let before_scores = row.before.as_ref().map(scores).unwrap_or_default();
-            let now_scores = scores(&row.now);
             if before_tier != now_tier {
+                let before_scores = row.before.as_ref().map(scores).unwrap_or_default();
+                let now_scores = scores(&row.now);
                 let steps = match (before_tier, now_tier) {
                     (Some(b), Some(n)) => b.abs_diff(n),
                     _ => u8::MAX,
                 };
                 let demotion = matches!((before_tier, now_tier), (Some(b), Some(n)) if n > b)
                     || now_tier.is_none();
-                book.changes.offer((Reverse(steps), !demotion, id), || ChangeItem {
-                    who: who(),
-                    from: before_tier,
-                    to: now_tier,
-                    moves: component_moves(&before_scores, &now_scores),
-                    tier_reason: row.now.tier_reason.clone(),
-                });
+                book.changes
+                    .offer((Reverse(steps), !demotion, id), || ChangeItem {
+                        who: who(),
+                        from: before_tier,
+                        to: now_tier,
+                        moves: component_moves(&before_scores, &now_scores),
+                        tier_reason: row.now.tier_reason.clone(),
+                    });
             }
             if let Some(before) = &row.before {
                 let state = |tier, g: &BookGrade| ChurnState {
@@ -332,12 +333,11 @@ impl Folder<'_> {
                     } else {
                         book.due_soon += 1;
                     }
-                    book.follow_ups
-                        .offer((f.due_on, kind, id), || FollowItem {
-                            who: who(),
-                            tier,
-                            follow: f,
-                        });
+                    book.follow_ups.offer((f.due_on, kind, id), || FollowItem {
+                        who: who(),
+                        tier,
+                        follow: f,
+                    });
                 }
             }
         }
@@ -660,10 +660,9 @@ impl Composer<'_> {
                     s.catalog.get(&format!("lifecycle.{}", from.as_str())),
                     s.catalog.get(&format!("lifecycle.{}", to.as_str()))
                 ),
-                ChurnSignal::PAliveFell { from, to } => format!(
-                    "{} {from:.2}→{to:.2}",
-                    s.catalog.get("alert.p_alive")
-                ),
+                ChurnSignal::PAliveFell { from, to } => {
+                    format!("{} {from:.2}→{to:.2}", s.catalog.get("alert.p_alive"))
+                }
                 ChurnSignal::Demoted { from, to } => format!(
                     "{} {}→{}",
                     s.catalog.get("alert.demoted"),
@@ -677,7 +676,10 @@ impl Composer<'_> {
             .tier_before
             .and_then(|t| self.settings.churn_actions.get(self.policy.tier_name(t)))
             .and_then(|text| text.for_locale(s.f.locale()))
-            .map_or_else(|| s.catalog.get("alert.default_action").to_owned(), str::to_owned);
+            .map_or_else(
+                || s.catalog.get("alert.default_action").to_owned(),
+                str::to_owned,
+            );
         AlertView {
             customer: a.who.name,
             external_id: a.who.external_id,
@@ -722,17 +724,20 @@ impl Composer<'_> {
                 .catalog
                 .get(&format!("follow.{}", f.kind.as_str()))
                 .to_owned(),
-            last_contact: f.last_contact.map_or_else(
-                || s.catalog.get("follow.never").to_owned(),
-                |d| s.f.date(d),
-            ),
+            last_contact: f
+                .last_contact
+                .map_or_else(|| s.catalog.get("follow.never").to_owned(), |d| s.f.date(d)),
             due_on: s.f.date(f.due_on),
             status,
             overdue: days > 0,
         }
     }
 
-    fn follow_list(&self, book_follow: Bounded<(NaiveDate, FollowUpKind, i64), FollowItem>, s: &Speaker) -> ListView<FollowView> {
+    fn follow_list(
+        &self,
+        book_follow: Bounded<(NaiveDate, FollowUpKind, i64), FollowItem>,
+        s: &Speaker,
+    ) -> ListView<FollowView> {
         let (total, hidden) = (book_follow.total, book_follow.hidden());
         let rows = book_follow
             .into_sorted()
@@ -762,7 +767,13 @@ impl Composer<'_> {
     ) -> NewMessage {
         let local: String = dedupe_key
             .chars()
-            .map(|ch| if ch.is_ascii_alphanumeric() || ch == '-' { ch } else { '.' })
+            .map(|ch| {
+                if ch.is_ascii_alphanumeric() || ch == '-' {
+                    ch
+                } else {
+                    '.'
+                }
+            })
             .collect();
         NewMessage {
             message_id: format!("<{local}@{}>", self.mail_domain),
@@ -823,7 +834,7 @@ pub fn compose_period(
         };
         let alerts_for_mail = if book.alerts.total > 0 {
             // The alert email lists the same alerts as the digest; fold them once, view twice.
-            Some(self_alert_copy(&book.alerts))
+            Some(copy_alerts(&book.alerts))
         } else {
             None
         };
@@ -847,7 +858,12 @@ pub fn compose_period(
                 &s.f,
             ),
             alerts: c.alert_list(book.alerts, s),
-            movers_up: book.up.into_sorted().into_iter().map(|m| c.mover_view(m, s)).collect(),
+            movers_up: book
+                .up
+                .into_sorted()
+                .into_iter()
+                .map(|m| c.mover_view(m, s))
+                .collect(),
             movers_down: book
                 .down
                 .into_sorted()
@@ -891,7 +907,7 @@ pub fn compose_period(
 }
 
 /// A copy of the kept alerts (the digest and the alert email each render them).
-fn self_alert_copy(alerts: &Bounded<i64, AlertItem>) -> Bounded<i64, AlertItem> {
+fn copy_alerts(alerts: &Bounded<i64, AlertItem>) -> Bounded<i64, AlertItem> {
     let mut copy = Bounded::new(alerts.cap);
     for Keyed(key, item) in alerts.heap.iter() {
         copy.offer(*key, || AlertItem {
@@ -1041,12 +1057,13 @@ fn compose_admin(
     let rendered = c.templates.render("admin_digest", &s.catalog, &view)?;
     let mut messages = Vec::new();
     for admin in &c.settings.admins {
-        let address: lettre::Address = admin.parse().map_err(|e: lettre::address::AddressError| {
-            NotifyError::Recipient {
-                recipient: admin.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let address: lettre::Address =
+            admin
+                .parse()
+                .map_err(|e: lettre::address::AddressError| NotifyError::Recipient {
+                    recipient: admin.clone(),
+                    reason: e.to_string(),
+                })?;
         messages.push(c.message(
             kind::ADMIN_DIGEST,
             format!("admin_digest:{period}:{admin}"),

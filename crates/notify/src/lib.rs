@@ -145,9 +145,7 @@ pub fn process_events(
             let skip = match (period, latest) {
                 (None, _) => Some(format!("'{}' is not a period", event.period)),
                 (Some(p), Some(l)) if p < l => Some(format!("not the newest period ({l})")),
-                _ if current_run != Some(event.run_id) => {
-                    Some("its run was superseded".to_owned())
-                }
+                _ if current_run != Some(event.run_id) => Some("its run was superseded".to_owned()),
                 _ => None,
             };
             let now = Utc::now().naive_utc();
@@ -179,12 +177,12 @@ pub fn process_events(
 /// The domain part of a sender address (`noreply@example.com` or `Name <noreply@example.com>`),
 /// for Message-IDs.
 pub fn mail_domain(from: &str) -> Result<String, NotifyError> {
-    let mailbox: lettre::message::Mailbox = from.parse().map_err(|e: lettre::address::AddressError| {
-        NotifyError::Recipient {
-            recipient: from.to_owned(),
-            reason: e.to_string(),
-        }
-    })?;
+    let mailbox: lettre::message::Mailbox =
+        from.parse()
+            .map_err(|e: lettre::address::AddressError| NotifyError::Recipient {
+                recipient: from.to_owned(),
+                reason: e.to_string(),
+            })?;
     Ok(mailbox.email.domain().to_owned())
 }
 

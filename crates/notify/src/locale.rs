@@ -105,7 +105,7 @@ impl Formatter {
             out.push('-');
         }
         for (i, ch) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(ch);
@@ -242,8 +242,16 @@ mod tests {
     fn both_catalogs_have_the_same_keys() {
         let en = Catalog::builtin(Locale::En).unwrap();
         let zh = Catalog::builtin(Locale::ZhCn).unwrap();
-        let missing_in_zh: Vec<_> = en.words().keys().filter(|k| !zh.words().contains_key(*k)).collect();
-        let missing_in_en: Vec<_> = zh.words().keys().filter(|k| !en.words().contains_key(*k)).collect();
+        let missing_in_zh: Vec<_> = en
+            .words()
+            .keys()
+            .filter(|k| !zh.words().contains_key(*k))
+            .collect();
+        let missing_in_en: Vec<_> = zh
+            .words()
+            .keys()
+            .filter(|k| !en.words().contains_key(*k))
+            .collect();
         assert!(missing_in_zh.is_empty(), "zh-CN lacks {missing_in_zh:?}");
         assert!(missing_in_en.is_empty(), "en lacks {missing_in_en:?}");
         assert_ne!(en.get("digest.title"), zh.get("digest.title"));

@@ -161,9 +161,10 @@ pub async fn drain(
     sending: &SendingSettings,
 ) -> Result<SendReport, NotifyError> {
     let transport = transport(smtp, sending)?;
-    let from: Mailbox = smtp.from.parse().map_err(|e| {
-        NotifyError::Smtp(format!("from '{}' is not an address: {e}", smtp.from))
-    })?;
+    let from: Mailbox = smtp
+        .from
+        .parse()
+        .map_err(|e| NotifyError::Smtp(format!("from '{}' is not an address: {e}", smtp.from)))?;
     let concurrency = sending.concurrency.max(1);
     let lease = TimeDelta::seconds(i64::try_from(sending.lease_secs.max(1)).unwrap_or(i64::MAX));
     // Claim only what was due when the pass began, so retries scheduled during it wait.
@@ -232,7 +233,8 @@ async fn record(
             let next: NaiveDateTime =
                 now + TimeDelta::seconds(i64::try_from(delay).unwrap_or(i64::MAX / 2));
             tracing::info!(id, recipient = %m.recipient, %error, retry_in_secs = delay, "will retry");
-            db.run(move |c| store::schedule_retry(c, id, next, &error)).await?;
+            db.run(move |c| store::schedule_retry(c, id, next, &error))
+                .await?;
             report.retried += 1;
         }
     }

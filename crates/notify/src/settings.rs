@@ -122,7 +122,10 @@ impl Default for NotifySettings {
                             "en".to_owned(),
                             "Call this week to find out what changed.".to_owned(),
                         ),
-                        ("zh-CN".to_owned(), "本周内致电，了解发生了什么变化。".to_owned()),
+                        (
+                            "zh-CN".to_owned(),
+                            "本周内致电，了解发生了什么变化。".to_owned(),
+                        ),
                     ])),
                 ),
             ]),

@@ -20,18 +20,54 @@ const PARTS: [&str; 3] = ["subject.txt", "body.txt", "body.html"];
 const BUILTIN: &[(&str, &str)] = &[
     ("_layout.html", include_str!("../templates/_layout.html")),
     ("_macros.html", include_str!("../templates/_macros.html")),
-    ("digest/subject.txt", include_str!("../templates/digest/subject.txt")),
-    ("digest/body.txt", include_str!("../templates/digest/body.txt")),
-    ("digest/body.html", include_str!("../templates/digest/body.html")),
-    ("admin_digest/subject.txt", include_str!("../templates/admin_digest/subject.txt")),
-    ("admin_digest/body.txt", include_str!("../templates/admin_digest/body.txt")),
-    ("admin_digest/body.html", include_str!("../templates/admin_digest/body.html")),
-    ("reminders/subject.txt", include_str!("../templates/reminders/subject.txt")),
-    ("reminders/body.txt", include_str!("../templates/reminders/body.txt")),
-    ("reminders/body.html", include_str!("../templates/reminders/body.html")),
-    ("churn_alert/subject.txt", include_str!("../templates/churn_alert/subject.txt")),
-    ("churn_alert/body.txt", include_str!("../templates/churn_alert/body.txt")),
-    ("churn_alert/body.html", include_str!("../templates/churn_alert/body.html")),
+    (
+        "digest/subject.txt",
+        include_str!("../templates/digest/subject.txt"),
+    ),
+    (
+        "digest/body.txt",
+        include_str!("../templates/digest/body.txt"),
+    ),
+    (
+        "digest/body.html",
+        include_str!("../templates/digest/body.html"),
+    ),
+    (
+        "admin_digest/subject.txt",
+        include_str!("../templates/admin_digest/subject.txt"),
+    ),
+    (
+        "admin_digest/body.txt",
+        include_str!("../templates/admin_digest/body.txt"),
+    ),
+    (
+        "admin_digest/body.html",
+        include_str!("../templates/admin_digest/body.html"),
+    ),
+    (
+        "reminders/subject.txt",
+        include_str!("../templates/reminders/subject.txt"),
+    ),
+    (
+        "reminders/body.txt",
+        include_str!("../templates/reminders/body.txt"),
+    ),
+    (
+        "reminders/body.html",
+        include_str!("../templates/reminders/body.html"),
+    ),
+    (
+        "churn_alert/subject.txt",
+        include_str!("../templates/churn_alert/subject.txt"),
+    ),
+    (
+        "churn_alert/body.txt",
+        include_str!("../templates/churn_alert/body.txt"),
+    ),
+    (
+        "churn_alert/body.html",
+        include_str!("../templates/churn_alert/body.html"),
+    ),
 ];
 
 /// A rendered message.
@@ -58,10 +94,12 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         for (path, builtin) in BUILTIN {
             let source = match dir.map(|d| d.join(path)).filter(|p| p.is_file()) {
-                Some(file) => std::fs::read_to_string(&file).map_err(|e| NotifyError::Template {
-                    template: file.display().to_string(),
-                    reason: e.to_string(),
-                })?,
+                Some(file) => {
+                    std::fs::read_to_string(&file).map_err(|e| NotifyError::Template {
+                        template: file.display().to_string(),
+                        reason: e.to_string(),
+                    })?
+                }
                 None => (*builtin).to_owned(),
             };
             env.add_template_owned(*path, source)
@@ -83,10 +121,13 @@ impl Templates {
         let ctx = context! { t => Serde(catalog.tree()), v => Serde(view) };
         let part = |part: &str| -> Result<String, NotifyError> {
             let path = format!("{name}/{part}");
-            let template = self.env.get_template(&path).map_err(|e| NotifyError::Template {
-                template: path.clone(),
-                reason: e.to_string(),
-            })?;
+            let template = self
+                .env
+                .get_template(&path)
+                .map_err(|e| NotifyError::Template {
+                    template: path.clone(),
+                    reason: e.to_string(),
+                })?;
             template.render(&ctx).map_err(|e| NotifyError::Template {
                 template: path.clone(),
                 reason: format!("{e:#}"),

@@ -13,8 +13,8 @@ use tierwise_notify::send::drain_blocking;
 use tierwise_notify::{Templates, process_events, queue_period, queue_reminders};
 use tierwise_store::backend_tests;
 use tierwise_store::notify::{
-    NewMessage, OutboxStatus, claim_due, dead_letter, enqueue, list_outbox, mark_sent, outbox_counts,
-    pending_events, requeue,
+    NewMessage, OutboxStatus, claim_due, dead_letter, enqueue, list_outbox, mark_sent,
+    outbox_counts, pending_events, requeue,
 };
 
 fn counts(db: &tierwise_store::testing::TestDb) -> Vec<(String, i64)> {
@@ -23,7 +23,9 @@ fn counts(db: &tierwise_store::testing::TestDb) -> Vec<(String, i64)> {
 
 fn by_recipient<'a>(mail: &'a [Received], address: &str, subject_part: &str) -> &'a Received {
     mail.iter()
-        .find(|m| m.to.iter().any(|t| t.contains(address)) && m.header("Subject").contains(subject_part))
+        .find(|m| {
+            m.to.iter().any(|t| t.contains(address)) && m.header("Subject").contains(subject_part)
+        })
         .unwrap_or_else(|| panic!("no message to {address} with '{subject_part}'"))
 }
 

@@ -1092,8 +1092,10 @@ pub fn begin_grade_load(conn: &mut DbConnection) -> StoreResult<()> {
 }
 
 /// Completes a run's grade writes. PostgreSQL: builds the key on the loaded tables, marks them
-/// as holding only this run (so attaching needs no scan) and attaches them as the run's
-/// partitions. SQLite: nothing.
+/// as holding only this run (so attaching needs no scan), attaches them as the run's
+/// partitions and gathers the grades' statistics (without them the planner takes a fresh
+/// million-row partition for a few thousand rows and sorts on disk where it should merge along
+/// the key; readers such as the digests run right after). SQLite: nothing.
 pub fn finish_grade_load(conn: &mut DbConnection, run: GradingRunId) -> StoreResult<()> {
     if let DbConnection::Postgresql(c) = conn {
         use diesel::connection::SimpleConnection;
@@ -1103,6 +1105,7 @@ pub fn finish_grade_load(conn: &mut DbConnection, run: GradingRunId) -> StoreRes
                  ADD CONSTRAINT grades_r{id}_run CHECK (run_id = {id}); \
              ALTER TABLE grades_load RENAME TO grades_r{id}; \
              ALTER TABLE grades ATTACH PARTITION grades_r{id} FOR VALUES IN ({id}); \
+             ANALYZE grades_r{id}; \
              ALTER TABLE grade_explanations_load ADD PRIMARY KEY (run_id, customer_id), \
                  ADD CONSTRAINT grade_explanations_r{id}_run CHECK (run_id = {id}); \
              ALTER TABLE grade_explanations_load RENAME TO grade_explanations_r{id}; \

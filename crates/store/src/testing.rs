@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use crate::schema::{
     activities, customers, grading_periods, grading_runs, invoices, orders, owners,
 };
-use crate::{Database, DbConnection, PooledConnection, with_backend};
+use crate::{Database, DbConnection, PooledConnection, StoreResult, with_backend};
 
 /// Which backend a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,18 @@ pub fn clear_period(
     }
     with_backend!(conn, c => {
         diesel::delete(grading_runs::table.filter(grading_runs::id.eq_any(&runs))).execute(c)?;
+    });
+    Ok(())
+}
+
+/// Empties the outbox and marks every notification event processed (benchmarks re-queue).
+pub fn clear_outbox(conn: &mut DbConnection) -> StoreResult<()> {
+    use crate::schema::{notification_events, outbox};
+    with_backend!(conn, c => {
+        diesel::delete(outbox::table).execute(c)?;
+        diesel::update(notification_events::table)
+            .set(notification_events::processed_at.eq(Some(chrono::Utc::now().naive_utc())))
+            .execute(c)?;
     });
     Ok(())
 }

@@ -34,20 +34,22 @@ fn render_demo_emails(settings: &Settings, db: &Database, dir: &Path) -> anyhow:
     let composer = notify::composer(&settings, &templates, &domain, tierwise_notify::today());
     let mut conn = db.conn()?;
     notify::queue_pending(&mut conn, &composer)?;
-    tierwise_notify::queue_reminders(&mut conn, &composer).context("queueing the demo reminders")?;
-    let queued: Vec<NewMessage> = outbox::list_outbox(&mut conn, Some(OutboxStatus::Queued), 10_000)?
-        .into_iter()
-        .map(|m| NewMessage {
-            dedupe_key: m.dedupe_key,
-            kind: m.kind,
-            owner_id: m.owner_id,
-            recipient: m.recipient,
-            subject: m.subject,
-            body_text: m.body_text,
-            body_html: m.body_html,
-            message_id: m.message_id,
-        })
-        .collect();
+    tierwise_notify::queue_reminders(&mut conn, &composer)
+        .context("queueing the demo reminders")?;
+    let queued: Vec<NewMessage> =
+        outbox::list_outbox(&mut conn, Some(OutboxStatus::Queued), 10_000)?
+            .into_iter()
+            .map(|m| NewMessage {
+                dedupe_key: m.dedupe_key,
+                kind: m.kind,
+                owner_id: m.owner_id,
+                recipient: m.recipient,
+                subject: m.subject,
+                body_text: m.body_text,
+                body_html: m.body_html,
+                message_id: m.message_id,
+            })
+            .collect();
     let written = notify::write_messages(&settings, &queued, dir)?;
     println!(
         "Rendered {} queued emails ({} files) to {}",

@@ -199,7 +199,10 @@ fn outbox_command(
         println!("To:          {}", m.recipient);
         println!("Subject:     {}", m.subject);
         println!("Message-ID:  {}", m.message_id);
-        println!("Queued:      {} UTC", m.created_at.format("%Y-%m-%d %H:%M:%S"));
+        println!(
+            "Queued:      {} UTC",
+            m.created_at.format("%Y-%m-%d %H:%M:%S")
+        );
         if let Some(at) = m.sent_at {
             println!("Sent:        {} UTC", at.format("%Y-%m-%d %H:%M:%S"));
         }
@@ -233,7 +236,15 @@ fn outbox_command(
         })
         .collect();
     print_table(
-        &["id", "kind", "status", "attempts", "to", "subject", "last error"],
+        &[
+            "id",
+            "kind",
+            "status",
+            "attempts",
+            "to",
+            "subject",
+            "last error",
+        ],
         &rows,
     );
     let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
@@ -262,7 +273,9 @@ fn preview(
         .iter()
         .find(|o| o.email.eq_ignore_ascii_case(owner) || o.id.to_string() == owner)
     else {
-        bail!("no owner '{owner}'; give an owner's email or id as imported (`tierwise import runs` lists imports)");
+        bail!(
+            "no owner '{owner}'; give an owner's email or id as imported (`tierwise import runs` lists imports)"
+        );
     };
     let period = match period {
         Some(p) => Period::parse(p).map_err(|e| anyhow::anyhow!("--period: {e}"))?,
@@ -272,17 +285,27 @@ fn preview(
     let templates = templates(settings)?;
     let domain = mail_domain(settings)?;
     let composer = composer(settings, &templates, &domain, today);
-    let mut messages = compose::compose_period(&mut conn, &composer, period, Owners::One(found.id))?
-        .with_context(|| format!("{period} has no published grades"))?;
+    let mut messages =
+        compose::compose_period(&mut conn, &composer, period, Owners::One(found.id))?
+            .with_context(|| format!("{period} has no published grades"))?;
     messages.extend(
-        compose::compose_reminders(&mut conn, &composer, Owners::One(found.id))?.unwrap_or_default(),
+        compose::compose_reminders(&mut conn, &composer, Owners::One(found.id))?
+            .unwrap_or_default(),
     );
     if messages.is_empty() {
-        println!("{} has no customers in {period}; nothing to preview.", found.email);
+        println!(
+            "{} has no customers in {period}; nothing to preview.",
+            found.email
+        );
         return Ok(());
     }
     let written = write_messages(settings, &messages, out)?;
-    println!("Wrote {} files for {} to {}:", written.len(), found.email, out.display());
+    println!(
+        "Wrote {} files for {} to {}:",
+        written.len(),
+        found.email,
+        out.display()
+    );
     for path in written {
         println!("  {}", path.display());
     }
@@ -306,7 +329,8 @@ pub fn write_messages(
         let stem = format!("{}-{who}", m.kind);
         let eml = send::render_eml(&settings.smtp.from, m.into()).with_context(|| stem.clone())?;
         let eml_path = out.join(format!("{stem}.eml"));
-        std::fs::write(&eml_path, eml).with_context(|| format!("writing {}", eml_path.display()))?;
+        std::fs::write(&eml_path, eml)
+            .with_context(|| format!("writing {}", eml_path.display()))?;
         let html_path = out.join(format!("{stem}.html"));
         std::fs::write(&html_path, &m.body_html)
             .with_context(|| format!("writing {}", html_path.display()))?;

@@ -33,7 +33,10 @@ impl Received {
     /// Header value (decoded).
     pub fn header(&self, name: &str) -> String {
         use mailparse::MailHeaderMap;
-        self.parsed().headers.get_first_value(name).unwrap_or_default()
+        self.parsed()
+            .headers
+            .get_first_value(name)
+            .unwrap_or_default()
     }
 
     /// The decoded body of the part with `mime` type.
@@ -177,9 +180,12 @@ fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
 }
 
 fn import(db: &TestDb, path: &Path, kind: RecordKind) {
-    let options =
-        FileImportOptions::from_settings(&ImportSettings::default(), kind, ColumnMapping::default())
-            .unwrap();
+    let options = FileImportOptions::from_settings(
+        &ImportSettings::default(),
+        kind,
+        ColumnMapping::default(),
+    )
+    .unwrap();
     let report = import_file(&db.db, path, &options).unwrap();
     assert_eq!(report.totals.rows_rejected, 0, "{}", path.display());
 }
@@ -208,7 +214,11 @@ pub fn graded_book(db: &TestDb) {
         };
         customers.push_str(&format!("C{i:02},{name},{owner}\n"));
     }
-    import(db, &write(d, "customers.csv", &customers), RecordKind::Customers);
+    import(
+        db,
+        &write(d, "customers.csv", &customers),
+        RecordKind::Customers,
+    );
     let mut orders = String::from("order_id,customer_id,order_date,amount\n");
     for i in 1..=10 {
         let amount = 1100 - 100 * i;
@@ -220,10 +230,20 @@ pub fn graded_book(db: &TestDb) {
     let activities = "activity_id,customer_id,kind,occurred_at\n\
         A1,C01,call,2026-10-20T10:00:00Z\n\
         A2,C01,visit,2026-10-20T11:00:00Z\n";
-    import(db, &write(d, "activities.csv", activities), RecordKind::Activities);
+    import(
+        db,
+        &write(d, "activities.csv", activities),
+        RecordKind::Activities,
+    );
     let policy = Policy::default();
     for period in ["2026-09", "2026-10"] {
-        grade_period(&db.db, Period::parse(period).unwrap(), &policy, Mode::Publish).unwrap();
+        grade_period(
+            &db.db,
+            Period::parse(period).unwrap(),
+            &policy,
+            Mode::Publish,
+        )
+        .unwrap();
     }
 }
 
