@@ -90,9 +90,71 @@ pub enum Command {
     /// due over SMTP ([smtp]), retrying transient failures and dead-lettering the rest.
     #[command(subcommand)]
     Notify(NotifyCommand),
+    /// Run a long-lived service.
+    #[command(subcommand)]
+    Serve(ServeCommand),
+    /// List scheduled jobs, see their runs, or ask for a run now.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
     /// Show or check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServeCommand {
+    /// Run the scheduler: triggers the jobs in [scheduler] jobs_dir by their cron schedules.
+    ///
+    /// Any number of replicas may run on one PostgreSQL database: each occurrence runs once,
+    /// and a replica that dies mid-job is replaced after its lease. SQLite runs one instance.
+    /// Serves /healthz and /metrics on [scheduler] bind. Stops on SIGTERM or Ctrl-C, letting a
+    /// running job finish for [scheduler] shutdown_grace_secs.
+    ///
+    /// Example:
+    ///   TIERWISE__DATABASE__URL=postgres://tierwise@db/tierwise tierwise serve scheduler
+    Scheduler,
+    /// Everything in one process for small installs: the scheduler (which also drains the
+    /// outbox every minute) and the HTTP endpoints on [dashboard] bind.
+    ///
+    /// Example:
+    ///   tierwise serve all
+    All,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// The jobs in [scheduler] jobs_dir: schedule, time zone, next and last run.
+    List,
+    /// Past runs, newest first: when, trigger, replica, status, outcome or error.
+    ///
+    /// Example:
+    ///   tierwise jobs history monthly-grade
+    History {
+        /// Only this job.
+        job: Option<String>,
+        /// Most runs listed.
+        #[arg(long, default_value_t = 30)]
+        limit: i64,
+    },
+    /// Ask for a run now. A running scheduler picks the request up (within
+    /// [scheduler] poll_secs); --here runs it in this process instead.
+    ///
+    /// Examples:
+    ///   tierwise jobs run monthly-grade --arg period=2026-10 --wait 600
+    ///   tierwise jobs run weekly-reminders --here
+    Run {
+        /// Job name (file name without .toml).
+        name: String,
+        /// Override an argument of the job file: KEY=VALUE (repeatable).
+        #[arg(long = "arg", value_name = "KEY=VALUE")]
+        args: Vec<String>,
+        /// Wait up to this many seconds for the run to finish and print its outcome.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+        /// Run it in this process now instead of asking a scheduler.
+        #[arg(long, conflicts_with = "wait")]
+        here: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -109,6 +109,16 @@ pub struct SchedulerSettings {
     pub jobs_dir: String,
     /// Default time zone of cron expressions.
     pub timezone: String,
+    /// Address of `/healthz` and `/metrics` of `tierwise serve scheduler`.
+    pub bind: String,
+    /// Lease of a running occurrence, in seconds.
+    pub lease_secs: u64,
+    /// Seconds between looks for expired leases and manual requests.
+    pub poll_secs: u64,
+    /// Hours back a missed occurrence is still caught up on start.
+    pub catch_up_hours: u64,
+    /// Seconds shutdown waits for running jobs.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for SchedulerSettings {
@@ -116,6 +126,11 @@ impl Default for SchedulerSettings {
         Self {
             jobs_dir: "jobs".into(),
             timezone: "UTC".into(),
+            bind: "127.0.0.1:8081".into(),
+            lease_secs: 60,
+            poll_secs: 5,
+            catch_up_hours: 72,
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -281,17 +296,20 @@ impl Settings {
         if self.scheduler.jobs_dir.trim().is_empty() {
             return fail("scheduler.jobs_dir", "is empty");
         }
-        let tz = &self.scheduler.timezone;
-        if tz != "UTC"
-            && !(tz.contains('/')
-                && tz
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "/_-+".contains(c)))
-        {
+        if let Err(e) = tierwise_jobs::parse_timezone(&self.scheduler.timezone) {
+            return fail("scheduler.timezone", e);
+        }
+        if let Err(e) = self.scheduler.bind.parse::<SocketAddr>() {
             return fail(
-                "scheduler.timezone",
-                format!("'{tz}' is not UTC or an IANA name such as Asia/Shanghai"),
+                "scheduler.bind",
+                format!("'{}' is not host:port ({e})", self.scheduler.bind),
             );
+        }
+        if self.scheduler.lease_secs < 3 {
+            return fail("scheduler.lease_secs", "must be at least 3");
+        }
+        if self.scheduler.poll_secs == 0 {
+            return fail("scheduler.poll_secs", "must be at least 1");
         }
         Ok(())
     }

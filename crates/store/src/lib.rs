@@ -8,6 +8,7 @@
 mod db;
 mod error;
 pub mod grading;
+pub mod jobs;
 pub mod load;
 pub mod notify;
 pub mod queries;

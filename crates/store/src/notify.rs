@@ -554,3 +554,14 @@ pub fn outbox_counts(conn: &mut DbConnection) -> StoreResult<Vec<(String, i64)>>
         .order(outbox::status)
         .load(c)?))
 }
+
+/// Deletes messages sent before `cutoff`; returns how many. Their dedupe keys go with them, so
+/// keep them longer than any period or week might be re-queued.
+pub fn delete_sent_before(conn: &mut DbConnection, cutoff: NaiveDateTime) -> StoreResult<usize> {
+    Ok(with_backend!(conn, c => diesel::delete(
+        outbox::table
+            .filter(outbox::status.eq(OutboxStatus::Sent.as_str()))
+            .filter(outbox::sent_at.lt(cutoff)),
+    )
+    .execute(c)?))
+}

@@ -238,6 +238,47 @@ diesel::table! {
 }
 
 diesel::table! {
+    job_runs (id) {
+        id -> BigInt,
+        job -> Text,
+        scheduled_for -> Timestamp,
+        trigger -> Text,
+        status -> Text,
+        replica -> Text,
+        fence -> Integer,
+        lease_until -> Timestamp,
+        started_at -> Timestamp,
+        finished_at -> Nullable<Timestamp>,
+        args -> Text,
+        outcome -> Nullable<Text>,
+        error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    job_requests (id) {
+        id -> BigInt,
+        job -> Text,
+        args -> Text,
+        requested_by -> Text,
+        requested_at -> Timestamp,
+        claimed_at -> Nullable<Timestamp>,
+        run_id -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    job_probes (id) {
+        id -> BigInt,
+        job -> Text,
+        scheduled_for -> Timestamp,
+        run_id -> BigInt,
+        replica -> Text,
+        written_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     overrides (customer_id) {
         customer_id -> BigInt,
         kind -> Text,
@@ -287,4 +328,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     override_events,
     outbox,
     notification_events,
+    job_runs,
+    job_requests,
+    job_probes,
 );

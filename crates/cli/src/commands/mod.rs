@@ -4,8 +4,10 @@ mod config;
 mod demo;
 mod grade;
 mod import;
+mod jobs;
 mod migrate;
 mod notify;
+mod serve;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -35,6 +37,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Grades(command) => grade::grades(&settings, command),
         Command::Override(command) => grade::override_command(&settings, command),
         Command::Notify(command) => notify::run(&settings, command),
+        Command::Serve(command) => serve::run(&settings, command),
+        Command::Jobs(command) => jobs::run(&settings, command),
         Command::Config(ConfigCommand::Show) => config::show(&settings),
         Command::Config(ConfigCommand::Check) => config::check(&settings),
     }

@@ -1,0 +1,150 @@
+//! `tierwise serve`: the scheduler (and, with `all`, the HTTP endpoints of the dashboard's
+//! address) as a long-lived process with graceful shutdown.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::Context;
+use tierwise_jobs::{Scheduler, State};
+
+use super::jobs::{definitions, job_env, options};
+use super::open_database;
+use crate::cli::ServeCommand;
+use crate::settings::Settings;
+
+pub fn run(settings: &Settings, command: ServeCommand) -> anyhow::Result<ExitCode> {
+    let bind = match command {
+        ServeCommand::Scheduler => settings.scheduler.bind.clone(),
+        ServeCommand::All => settings.dashboard.bind.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(settings, &bind))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Health {
+    state: Arc<State>,
+    replica: String,
+    jobs: Vec<String>,
+}
+
+async fn serve(settings: &Settings, bind: &str) -> anyhow::Result<()> {
+    let defs = definitions(settings)?;
+    let db = open_database(&settings.database.url, settings.database.pool_size)?;
+    let env = Arc::new(job_env(settings, db)?);
+    let replica = env.replica.clone();
+    let jobs: Vec<String> = defs
+        .iter()
+        .filter(|d| d.enabled)
+        .map(|d| d.name.clone())
+        .collect();
+    let scheduler = Scheduler::start(env, defs, options(settings))
+        .await
+        .context("starting the scheduler")?;
+    let health = web::Data::new(Health {
+        state: scheduler.state(),
+        replica,
+        jobs,
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(health.clone())
+            .route("/healthz", web::get().to(healthz))
+            .route("/metrics", web::get().to(metrics))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(bind)
+    .with_context(|| format!("listening on {bind} (scheduler.bind / dashboard.bind)"))?
+    .run();
+    let handle = server.handle();
+    let http = tokio::spawn(server);
+    println!("tierwise scheduler running; health on http://{bind}/healthz");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    handle.stop(true).await;
+    let _ = http.await;
+    scheduler
+        .shutdown()
+        .await
+        .context("stopping the scheduler")?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+async fn healthz(h: web::Data<Health>) -> HttpResponse {
+    let running: Vec<serde_json::Value> = h
+        .state
+        .running()
+        .into_iter()
+        .map(|(run, job)| serde_json::json!({ "run": run, "job": job }))
+        .collect();
+    let body = serde_json::json!({
+        "status": if h.state.is_stopping() { "stopping" } else { "ok" },
+        "replica": h.replica,
+        "jobs": h.jobs,
+        "running": running,
+    });
+    if h.state.is_stopping() {
+        HttpResponse::ServiceUnavailable().json(body)
+    } else {
+        HttpResponse::Ok().json(body)
+    }
+}
+
+/// Prometheus text format.
+async fn metrics(h: web::Data<Health>) -> HttpResponse {
+    let mut out = String::new();
+    out.push_str("# HELP tierwise_job_runs_total Job runs finished by this process.\n");
+    out.push_str("# TYPE tierwise_job_runs_total counter\n");
+    let stats = h.state.stats();
+    for ((job, status), s) in &stats {
+        out.push_str(&format!(
+            "tierwise_job_runs_total{{job=\"{job}\",status=\"{status}\"}} {}\n",
+            s.count
+        ));
+    }
+    out.push_str("# HELP tierwise_job_run_seconds_total Time spent in finished job runs.\n");
+    out.push_str("# TYPE tierwise_job_run_seconds_total counter\n");
+    for ((job, status), s) in &stats {
+        out.push_str(&format!(
+            "tierwise_job_run_seconds_total{{job=\"{job}\",status=\"{status}\"}} {:.3}\n",
+            s.seconds
+        ));
+    }
+    out.push_str("# HELP tierwise_jobs_running Jobs running in this process.\n");
+    out.push_str("# TYPE tierwise_jobs_running gauge\n");
+    out.push_str(&format!(
+        "tierwise_jobs_running {}\n",
+        h.state.running().len()
+    ));
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out)
+}

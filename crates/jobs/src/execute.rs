@@ -1,0 +1,198 @@
+//! Running one occurrence of a job (blocking; the scheduler calls it on tokio's blocking pool).
+//! Every kind is idempotent, so an occurrence taken over after its replica died may run again
+//! safely: grading republishes the same period, queueing is deduplicated, sending claims rows.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{NaiveDateTime, TimeDelta};
+use chrono_tz::Tz;
+use serde_json::json;
+use tierwise_domain::grading::Policy;
+use tierwise_grading::{Mode, grade_period};
+use tierwise_import::{ColumnMapping, FileImportOptions, ImportSettings, import_file};
+use tierwise_notify::{Composer, NotifySettings, SmtpSettings, Templates};
+use tierwise_store::jobs::{self as store, Lease};
+use tierwise_store::{Database, DbConnection};
+
+use crate::JobsError;
+use crate::clock::Clock;
+use crate::definition::JobKind;
+
+/// What jobs need from the rest of tierwise.
+#[derive(Debug)]
+pub struct JobEnv {
+    /// The database.
+    pub db: Database,
+    /// `[grading]`.
+    pub policy: Policy,
+    /// `[import]`.
+    pub import: ImportSettings,
+    /// Column mapping of imported files (`[import] mapping_file`).
+    pub mapping: ColumnMapping,
+    /// `[notify]`.
+    pub notify: NotifySettings,
+    /// `[smtp]`.
+    pub smtp: SmtpSettings,
+    /// Email templates.
+    pub templates: Templates,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+    /// This process's name in run history.
+    pub replica: String,
+}
+
+/// One occurrence being run.
+#[derive(Debug, Clone)]
+pub struct Occurrence {
+    /// Job name.
+    pub job: String,
+    /// When it was due (UTC).
+    pub scheduled_for: NaiveDateTime,
+    /// The job's time zone.
+    pub timezone: Tz,
+    /// The lease held on it.
+    pub lease: Lease,
+}
+
+impl JobEnv {
+    fn composer<'a>(&'a self, domain: &'a str, o: &Occurrence) -> Composer<'a> {
+        Composer {
+            policy: &self.policy,
+            settings: &self.notify,
+            templates: &self.templates,
+            mail_domain: domain,
+            today: self.clock.now().with_timezone(&o.timezone).date_naive(),
+        }
+    }
+}
+
+/// Runs `kind` for occurrence `o`; returns what it did, as JSON for the run history.
+pub fn execute(
+    env: &JobEnv,
+    kind: &JobKind,
+    o: &Occurrence,
+) -> Result<serde_json::Value, JobsError> {
+    let domain = tierwise_notify::mail_domain(&env.smtp.from)?;
+    Ok(match kind {
+        JobKind::Grade { period } => {
+            let period = period.resolve(o.scheduled_for, o.timezone);
+            let report = grade_period(&env.db, period, &env.policy, Mode::Publish)?;
+            let queued = match env.notify.after_grading {
+                true => queue_pending(&mut *env.db.conn()?, &env.composer(&domain, o))?,
+                false => 0,
+            };
+            json!({
+                "period": period.to_string(),
+                "graded": report.summary.graded,
+                "tier_changes": report.summary.tier_changes,
+                "queued": queued,
+            })
+        }
+        JobKind::Digest => {
+            let queued = queue_pending(&mut *env.db.conn()?, &env.composer(&domain, o))?;
+            json!({ "queued": queued })
+        }
+        JobKind::Reminders => {
+            let report =
+                tierwise_notify::queue_reminders(&mut *env.db.conn()?, &env.composer(&domain, o))?;
+            json!({
+                "period": report.as_ref().and_then(|r| r.period.clone()),
+                "composed": report.as_ref().map_or(0, |r| r.composed),
+                "queued": report.as_ref().map_or(0, |r| r.queued),
+            })
+        }
+        JobKind::SendOutbox => {
+            let r = tierwise_notify::send::drain_blocking(&env.db, &env.smtp, &env.notify.sending)?;
+            json!({ "sent": r.sent, "retried": r.retried, "dead": r.dead })
+        }
+        JobKind::Cleanup { keep_days } => {
+            let cutoff = env.clock.now().naive_utc() - TimeDelta::days(i64::from(*keep_days));
+            let mut conn = env.db.conn()?;
+            let runs = store::delete_finished_before(&mut conn, cutoff)?;
+            let messages = tierwise_store::notify::delete_sent_before(&mut conn, cutoff)?;
+            json!({ "job_runs_deleted": runs, "messages_deleted": messages })
+        }
+        JobKind::Import {
+            dir,
+            records,
+            source,
+        } => import_folder(env, dir, *records, source.as_deref())?,
+        JobKind::Probe { sleep_ms } => {
+            std::thread::sleep(std::time::Duration::from_millis(*sleep_ms));
+            let written = store::record_probe(
+                &mut *env.db.conn()?,
+                o.lease,
+                &o.job,
+                o.scheduled_for,
+                &env.replica,
+                env.clock.now().naive_utc(),
+            )?;
+            if !written {
+                return Err(JobsError::LeaseLost(o.job.clone()));
+            }
+            json!({ "probe": "written" })
+        }
+    })
+}
+
+fn queue_pending(conn: &mut DbConnection, composer: &Composer<'_>) -> Result<usize, JobsError> {
+    Ok(tierwise_notify::process_events(conn, composer)?
+        .iter()
+        .filter_map(|o| o.queued)
+        .sum())
+}
+
+/// Imports each CSV/XLSX file of `dir` in name order and moves it to `done/` (loaded, perhaps
+/// with rejects) or `failed/` (nothing loaded), so every file is imported once.
+fn import_folder(
+    env: &JobEnv,
+    dir: &Path,
+    records: tierwise_import::RecordKind,
+    source: Option<&str>,
+) -> Result<serde_json::Value, JobsError> {
+    let settings = ImportSettings {
+        source: source.map_or_else(|| env.import.source.clone(), str::to_owned),
+        ..env.import.clone()
+    };
+    let options = FileImportOptions::from_settings(&settings, records, env.mapping.clone())?;
+    let io = |e: std::io::Error, what: &Path| JobsError::Io(format!("{}: {e}", what.display()));
+    // A missing drop folder is created, so operators see where files go.
+    std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| io(e, dir))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                    matches!(x.to_ascii_lowercase().as_str(), "csv" | "xlsx" | "xls")
+                })
+        })
+        .collect();
+    files.sort();
+    let (mut loaded, mut failed, mut rows, mut rejected) = (0, 0, 0u64, 0u64);
+    for file in files {
+        let (outcome, target) = match import_file(&env.db, &file, &options) {
+            Ok(report) => {
+                loaded += 1;
+                rows += report.totals.rows_written;
+                rejected += report.totals.rows_rejected;
+                ("loaded", dir.join("done"))
+            }
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(file = %file.display(), error = %e, "import failed; file moved to failed/");
+                ("failed", dir.join("failed"))
+            }
+        };
+        std::fs::create_dir_all(&target).map_err(|e| io(e, &target))?;
+        if let Some(name) = file.file_name() {
+            std::fs::rename(&file, target.join(name)).map_err(|e| io(e, &file))?;
+        }
+        tracing::info!(file = %file.display(), outcome, "imported");
+    }
+    Ok(
+        json!({ "files_loaded": loaded, "files_failed": failed, "rows_written": rows, "rows_rejected": rejected }),
+    )
+}
