@@ -96,6 +96,9 @@ pub enum Command {
     /// List scheduled jobs, see their runs, or ask for a run now.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Manage dashboard users.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Show or check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -113,12 +116,53 @@ pub enum ServeCommand {
     /// Example:
     ///   TIERWISE__DATABASE__URL=postgres://tierwise@db/tierwise tierwise serve scheduler
     Scheduler,
+    /// Serve the admin dashboard and its JSON API (log in with a user from `tierwise user add`).
+    ///
+    /// Example:
+    ///   tierwise serve dashboard --bind 0.0.0.0:8080
+    Dashboard {
+        /// Address to listen on (default [dashboard] bind).
+        #[arg(long)]
+        bind: Option<String>,
+    },
     /// Everything in one process for small installs: the scheduler (which also drains the
-    /// outbox every minute) and the HTTP endpoints on [dashboard] bind.
+    /// outbox every minute) and the dashboard, on [dashboard] bind.
     ///
     /// Example:
     ///   tierwise serve all
     All,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a dashboard user; the password is read from TIERWISE_PASSWORD or asked for on
+    /// standard input.
+    ///
+    /// Roles: admin (everything), manager (reads; pins or blocks the customers of the owner
+    /// given with --owner), viewer (reads).
+    ///
+    /// Example:
+    ///   TIERWISE_PASSWORD=… tierwise user add li.lei --role manager --owner li.lei@example.com
+    Add {
+        /// Login name.
+        username: String,
+        /// admin, manager or viewer.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// Owner email a manager manages.
+        #[arg(long)]
+        owner: Option<String>,
+        /// UI language: zh-CN or en.
+        #[arg(long, default_value = "zh-CN")]
+        locale: String,
+    },
+    /// Set a user's password (TIERWISE_PASSWORD or standard input); also unlocks the account.
+    Passwd {
+        /// Login name.
+        username: String,
+    },
+    /// List users.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

@@ -91,12 +91,15 @@ impl Default for PredictiveSettings {
 pub struct DashboardSettings {
     /// Listen address.
     pub bind: String,
+    /// Send the session cookie only over HTTPS (turn off only for plain-HTTP development).
+    pub secure_cookies: bool,
 }
 
 impl Default for DashboardSettings {
     fn default() -> Self {
         Self {
             bind: "127.0.0.1:8080".into(),
+            secure_cookies: true,
         }
     }
 }

@@ -87,7 +87,8 @@ fn two_replicas_run_every_occurrence_exactly_once() {
         "{health}"
     );
     std::thread::sleep(Duration::from_secs(30));
-    let metrics = http_get(port_b, "/metrics");
+    // Whichever replica won occurrences counts them in its metrics.
+    let metrics = http_get(port_a, "/metrics") + &http_get(port_b, "/metrics");
     assert!(
         metrics.contains("tierwise_job_runs_total{job=\"tick\",status=\"succeeded\"}"),
         "{metrics}"
@@ -221,4 +222,45 @@ fn jobs_run_here_and_history_on_sqlite() {
         list.contains("0 0 0 1 1 *") && list.contains("succeeded"),
         "{list}"
     );
+}
+
+#[test]
+fn users_are_added_listed_and_checked() {
+    let data = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], password: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tierwise"))
+            .args(args)
+            .env("TIERWISE__DATABASE__URL", data.path().join("t.db"))
+            .env("TIERWISE_PASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    let out = run(
+        &["user", "add", "ops", "--role", "admin"],
+        "long enough password",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        &["user", "add", "ops", "--role", "admin"],
+        "long enough password",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+    let out = run(&["user", "add", "shorty", "--role", "viewer"], "short");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 10"));
+    let out = run(
+        &["user", "add", "m", "--role", "manager"],
+        "long enough password",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--owner"));
+    let list = String::from_utf8_lossy(&run(&["user", "list"], "").stdout).to_string();
+    assert!(
+        list.contains("ops") && list.contains("admin") && !list.contains("shorty"),
+        "{list}"
+    );
+    let out = run(&["user", "passwd", "nobody"], "long enough password");
+    assert!(!out.status.success());
 }

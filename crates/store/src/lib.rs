@@ -5,6 +5,7 @@
 //! to the functions here, and own transactions through [`transaction`]. Async callers use
 //! [`Database::run`], which moves the work onto tokio's blocking pool.
 
+pub mod dashboard;
 mod db;
 mod error;
 pub mod grading;
@@ -17,6 +18,7 @@ mod schema;
 mod staging;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod users;
 
 pub use db::{
     Backend, ConnectionManager, Database, DatabaseUrl, DbConnection, ExclusiveLock,

@@ -279,6 +279,28 @@ diesel::table! {
 }
 
 diesel::table! {
+    users (id) {
+        id -> BigInt,
+        username -> Text,
+        password_hash -> Text,
+        role -> Text,
+        owner_id -> Nullable<BigInt>,
+        locale -> Text,
+        created_at -> Timestamp,
+        failed_logins -> Integer,
+        locked_until -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    app_secrets (name) {
+        name -> Text,
+        value -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     overrides (customer_id) {
         customer_id -> BigInt,
         kind -> Text,
@@ -331,4 +353,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     job_runs,
     job_requests,
     job_probes,
+    users,
+    app_secrets,
 );

@@ -8,6 +8,7 @@ mod jobs;
 mod migrate;
 mod notify;
 mod serve;
+mod user;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -39,6 +40,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Notify(command) => notify::run(&settings, command),
         Command::Serve(command) => serve::run(&settings, command),
         Command::Jobs(command) => jobs::run(&settings, command),
+        Command::User(command) => user::run(&settings, command),
         Command::Config(ConfigCommand::Show) => config::show(&settings),
         Command::Config(ConfigCommand::Check) => config::check(&settings),
     }

@@ -13,16 +13,42 @@ use super::open_database;
 use crate::cli::ServeCommand;
 use crate::settings::Settings;
 
+/// What one `serve` process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Parts {
+    scheduler: bool,
+    dashboard: bool,
+}
+
 pub fn run(settings: &Settings, command: ServeCommand) -> anyhow::Result<ExitCode> {
-    let bind = match command {
-        ServeCommand::Scheduler => settings.scheduler.bind.clone(),
-        ServeCommand::All => settings.dashboard.bind.clone(),
+    let (bind, parts) = match command {
+        ServeCommand::Scheduler => (
+            settings.scheduler.bind.clone(),
+            Parts {
+                scheduler: true,
+                dashboard: false,
+            },
+        ),
+        ServeCommand::Dashboard { bind } => (
+            bind.unwrap_or_else(|| settings.dashboard.bind.clone()),
+            Parts {
+                scheduler: false,
+                dashboard: true,
+            },
+        ),
+        ServeCommand::All => (
+            settings.dashboard.bind.clone(),
+            Parts {
+                scheduler: true,
+                dashboard: true,
+            },
+        ),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(settings, &bind))?;
+    runtime.block_on(serve(settings, &bind, parts))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -32,46 +58,85 @@ struct Health {
     jobs: Vec<String>,
 }
 
-async fn serve(settings: &Settings, bind: &str) -> anyhow::Result<()> {
-    let defs = definitions(settings)?;
+async fn serve(settings: &Settings, bind: &str, parts: Parts) -> anyhow::Result<()> {
     let db = open_database(&settings.database.url, settings.database.pool_size)?;
-    let env = Arc::new(job_env(settings, db)?);
+    let env = Arc::new(job_env(settings, db.clone())?);
     let replica = env.replica.clone();
-    let jobs: Vec<String> = defs
-        .iter()
-        .filter(|d| d.enabled)
-        .map(|d| d.name.clone())
-        .collect();
-    let scheduler = Scheduler::start(env, defs, options(settings))
-        .await
-        .context("starting the scheduler")?;
+    let (scheduler, jobs) = if parts.scheduler {
+        let defs = definitions(settings)?;
+        let jobs: Vec<String> = defs
+            .iter()
+            .filter(|d| d.enabled)
+            .map(|d| d.name.clone())
+            .collect();
+        let scheduler = Scheduler::start(env, defs, options(settings))
+            .await
+            .context("starting the scheduler")?;
+        (Some(scheduler), jobs)
+    } else {
+        (None, Vec::new())
+    };
     let health = web::Data::new(Health {
-        state: scheduler.state(),
+        state: scheduler
+            .as_ref()
+            .map_or_else(Arc::default, Scheduler::state),
         replica,
         jobs,
     });
+    let dashboard = match parts.dashboard {
+        true => {
+            let key = tierwise_dashboard::session_key(&db).context("reading the session key")?;
+            let views = tierwise_dashboard::views::Views::load().map_err(|e| anyhow::anyhow!(e))?;
+            let state = web::Data::new(tierwise_dashboard::AppState {
+                db: db.clone(),
+                policy: settings.grading.clone(),
+                views,
+            });
+            Some((state, key))
+        }
+        false => None,
+    };
+    let secure = settings.dashboard.secure_cookies;
     let server = HttpServer::new(move || {
+        let dashboard = dashboard.clone();
         App::new()
             .app_data(health.clone())
             .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(healthz))
             .route("/metrics", web::get().to(metrics))
+            .configure(move |cfg| {
+                if let Some((state, key)) = dashboard {
+                    cfg.app_data(state).service(
+                        web::scope("")
+                            .wrap(tierwise_dashboard::session_middleware(&key, secure))
+                            .configure(tierwise_dashboard::configure),
+                    );
+                }
+            })
     })
-    .workers(1)
+    .workers(2)
     .disable_signals()
     .bind(bind)
-    .with_context(|| format!("listening on {bind} (scheduler.bind / dashboard.bind)"))?
+    .with_context(|| format!("listening on {bind} (scheduler.bind, dashboard.bind or --bind)"))?
     .run();
     let handle = server.handle();
     let http = tokio::spawn(server);
-    println!("tierwise scheduler running; health on http://{bind}/healthz");
+    if parts.dashboard {
+        println!("tierwise dashboard on http://{bind}/ (health on /healthz)");
+    }
+    if parts.scheduler {
+        println!("tierwise scheduler running; health on http://{bind}/healthz");
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     handle.stop(true).await;
     let _ = http.await;
-    scheduler
-        .shutdown()
-        .await
-        .context("stopping the scheduler")?;
+    if let Some(scheduler) = scheduler {
+        scheduler
+            .shutdown()
+            .await
+            .context("stopping the scheduler")?;
+    }
     Ok(())
 }
 

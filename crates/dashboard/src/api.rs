@@ -1,0 +1,393 @@
+//! The JSON API (`/api/v1`) and the data behind the pages: each page renders exactly what its
+//! API route returns.
+
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use tierwise_domain::grading::Summary;
+use tierwise_domain::grading::summary::GroupFigures;
+use tierwise_domain::{CustomerId, Period};
+use tierwise_store::dashboard::{self as store, CustomerFilter, CustomerRow, GradeHistoryRow};
+use tierwise_store::grading::{GradedCustomer, OverrideEvent};
+
+use crate::AppState;
+use crate::auth::CurrentUser;
+
+/// Rows per customer page.
+pub const PAGE: i64 = 50;
+
+/// Why data could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Not found.
+    #[error("{0}")]
+    NotFound(String),
+    /// Bad input.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The database failed.
+    #[error("internal error")]
+    Internal,
+}
+
+impl actix_web::ResponseError for ApiError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        use actix_web::http::StatusCode;
+        match self {
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code())
+            .json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+impl From<tierwise_store::StoreError> for ApiError {
+    fn from(e: tierwise_store::StoreError) -> Self {
+        tracing::error!(error = %e, "database");
+        Self::Internal
+    }
+}
+
+/// `?period=2026-10` (default: the newest graded period).
+#[derive(Debug, Default, Deserialize)]
+pub struct PeriodQuery {
+    /// Period.
+    pub period: Option<String>,
+}
+
+/// A tier's figures now and in the period before.
+#[derive(Debug, Serialize)]
+pub struct TierFigures {
+    /// Tier name (`none` for no tier).
+    pub name: String,
+    /// CSS colour.
+    pub colour: String,
+    /// Customers now.
+    pub customers: u64,
+    /// Customers in the period before.
+    pub customers_before: u64,
+    /// Revenue share now.
+    pub revenue_share: f64,
+}
+
+/// The overview.
+#[derive(Debug, Serialize)]
+pub struct Overview {
+    /// The period shown.
+    pub period: Option<String>,
+    /// The one before, when graded.
+    pub previous: Option<String>,
+    /// Every graded period, newest first (for the selector).
+    pub periods: Vec<String>,
+    /// Customers considered and graded.
+    pub customers: u64,
+    /// Graded.
+    pub graded: u64,
+    /// Tier changes against the period before.
+    pub tier_changes: u64,
+    /// By tier.
+    pub tiers: Vec<TierFigures>,
+    /// By segment, ABC class, lifecycle stage.
+    pub segments: Vec<(String, GroupFigures)>,
+    /// By ABC class.
+    pub abc: Vec<(String, GroupFigures)>,
+    /// By lifecycle stage (funnel order).
+    pub lifecycle: Vec<(String, GroupFigures)>,
+    /// Customers at risk or churned.
+    pub churn_risk: u64,
+    /// Tier sizes over the last 12 periods, oldest first: (period, counts by tier).
+    pub trend: Vec<(String, Vec<u64>)>,
+}
+
+fn parse_period(raw: Option<&str>) -> Result<Option<Period>, ApiError> {
+    raw.filter(|p| !p.is_empty())
+        .map(|p| Period::parse(p).map_err(|e| ApiError::BadRequest(format!("period: {e}"))))
+        .transpose()
+}
+
+/// Builds the overview of `period` (default: newest).
+pub async fn overview_data(state: &AppState, period: Option<&str>) -> Result<Overview, ApiError> {
+    let wanted = parse_period(period)?;
+    let summaries = state.db.run(|c| store::recent_summaries(c, 240)).await?;
+    let parse = |json: &Option<String>| -> Summary {
+        json.as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
+    };
+    let periods: Vec<String> = summaries.iter().map(|(p, _)| p.clone()).collect();
+    let index = match wanted {
+        Some(p) => summaries
+            .iter()
+            .position(|(k, _)| *k == p.to_string())
+            .ok_or_else(|| ApiError::NotFound(format!("{p} has not been graded")))?,
+        None => 0,
+    };
+    let now = summaries
+        .get(index)
+        .map(|(_, s)| parse(s))
+        .unwrap_or_default();
+    let prev_key = summaries
+        .get(index)
+        .and_then(|(k, _)| Period::parse(k).ok())
+        .map(|p| p.prev().to_string());
+    let before = summaries
+        .iter()
+        .find(|(k, _)| Some(k) == prev_key.as_ref())
+        .map(|(_, s)| parse(s));
+    let count = |s: &Summary, name: &str| {
+        s.tiers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, g)| g.customers)
+    };
+    let mut names: Vec<(String, String)> = state
+        .policy
+        .tiers
+        .levels
+        .iter()
+        .map(|l| (l.name.clone(), l.colour.clone()))
+        .collect();
+    names.push(("none".into(), "#c8ccd2".into()));
+    let tiers = names
+        .iter()
+        .map(|(name, colour)| TierFigures {
+            name: name.clone(),
+            colour: colour.clone(),
+            customers: count(&now, name),
+            customers_before: before.as_ref().map_or(0, |b| count(b, name)),
+            revenue_share: now
+                .tiers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0.0, |(_, g)| g.revenue_share),
+        })
+        .collect();
+    let trend = summaries
+        .iter()
+        .skip(index)
+        .take(12)
+        .rev()
+        .map(|(k, s)| {
+            let s = parse(s);
+            (k.clone(), names.iter().map(|(n, _)| count(&s, n)).collect())
+        })
+        .collect();
+    let stage_order = ["prospect", "new", "active", "loyal", "at_risk", "churned"];
+    let lifecycle = stage_order
+        .iter()
+        .map(|k| {
+            (
+                (*k).to_owned(),
+                now.lifecycle.get(*k).cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let churn_risk = ["at_risk", "churned"]
+        .iter()
+        .map(|k| now.lifecycle.get(*k).map_or(0, |g| g.customers))
+        .sum();
+    Ok(Overview {
+        period: summaries.get(index).map(|(k, _)| k.clone()),
+        previous: before.as_ref().and(prev_key),
+        periods,
+        customers: now.customers,
+        graded: now.graded,
+        tier_changes: now.tier_changes,
+        tiers,
+        segments: now.segments.clone().into_iter().collect(),
+        abc: now.abc.clone().into_iter().collect(),
+        lifecycle,
+        churn_risk,
+        trend,
+    })
+}
+
+/// `GET /api/v1/overview?period=`
+pub async fn overview(
+    _user: CurrentUser,
+    state: web::Data<AppState>,
+    q: web::Query<PeriodQuery>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(overview_data(&state, q.period.as_deref()).await?))
+}
+
+/// Customer list query: filters, and `after` (the last id of the previous page).
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+pub struct CustomersQuery {
+    /// Period (default newest).
+    pub period: Option<String>,
+    /// Tier (`none`: no tier).
+    pub tier: Option<String>,
+    /// Segment.
+    pub segment: Option<String>,
+    /// ABC class.
+    pub abc: Option<String>,
+    /// Lifecycle stage.
+    pub lifecycle: Option<String>,
+    /// Owner id.
+    pub owner: Option<i64>,
+    /// Name part or exact id.
+    pub q: Option<String>,
+    /// `yes` / `no`: with or without an override.
+    pub overridden: Option<String>,
+    /// Last customer id of the previous page.
+    pub after: Option<i64>,
+}
+
+/// A page of customers.
+#[derive(Debug, Serialize)]
+pub struct CustomerList {
+    /// Period shown.
+    pub period: Option<String>,
+    /// The filters as given.
+    pub query: CustomersQuery,
+    /// Rows.
+    pub rows: Vec<CustomerRow>,
+    /// `after` for the next page (none: this is the last).
+    pub next_after: Option<i64>,
+}
+
+fn some(s: &Option<String>) -> Option<String> {
+    s.as_ref()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Builds a page of the customer list.
+pub async fn customers_data(state: &AppState, q: CustomersQuery) -> Result<CustomerList, ApiError> {
+    let period = match parse_period(q.period.as_deref())? {
+        Some(p) => Some(p),
+        None => {
+            state
+                .db
+                .run(tierwise_store::notify::latest_published_period)
+                .await?
+        }
+    };
+    let Some(period) = period else {
+        return Ok(CustomerList {
+            period: None,
+            query: q,
+            rows: Vec::new(),
+            next_after: None,
+        });
+    };
+    let filter = CustomerFilter {
+        tier: some(&q.tier),
+        segment: some(&q.segment),
+        abc: some(&q.abc),
+        lifecycle: some(&q.lifecycle),
+        owner_id: q.owner,
+        search: some(&q.q),
+        overridden: match q.overridden.as_deref() {
+            Some("yes") => Some(true),
+            Some("no") => Some(false),
+            _ => None,
+        },
+    };
+    let after = q.after;
+    let rows = state
+        .db
+        .run(move |c| store::customer_page(c, period, &filter, after, PAGE))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("{period} has not been graded")))?;
+    let next_after = (rows.len() as i64 == PAGE)
+        .then(|| rows.last().map(|r| r.customer_id))
+        .flatten();
+    Ok(CustomerList {
+        period: Some(period.to_string()),
+        query: q,
+        rows,
+        next_after,
+    })
+}
+
+/// `GET /api/v1/customers?…`
+pub async fn customers(
+    _user: CurrentUser,
+    state: web::Data<AppState>,
+    q: web::Query<CustomersQuery>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(customers_data(&state, q.into_inner()).await?))
+}
+
+/// One customer: the newest grade with its explanation, the grade history and overrides.
+#[derive(Debug, Serialize)]
+pub struct CustomerDetail {
+    /// Customer id.
+    pub customer_id: i64,
+    /// Owner id.
+    pub owner_id: Option<i64>,
+    /// Period of `grade`.
+    pub period: Option<String>,
+    /// The grade (with the explanation JSON), when graded.
+    pub grade: Option<GradedCustomer>,
+    /// The explanation parsed, for display.
+    pub explanation: Option<serde_json::Value>,
+    /// Grades by period, newest first.
+    pub history: Vec<GradeHistoryRow>,
+    /// The override audit trail, oldest first.
+    pub overrides: Vec<OverrideEvent>,
+    /// Whether the viewer may pin or block it.
+    pub may_override: bool,
+}
+
+/// Builds one customer's page.
+pub async fn customer_data(
+    state: &AppState,
+    user: &CurrentUser,
+    id: i64,
+) -> Result<CustomerDetail, ApiError> {
+    let owner = state
+        .db
+        .run(move |c| store::customer_owner(c, id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+    let period = state
+        .db
+        .run(tierwise_store::notify::latest_published_period)
+        .await?;
+    let grade = match period {
+        Some(p) => {
+            state
+                .db
+                .run(move |c| tierwise_store::grading::graded_customer(c, p, CustomerId(id)))
+                .await?
+        }
+        None => None,
+    };
+    let history = state
+        .db
+        .run(move |c| store::grade_history(c, id, 24))
+        .await?;
+    let overrides = state
+        .db
+        .run(move |c| tierwise_store::grading::override_history(c, CustomerId(id)))
+        .await?;
+    Ok(CustomerDetail {
+        customer_id: id,
+        owner_id: owner,
+        period: period.map(|p| p.to_string()),
+        explanation: grade
+            .as_ref()
+            .and_then(|g| g.explanation.as_deref())
+            .and_then(|e| serde_json::from_str(e).ok()),
+        grade,
+        history,
+        overrides,
+        may_override: user.may_override(owner),
+    })
+}
+
+/// `GET /api/v1/customers/{id}`
+pub async fn customer(
+    user: CurrentUser,
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(customer_data(&state, &user, id.into_inner()).await?))
+}

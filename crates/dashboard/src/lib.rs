@@ -1,0 +1,95 @@
+//! The tierwise admin dashboard: server-rendered pages (minijinja, auto-escaped) and a JSON API
+//! under `/api/v1` over actix-web, behind a login with roles (admin, manager, viewer), session
+//! cookies and CSRF tokens. Chart.js is vendored and served from the binary.
+//!
+//! The CLI builds an [`AppState`], wraps [`configure`] in the session middleware from
+//! [`session_middleware`] and serves it (`tierwise serve dashboard`, `tierwise serve all`).
+
+pub mod api;
+pub mod auth;
+pub mod pages;
+pub mod views;
+
+use actix_session::SessionMiddleware;
+use actix_session::storage::CookieSessionStore;
+use actix_web::cookie::{Key, SameSite};
+use actix_web::{HttpResponse, web};
+use tierwise_domain::grading::Policy;
+use tierwise_store::Database;
+
+pub use auth::{Role, hash_password, verify_password};
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// The database.
+    pub db: Database,
+    /// The grading policy (tier names and colours).
+    pub policy: Policy,
+    /// Templates and words.
+    pub views: views::Views,
+}
+
+/// Session middleware: the session lives in a private (signed and encrypted) cookie, HttpOnly,
+/// SameSite=Strict, and Secure when `secure` (behind TLS).
+pub fn session_middleware(key: &[u8], secure: bool) -> SessionMiddleware<CookieSessionStore> {
+    SessionMiddleware::builder(CookieSessionStore::default(), Key::derive_from(key))
+        .cookie_name("tierwise_session".into())
+        .cookie_http_only(true)
+        .cookie_same_site(SameSite::Strict)
+        .cookie_secure(secure)
+        .build()
+}
+
+/// The session key shared by every replica: generated once and kept in the database.
+pub fn session_key(db: &Database) -> Result<Vec<u8>, tierwise_store::StoreError> {
+    let hex = tierwise_store::users::secret(
+        &mut *db.conn()?,
+        "session_key",
+        || auth::random_token(64),
+        chrono::Utc::now().naive_utc(),
+    )?;
+    Ok(hex.into_bytes())
+}
+
+const CHART_JS: &[u8] = include_bytes!("../static/vendor/chart.umd.min.js");
+const APP_CSS: &str = include_str!("../static/app.css");
+const APP_JS: &str = include_str!("../static/app.js");
+
+async fn asset(path: web::Path<String>) -> HttpResponse {
+    let cached = ("Cache-Control", "public, max-age=86400");
+    match path.as_str() {
+        "vendor/chart.umd.min.js" => HttpResponse::Ok()
+            .content_type("text/javascript; charset=utf-8")
+            .insert_header(cached)
+            .body(CHART_JS),
+        "app.css" => HttpResponse::Ok()
+            .content_type("text/css; charset=utf-8")
+            .insert_header(cached)
+            .body(APP_CSS),
+        "app.js" => HttpResponse::Ok()
+            .content_type("text/javascript; charset=utf-8")
+            .insert_header(cached)
+            .body(APP_JS),
+        _ => HttpResponse::NotFound().finish(),
+    }
+}
+
+/// Registers every dashboard route. Static assets and the login page are the only routes
+/// reachable without a session.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/static/{path:.*}", web::get().to(asset))
+        .route("/login", web::get().to(pages::login_form))
+        .route("/login", web::post().to(pages::login))
+        .route("/logout", web::post().to(pages::logout))
+        .route("/", web::get().to(pages::overview))
+        .route("/customers", web::get().to(pages::customers))
+        .route("/customers/{id}", web::get().to(pages::customer))
+        .route(
+            "/customers/{id}/override",
+            web::post().to(pages::set_override),
+        )
+        .route("/api/v1/overview", web::get().to(api::overview))
+        .route("/api/v1/customers", web::get().to(api::customers))
+        .route("/api/v1/customers/{id}", web::get().to(api::customer));
+}

@@ -1,0 +1,148 @@
+//! Page templates (minijinja, HTML auto-escaped, built into the binary) and the UI's words in
+//! `zh-CN` and `en` (`templates/locales/<locale>.toml`).
+
+use actix_web::HttpResponse;
+use minijinja::value::Serde;
+use minijinja::{Environment, UndefinedBehavior, context};
+use serde::Serialize;
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("base.html", include_str!("../templates/base.html")),
+    ("login.html", include_str!("../templates/login.html")),
+    ("overview.html", include_str!("../templates/overview.html")),
+    (
+        "customers.html",
+        include_str!("../templates/customers.html"),
+    ),
+    ("customer.html", include_str!("../templates/customer.html")),
+    ("message.html", include_str!("../templates/message.html")),
+];
+
+const LOCALES: &[(&str, &str)] = &[
+    ("en", include_str!("../templates/locales/en.toml")),
+    ("zh-CN", include_str!("../templates/locales/zh-CN.toml")),
+];
+
+/// The loaded templates and catalogs.
+#[derive(Debug)]
+pub struct Views {
+    env: Environment<'static>,
+    catalogs: Vec<(String, toml::Table)>,
+}
+
+/// `1234567` → `1,234,567`.
+fn num(v: f64) -> String {
+    let n = v.round() as i64;
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Minor units → major with two decimals and grouping: `123450` → `1,234.50`.
+fn money(minor: i64) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    format!("{sign}{}.{:02}", num((abs / 100) as f64), abs % 100)
+}
+
+impl Views {
+    /// Loads everything built in.
+    pub fn load() -> Result<Self, String> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        for (name, source) in TEMPLATES {
+            env.add_template(name, source)
+                .map_err(|e| format!("template {name}: {e}"))?;
+        }
+        env.add_filter("num", num);
+        env.add_filter("money", money);
+        env.add_filter("pct", |v: f64| format!("{:.1}%", v * 100.0));
+        env.add_filter("score", |v: f64| format!("{v:.1}"));
+        env.add_filter("urlencode", |v: String| {
+            v.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        });
+        let catalogs = LOCALES
+            .iter()
+            .map(|(name, text)| {
+                toml::from_str::<toml::Table>(text)
+                    .map(|t| ((*name).to_owned(), t))
+                    .map_err(|e| format!("locale {name}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { env, catalogs })
+    }
+
+    fn catalog(&self, locale: &str) -> &toml::Table {
+        self.catalogs
+            .iter()
+            .find(|(name, _)| name == locale)
+            .or_else(|| self.catalogs.first())
+            .map(|(_, t)| t)
+            .unwrap_or_else(|| unreachable_catalog())
+    }
+
+    /// Renders `template` with the locale's words as `t` and `view` as `v`.
+    pub fn render(&self, template: &str, locale: &str, view: &impl Serialize) -> HttpResponse {
+        let ctx = context! { t => Serde(self.catalog(locale)), v => Serde(view), locale => locale };
+        match self.env.get_template(template).and_then(|t| t.render(&ctx)) {
+            Ok(html) => HttpResponse::Ok()
+                .content_type("text/html; charset=utf-8")
+                .body(html),
+            Err(e) => {
+                tracing::error!(template, error = %format!("{e:#}"), "rendering a page failed");
+                HttpResponse::InternalServerError().body("The page could not be rendered.")
+            }
+        }
+    }
+}
+
+fn unreachable_catalog() -> &'static toml::Table {
+    static EMPTY: std::sync::OnceLock<toml::Table> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(toml::Table::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_are_grouped() {
+        assert_eq!(num(1234567.0), "1,234,567");
+        assert_eq!(money(123450), "1,234.50");
+        assert_eq!(money(-5), "-0.05");
+    }
+
+    #[test]
+    fn both_locales_have_the_same_keys() {
+        let views = Views::load().unwrap();
+        fn keys(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+            for (k, v) in t {
+                let key = format!("{prefix}{k}");
+                match v {
+                    toml::Value::Table(inner) => keys(&format!("{key}."), inner, out),
+                    _ => out.push(key),
+                }
+            }
+        }
+        let (mut en, mut zh) = (Vec::new(), Vec::new());
+        keys("", views.catalog("en"), &mut en);
+        keys("", views.catalog("zh-CN"), &mut zh);
+        assert_eq!(en, zh);
+    }
+}

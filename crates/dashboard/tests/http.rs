@@ -1,0 +1,323 @@
+//! The dashboard over HTTP, on both backends: login and throttling, every route refusing
+//! anonymous requests, roles on overrides, CSRF, escaping of hostile customer names, the API.
+#![expect(clippy::unwrap_used, reason = "tests")]
+
+use std::path::Path;
+
+use actix_web::cookie::Cookie;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::{App, test as atest, web};
+use tierwise_dashboard::views::Views;
+use tierwise_dashboard::{AppState, configure, hash_password, session_middleware};
+use tierwise_domain::Period;
+use tierwise_domain::grading::Policy;
+use tierwise_grading::{Mode, grade_period};
+use tierwise_import::{ColumnMapping, FileImportOptions, ImportSettings, RecordKind, import_file};
+use tierwise_store::backend_tests;
+use tierwise_store::testing::TestDb;
+use tierwise_store::users::{NewUser, add_user};
+
+const HOSTILE: &str = "<script>alert(1)</script> & Co";
+
+fn import(db: &TestDb, dir: &Path, name: &str, kind: RecordKind, csv: &str) {
+    let path = dir.join(name);
+    std::fs::write(&path, csv).unwrap();
+    let options = FileImportOptions::from_settings(
+        &ImportSettings::default(),
+        kind,
+        ColumnMapping::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        import_file(&db.db, &path, &options)
+            .unwrap()
+            .totals
+            .rows_rejected,
+        0
+    );
+}
+
+/// Two owners, sixty customers (C03 named like markup; more than a page), two graded months,
+/// three users.
+fn fixture(db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    import(
+        db,
+        d,
+        "owners.csv",
+        RecordKind::Owners,
+        "email,name\nli@example.com,Li\nemma@example.com,Emma\n",
+    );
+    let mut customers = String::from("customer_id,name,owner_email\n");
+    let mut orders = String::from("order_id,customer_id,order_date,amount\n");
+    for i in 1..=60 {
+        let owner = if i <= 30 {
+            "li@example.com"
+        } else {
+            "emma@example.com"
+        };
+        let name = if i == 3 {
+            format!("\"{HOSTILE}\"")
+        } else {
+            format!("Customer {i:02}")
+        };
+        customers.push_str(&format!("C{i:02},{name},{owner}\n"));
+        orders.push_str(&format!("S{i:02},C{i:02},2026-09-10,{}\n", 100 * i));
+    }
+    orders.push_str("O01,C01,2026-10-10,9000\n");
+    import(db, d, "customers.csv", RecordKind::Customers, &customers);
+    import(db, d, "orders.csv", RecordKind::Orders, &orders);
+    for p in ["2026-09", "2026-10"] {
+        grade_period(
+            &db.db,
+            Period::parse(p).unwrap(),
+            &Policy::default(),
+            Mode::Publish,
+        )
+        .unwrap();
+    }
+    let now = chrono::Utc::now().naive_utc();
+    let hash = hash_password("s3cret-pass").unwrap();
+    let mut conn = db.conn();
+    let owners = tierwise_store::notify::owners(&mut conn).unwrap();
+    let li = owners
+        .iter()
+        .find(|o| o.email == "li@example.com")
+        .unwrap()
+        .id;
+    for (name, role, owner, locale) in [
+        ("admin", "admin", None, "en"),
+        ("viewer", "viewer", None, "en"),
+        ("li", "manager", Some(li), "zh-CN"),
+    ] {
+        add_user(
+            &mut conn,
+            NewUser {
+                username: name,
+                password_hash: &hash,
+                role,
+                owner_id: owner,
+                locale,
+                now,
+            },
+        )
+        .unwrap()
+        .unwrap();
+    }
+}
+
+fn customer_id(db: &TestDb, external: &str) -> i64 {
+    tierwise_store::queries::find_customer(&mut db.conn(), "file", external)
+        .unwrap()
+        .unwrap()
+        .id
+        .0
+}
+
+async fn body(resp: ServiceResponse) -> String {
+    String::from_utf8(atest::read_body(resp).await.to_vec()).unwrap()
+}
+
+fn session_cookie(resp: &ServiceResponse) -> Option<Cookie<'static>> {
+    resp.response()
+        .cookies()
+        .find(|c| c.name() == "tierwise_session")
+        .map(|c| c.into_owned())
+}
+
+fn csrf_of(html: &str) -> String {
+    let start = html.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+/// Logs in; returns the session cookie and the CSRF token of the new session.
+async fn login<S>(app: &S, user: &str, password: &str) -> (Option<Cookie<'static>>, StatusCode)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let resp = atest::call_service(app, atest::TestRequest::get().uri("/login").to_request()).await;
+    let cookie = session_cookie(&resp).unwrap();
+    let csrf = csrf_of(&body(resp).await);
+    let resp = atest::call_service(
+        app,
+        atest::TestRequest::post()
+            .uri("/login")
+            .cookie(cookie)
+            .set_form([
+                ("username", user),
+                ("password", password),
+                ("csrf", &csrf),
+                ("next", "/customers"),
+            ])
+            .to_request(),
+    )
+    .await;
+    let status = resp.status();
+    (session_cookie(&resp), status)
+}
+
+async fn get<S>(app: &S, cookie: &Cookie<'static>, uri: &str) -> (StatusCode, String)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let resp = atest::call_service(
+        app,
+        atest::TestRequest::get()
+            .uri(uri)
+            .cookie(cookie.clone())
+            .to_request(),
+    )
+    .await;
+    (resp.status(), body(resp).await)
+}
+
+macro_rules! app {
+    ($db:expr) => {
+        atest::init_service(
+            App::new()
+                .app_data(web::Data::new(AppState {
+                    db: $db.db.clone(),
+                    policy: Policy::default(),
+                    views: Views::load().unwrap(),
+                }))
+                .wrap(session_middleware(&[7u8; 64], false))
+                .configure(configure),
+        )
+        .await
+    };
+}
+
+backend_tests! {
+    fn every_route_needs_a_login(db) {
+        fixture(&db);
+        actix_web::rt::System::new().block_on(async {
+            let app = app!(db);
+            for uri in ["/", "/customers", "/customers/1", "/?period=2026-10"] {
+                let resp = atest::call_service(&app, atest::TestRequest::get().uri(uri).to_request()).await;
+                assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{uri}");
+                let location = resp.headers().get("Location").unwrap().to_str().unwrap().to_owned();
+                assert!(location.starts_with("/login?next="), "{location}");
+            }
+            for uri in ["/api/v1/overview", "/api/v1/customers", "/api/v1/customers/1"] {
+                let resp = atest::call_service(&app, atest::TestRequest::get().uri(uri).to_request()).await;
+                assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{uri}");
+            }
+            let resp = atest::call_service(&app, atest::TestRequest::post().uri("/customers/1/override").set_form([("csrf", "x")]).to_request()).await;
+            assert!(matches!(resp.status(), StatusCode::SEE_OTHER | StatusCode::FORBIDDEN), "{}", resp.status());
+            // The vendored chart library is served from the binary.
+            let resp = atest::call_service(&app, atest::TestRequest::get().uri("/static/vendor/chart.umd.min.js").to_request()).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert!(body(resp).await.contains("Chart"));
+        });
+    }
+
+    fn logins_are_checked_and_throttled(db) {
+        fixture(&db);
+        actix_web::rt::System::new().block_on(async {
+            let app = app!(db);
+            let (_, status) = login(&app, "admin", "wrong").await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            let (cookie, status) = login(&app, "admin", "s3cret-pass").await;
+            assert_eq!(status, StatusCode::SEE_OTHER);
+            let (status, html) = get(&app, &cookie.unwrap(), "/").await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(html.contains("dist-data") && html.contains("chart.umd.min.js"));
+            // Five wrong passwords lock the account, even for the right one.
+            for _ in 0..5 {
+                login(&app, "viewer", "nope").await;
+            }
+            let (_, status) = login(&app, "viewer", "s3cret-pass").await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            // A login form without the session's token is refused.
+            let resp = atest::call_service(&app, atest::TestRequest::post().uri("/login")
+                .set_form([("username", "admin"), ("password", "s3cret-pass"), ("csrf", "forged")]).to_request()).await;
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        });
+    }
+
+    fn pages_and_api_show_the_grades_escaped(db) {
+        fixture(&db);
+        let hostile = customer_id(&db, "C03");
+        actix_web::rt::System::new().block_on(async {
+            let app = app!(db);
+            let cookie = login(&app, "admin", "s3cret-pass").await.0.unwrap();
+            let (status, html) = get(&app, &cookie, "/customers").await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(!html.contains("<script>alert"), "unescaped name in the list");
+            assert!(html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt; &amp; Co"));
+            let (status, html) = get(&app, &cookie, &format!("/customers/{hostile}")).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(!html.contains("<script>alert"), "unescaped name on the customer page");
+            assert!(html.contains("2026-09") && html.contains("2026-10"), "grade history");
+            // The API: overview, filtered list with keyset pages, one customer.
+            let (_, json) = get(&app, &cookie, "/api/v1/overview").await;
+            let overview: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(overview["period"], "2026-10");
+            assert_eq!(overview["previous"], "2026-09");
+            assert_eq!(overview["graded"], 60);
+            // Pages of fifty: the list links to the next page, which continues after it.
+            let (_, html) = get(&app, &cookie, "/customers?lifecycle=new").await;
+            let start = html.find("after=").unwrap() + "after=".len();
+            let after: String = html[start..].chars().take_while(char::is_ascii_digit).collect();
+            assert!(html.contains("lifecycle=new&amp;after="), "the filter is kept");
+            let (status, html) = get(&app, &cookie, &format!("/customers?lifecycle=new&after={after}")).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(html.contains("Customer 5") || html.contains("Customer 6"), "the second page");
+            let (_, json) = get(&app, &cookie, "/api/v1/customers?tier=A").await;
+            let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let rows = list["rows"].as_array().unwrap();
+            assert!(!rows.is_empty() && rows.iter().all(|r| r["tier"] == "A"), "{json}");
+            let (_, json) = get(&app, &cookie, &format!("/api/v1/customers?after={hostile}")).await;
+            let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert!(list["rows"].as_array().unwrap().iter().all(|r| r["customer_id"].as_i64().unwrap() > hostile));
+            let (_, json) = get(&app, &cookie, &format!("/api/v1/customers?q={}", "Customer%2001")).await;
+            let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(list["rows"].as_array().unwrap().len(), 1, "{json}");
+            let (_, json) = get(&app, &cookie, &format!("/api/v1/customers/{hostile}")).await;
+            let one: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(one["grade"]["name"], HOSTILE);
+            assert_eq!(one["may_override"], true);
+            let (status, _) = get(&app, &cookie, "/api/v1/customers/999999").await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+        });
+    }
+
+    fn roles_decide_who_may_pin(db) {
+        fixture(&db);
+        let own = customer_id(&db, "C02");
+        let other = customer_id(&db, "C48");
+        actix_web::rt::System::new().block_on(async {
+            let app = app!(db);
+            let post = |cookie: Cookie<'static>, id: i64, csrf: String| {
+                atest::TestRequest::post()
+                    .uri(&format!("/customers/{id}/override"))
+                    .cookie(cookie)
+                    .set_form([("csrf", csrf.as_str()), ("action", "pin"), ("tier", "A"), ("reason", "strategic")])
+                    .to_request()
+            };
+            for (user, id, expected) in [
+                ("viewer", own, StatusCode::FORBIDDEN),
+                ("li", other, StatusCode::FORBIDDEN),
+                ("li", own, StatusCode::SEE_OTHER),
+                ("admin", other, StatusCode::SEE_OTHER),
+            ] {
+                let cookie = login(&app, user, "s3cret-pass").await.0.unwrap();
+                let (_, html) = get(&app, &cookie, &format!("/customers/{id}")).await;
+                let csrf = csrf_of(&html);
+                let resp = atest::call_service(&app, post(cookie.clone(), id, csrf)).await;
+                assert_eq!(resp.status(), expected, "{user} pinning {id}");
+                // Without the token nobody gets through.
+                let resp = atest::call_service(&app, post(cookie, id, String::new())).await;
+                assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{user} without a CSRF token");
+            }
+        });
+        let overrides = tierwise_store::grading::list_overrides(&mut db.conn()).unwrap();
+        let pinned: Vec<i64> = overrides.iter().map(|(c, _)| c.0).collect();
+        assert_eq!(pinned.len(), 2, "{pinned:?}");
+        assert!(pinned.contains(&own) && pinned.contains(&other));
+        let by_li = overrides.iter().find(|(c, _)| c.0 == own).unwrap();
+        assert_eq!(by_li.1.author, "li");
+    }
+}
