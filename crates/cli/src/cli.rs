@@ -51,11 +51,13 @@ pub enum Command {
     /// Import data and inspect past imports.
     #[command(subcommand)]
     Import(ImportCommand),
-    /// Generate demo data and import it into a fresh local database.
+    /// Generate demo data, grade it, render its emails and serve the dashboard on it.
     ///
-    /// Writes CSV files of owners, customers, orders, invoices and activities, then imports
-    /// them through the same importer your files go through. Same seed, same data: running it
-    /// twice changes nothing the second time.
+    /// Writes CSV files of owners, customers, orders, invoices and activities, imports them
+    /// through the same importer your files go through, grades thirteen months, queues and
+    /// renders the owners' emails into <dir>/emails, then serves the dashboard on
+    /// [dashboard] bind with a demo login (Ctrl-C stops it; --no-serve skips it). Same seed,
+    /// same data: running it twice changes nothing the second time.
     ///
     /// Example:
     ///   tierwise demo
@@ -503,6 +505,9 @@ pub struct DemoArgs {
     /// Number of owners (account managers).
     #[arg(long, default_value_t = 8)]
     pub owners: usize,
+    /// Stop after preparing the data instead of serving the dashboard (for scripts).
+    #[arg(long)]
+    pub no_serve: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -152,6 +152,7 @@ fn demo_imports_and_is_repeatable() {
         "demo",
         "--database",
         "demo/t.db",
+        "--no-serve",
     ];
     let first = tierwise(&args, &[], dir.path());
     assert!(
@@ -336,6 +337,7 @@ fn a_killed_grading_run_leaves_a_whole_snapshot() {
         "demo",
         "--database",
         "demo/t.db",
+        "--no-serve",
     ];
     let out = tierwise(&demo, &[], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));

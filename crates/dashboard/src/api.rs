@@ -103,7 +103,7 @@ pub struct Overview {
     pub trend: Vec<(String, Vec<u64>)>,
 }
 
-fn parse_period(raw: Option<&str>) -> Result<Option<Period>, ApiError> {
+pub(crate) fn parse_period(raw: Option<&str>) -> Result<Option<Period>, ApiError> {
     raw.filter(|p| !p.is_empty())
         .map(|p| Period::parse(p).map_err(|e| ApiError::BadRequest(format!("period: {e}"))))
         .transpose()
@@ -234,6 +234,8 @@ pub struct CustomersQuery {
     pub q: Option<String>,
     /// `yes` / `no`: with or without an override.
     pub overridden: Option<String>,
+    /// Tier in the period before (a migration matrix cell, with `tier`).
+    pub from_tier: Option<String>,
     /// Last customer id of the previous page.
     pub after: Option<i64>,
 }
@@ -257,7 +259,7 @@ fn some(s: &Option<String>) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// Builds a page of the customer list.
+/// Builds a page of the customer list (`q.after` = the last id of the previous page).
 pub async fn customers_data(state: &AppState, q: CustomersQuery) -> Result<CustomerList, ApiError> {
     let period = match parse_period(q.period.as_deref())? {
         Some(p) => Some(p),
@@ -288,6 +290,7 @@ pub async fn customers_data(state: &AppState, q: CustomersQuery) -> Result<Custo
             Some("no") => Some(false),
             _ => None,
         },
+        from_tier: some(&q.from_tier),
     };
     let after = q.after;
     let rows = state

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod ops;
 pub mod pages;
 pub mod views;
 
@@ -28,6 +29,8 @@ pub struct AppState {
     pub policy: Policy,
     /// Templates and words.
     pub views: views::Views,
+    /// The scheduler's job definitions (for the jobs page and "run now").
+    pub jobs: Vec<tierwise_jobs::JobDefinition>,
 }
 
 /// Session middleware: the session lives in a private (signed and encrypted) cookie, HttpOnly,
@@ -89,6 +92,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/customers/{id}/override",
             web::post().to(pages::set_override),
         )
+        .route("/customers.csv", web::get().to(ops::export_csv))
+        .route("/migrations", web::get().to(ops::migrations))
+        .route("/imports", web::get().to(ops::imports))
+        .route("/imports/{id}", web::get().to(ops::import_rejects))
+        .route("/jobs", web::get().to(ops::jobs))
+        .route("/jobs/{name}/run", web::post().to(ops::run_job))
+        .route("/outbox", web::get().to(ops::outbox))
+        .route("/api/v1/migrations", web::get().to(ops::api_migrations))
+        .route("/api/v1/imports", web::get().to(ops::api_imports))
+        .route(
+            "/api/v1/imports/{id}/rejects",
+            web::get().to(ops::api_import_rejects),
+        )
+        .route("/api/v1/jobs", web::get().to(ops::api_jobs))
+        .route("/api/v1/outbox", web::get().to(ops::api_outbox))
         .route("/api/v1/overview", web::get().to(api::overview))
         .route("/api/v1/customers", web::get().to(api::customers))
         .route("/api/v1/customers/{id}", web::get().to(api::customer));

@@ -16,6 +16,14 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
     ("customer.html", include_str!("../templates/customer.html")),
     ("message.html", include_str!("../templates/message.html")),
+    (
+        "migrations.html",
+        include_str!("../templates/migrations.html"),
+    ),
+    ("imports.html", include_str!("../templates/imports.html")),
+    ("rejects.html", include_str!("../templates/rejects.html")),
+    ("jobs.html", include_str!("../templates/jobs.html")),
+    ("outbox.html", include_str!("../templates/outbox.html")),
 ];
 
 const LOCALES: &[(&str, &str)] = &[

@@ -38,8 +38,8 @@ fn import(db: &TestDb, dir: &Path, name: &str, kind: RecordKind, csv: &str) {
     );
 }
 
-/// Two owners, sixty customers (C03 named like markup; more than a page), two graded months,
-/// three users.
+/// Two owners, sixty customers (C03 named like markup, C04 like a formula; more than a page),
+/// two graded months, three users.
 fn fixture(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -58,10 +58,11 @@ fn fixture(db: &TestDb) {
         } else {
             "emma@example.com"
         };
-        let name = if i == 3 {
-            format!("\"{HOSTILE}\"")
-        } else {
-            format!("Customer {i:02}")
+        let name = match i {
+            3 => format!("\"{HOSTILE}\""),
+            // A spreadsheet would run this as a formula.
+            4 => "=1+2 Evil".to_owned(),
+            _ => format!("Customer {i:02}"),
         };
         customers.push_str(&format!("C{i:02},{name},{owner}\n"));
         orders.push_str(&format!("S{i:02},C{i:02},2026-09-10,{}\n", 100 * i));
@@ -181,6 +182,12 @@ macro_rules! app {
                     db: $db.db.clone(),
                     policy: Policy::default(),
                     views: Views::load().unwrap(),
+                    jobs: vec![tierwise_jobs::JobDefinition::parse(
+                        Path::new("jobs/monthly-grade.toml"),
+                        "schedule = \"0 0 2 1 * *\"\nkind = \"grade\"",
+                        tierwise_jobs::parse_timezone("UTC").unwrap(),
+                    )
+                    .unwrap()],
                 }))
                 .wrap(session_middleware(&[7u8; 64], false))
                 .configure(configure),
@@ -190,17 +197,78 @@ macro_rules! app {
 }
 
 backend_tests! {
+    fn operations_pages_migrations_and_export(db) {
+        fixture(&db);
+        actix_web::rt::System::new().block_on(async {
+            let app = app!(db);
+            let admin = login(&app, "admin", "s3cret-pass").await.0.unwrap();
+            // The migration matrix links each cell to its customers.
+            let (status, html) = get(&app, &admin, "/migrations").await;
+            assert_eq!(status, StatusCode::OK);
+            let (_, json) = get(&app, &admin, "/api/v1/migrations").await;
+            let m: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let tiers: Vec<String> = m["tiers"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect();
+            let cells = m["cells"].as_array().unwrap();
+            let (mut from, mut to, mut n) = (0, 0, 0);
+            for (i, row) in cells.iter().enumerate() {
+                for (j, c) in row.as_array().unwrap().iter().enumerate() {
+                    if c.as_u64().unwrap() > n && i != j {
+                        (from, to, n) = (i, j, c.as_u64().unwrap());
+                    }
+                }
+            }
+            assert!(n > 0, "some customer moved: {json}");
+            let link = format!("/customers?period=2026-10&amp;from_tier={}&amp;tier={}", tiers[from], tiers[to]);
+            assert!(html.contains(&link), "{link}");
+            let (_, json) = get(&app, &admin, &format!("/api/v1/customers?period=2026-10&from_tier={}&tier={}", tiers[from], tiers[to])).await;
+            let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(list["rows"].as_array().unwrap().len() as u64, n, "{json}");
+            // Imports, their rejects, jobs, outbox.
+            let (status, html) = get(&app, &admin, "/imports").await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(html.contains("orders.csv"));
+            let (status, _) = get(&app, &admin, "/imports/1").await;
+            assert_eq!(status, StatusCode::OK);
+            let (status, html) = get(&app, &admin, "/jobs").await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(html.contains("monthly-grade") && html.contains("0 0 2 1 * *"));
+            let csrf = csrf_of(&html);
+            let resp = atest::call_service(&app, atest::TestRequest::post().uri("/jobs/monthly-grade/run")
+                .cookie(admin.clone()).set_form([("csrf", csrf.as_str())]).to_request()).await;
+            assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+            let viewer = login(&app, "viewer", "s3cret-pass").await.0.unwrap();
+            let (_, html) = get(&app, &viewer, "/jobs").await;
+            assert!(!html.contains("/jobs/monthly-grade/run"), "no run button for viewers");
+            let resp = atest::call_service(&app, atest::TestRequest::post().uri("/jobs/monthly-grade/run")
+                .cookie(viewer.clone()).set_form([("csrf", csrf_of(&html).as_str())]).to_request()).await;
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+            let (status, _) = get(&app, &viewer, "/outbox?status=dead").await;
+            assert_eq!(status, StatusCode::OK);
+            let (status, _) = get(&app, &viewer, "/api/v1/outbox?status=lost").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            // The CSV export: every matching customer, formulas defused.
+            let (status, csv) = get(&app, &viewer, "/customers.csv").await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(csv.lines().count(), 61, "header and sixty customers");
+            assert!(csv.contains(",'=1+2 Evil,"), "{}", csv.lines().find(|l| l.contains("Evil")).unwrap_or(""));
+            assert!(csv.contains(HOSTILE), "CSV keeps names verbatim");
+        });
+        let requests = tierwise_store::jobs::claim_requests(&mut db.conn(), chrono::Utc::now().naive_utc()).unwrap();
+        assert_eq!(requests.len(), 1);
+        assert_eq!((requests[0].job.as_str(), requests[0].requested_by.as_str()), ("monthly-grade", "admin"));
+    }
+
     fn every_route_needs_a_login(db) {
         fixture(&db);
         actix_web::rt::System::new().block_on(async {
             let app = app!(db);
-            for uri in ["/", "/customers", "/customers/1", "/?period=2026-10"] {
+            for uri in ["/", "/customers", "/customers/1", "/?period=2026-10", "/migrations", "/imports", "/imports/1", "/jobs", "/outbox", "/customers.csv"] {
                 let resp = atest::call_service(&app, atest::TestRequest::get().uri(uri).to_request()).await;
                 assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{uri}");
                 let location = resp.headers().get("Location").unwrap().to_str().unwrap().to_owned();
                 assert!(location.starts_with("/login?next="), "{location}");
             }
-            for uri in ["/api/v1/overview", "/api/v1/customers", "/api/v1/customers/1"] {
+            for uri in ["/api/v1/overview", "/api/v1/customers", "/api/v1/customers/1", "/api/v1/migrations", "/api/v1/imports", "/api/v1/imports/1/rejects", "/api/v1/jobs", "/api/v1/outbox"] {
                 let resp = atest::call_service(&app, atest::TestRequest::get().uri(uri).to_request()).await;
                 assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{uri}");
             }

@@ -9,6 +9,8 @@ use tierwise_domain::Period;
 use crate::schema::{customers, grades, grading_periods, grading_runs, overrides, owners};
 use crate::{DbConnection, StoreResult, with_backend};
 
+diesel::alias!(grades as previous_grades: PreviousGrades);
+
 /// Filters of the customer list; None = any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CustomerFilter {
@@ -26,6 +28,9 @@ pub struct CustomerFilter {
     pub search: Option<String>,
     /// Only customers with (true) or without (false) an override.
     pub overridden: Option<bool>,
+    /// Assigned tier in the period before (`none` = no tier then): one cell of the migration
+    /// matrix together with `tier`.
+    pub from_tier: Option<String>,
 }
 
 /// One row of the customer list.
@@ -37,6 +42,10 @@ pub struct CustomerRow {
     pub external_id: String,
     /// Name.
     pub name: String,
+    /// Contact person.
+    pub contact_name: Option<String>,
+    /// Contact email.
+    pub contact_email: Option<String>,
     /// Owner's email.
     pub owner_email: Option<String>,
     /// Assigned tier.
@@ -69,6 +78,8 @@ pub fn customer_page(
     let Some(run) = published_run_id(conn, period)? else {
         return Ok(None);
     };
+    // A run id that matches nothing when the period before was not graded.
+    let before = published_run_id(conn, period.prev())?.unwrap_or(-1);
     let rows = with_backend!(conn, c => {
         let mut q = grades::table
             .inner_join(customers::table)
@@ -81,6 +92,8 @@ pub fn customer_page(
                 grades::customer_id,
                 customers::external_id,
                 customers::name,
+                customers::contact_name,
+                customers::contact_email,
                 owners::email.nullable(),
                 grades::tier,
                 grades::segment,
@@ -121,6 +134,22 @@ pub fn customer_page(
                     .escape('\\')
                     .or(customers::external_id.eq(text.to_owned())),
             );
+        }
+        let tiered_before = previous_grades
+            .filter(previous_grades.field(grades::run_id).eq(before))
+            .select(previous_grades.field(grades::customer_id));
+        match filter.from_tier.as_deref() {
+            Some("none") => {
+                q = q.filter(diesel::dsl::not(grades::customer_id.eq_any(
+                    tiered_before.filter(previous_grades.field(grades::tier).is_not_null()),
+                )))
+            }
+            Some(t) => {
+                q = q.filter(grades::customer_id.eq_any(
+                    tiered_before.filter(previous_grades.field(grades::tier).eq(t.to_owned())),
+                ))
+            }
+            None => {}
         }
         match filter.overridden {
             Some(true) => {

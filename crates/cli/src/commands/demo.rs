@@ -19,6 +19,30 @@ use crate::cli::DemoArgs;
 use crate::commands::import::print_report;
 use crate::settings::Settings;
 
+/// The demo's dashboard login.
+const DEMO_USER: &str = "admin";
+const DEMO_PASSWORD: &str = "tierwise-demo";
+
+fn ensure_demo_user(db: &Database) -> anyhow::Result<()> {
+    let mut conn = db.conn()?;
+    if tierwise_store::users::find_user(&mut conn, DEMO_USER)?.is_none() {
+        let hash =
+            tierwise_dashboard::hash_password(DEMO_PASSWORD).map_err(|e| anyhow::anyhow!(e))?;
+        tierwise_store::users::add_user(
+            &mut conn,
+            tierwise_store::users::NewUser {
+                username: DEMO_USER,
+                password_hash: &hash,
+                role: "admin",
+                owner_id: None,
+                locale: "zh-CN",
+                now: chrono::Utc::now().naive_utc(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Admin address of the demo, so its admins' digest is rendered too.
 const DEMO_ADMIN: &str = "admin@tierwise.localhost";
 
@@ -173,5 +197,18 @@ pub fn run(settings: &Settings, args: &DemoArgs, progress: bool) -> anyhow::Resu
             "{rejected} demo rows were rejected; the generator and importer disagree (a bug)"
         );
     }
-    Ok(ExitCode::SUCCESS)
+    if args.no_serve {
+        return Ok(ExitCode::SUCCESS);
+    }
+    ensure_demo_user(&db)?;
+    let mut demo = settings.clone();
+    demo.database.url = args.database.clone();
+    // The demo is served over plain HTTP on this machine.
+    demo.dashboard.secure_cookies = false;
+    println!();
+    println!(
+        "Dashboard: http://{}/  (log in as {DEMO_USER} / {DEMO_PASSWORD}; Ctrl-C stops it)",
+        demo.dashboard.bind
+    );
+    super::serve::run(&demo, crate::cli::ServeCommand::Dashboard { bind: None })
 }

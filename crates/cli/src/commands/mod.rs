@@ -7,7 +7,7 @@ mod import;
 mod jobs;
 mod migrate;
 mod notify;
-mod serve;
+pub(crate) mod serve;
 mod user;
 
 use std::io::IsTerminal;

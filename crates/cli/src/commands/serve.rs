@@ -87,10 +87,20 @@ async fn serve(settings: &Settings, bind: &str, parts: Parts) -> anyhow::Result<
         true => {
             let key = tierwise_dashboard::session_key(&db).context("reading the session key")?;
             let views = tierwise_dashboard::views::Views::load().map_err(|e| anyhow::anyhow!(e))?;
+            // The jobs page lists the definitions; a dashboard without a jobs folder lists none.
+            let jobs = match definitions(settings) {
+                Ok(defs) => defs,
+                Err(e) if !parts.scheduler => {
+                    tracing::warn!(error = %e, "no job definitions for the jobs page");
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
             let state = web::Data::new(tierwise_dashboard::AppState {
                 db: db.clone(),
                 policy: settings.grading.clone(),
                 views,
+                jobs,
             });
             Some((state, key))
         }

@@ -1,0 +1,489 @@
+//! Operations pages and their API: tier migrations, imports and rejects, jobs (with "run now"),
+//! the outbox, and the CSV export of the customer list.
+
+use actix_session::Session;
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use tierwise_domain::grading::Summary;
+use tierwise_store::ImportRunId;
+use tierwise_store::jobs::JobRun;
+use tierwise_store::notify::{OutboxMessage, OutboxStatus};
+use tierwise_store::runs::{ImportRun, Reject};
+
+use crate::AppState;
+use crate::api::{self, ApiError, CustomersQuery, PeriodQuery};
+use crate::auth::{AuthError, CurrentUser, Role, check_csrf, csrf_token};
+
+fn page<T: Serialize>(
+    state: &AppState,
+    session: &Session,
+    user: &CurrentUser,
+    template: &str,
+    data: T,
+) -> HttpResponse {
+    #[derive(Serialize)]
+    struct Page<'a, T: Serialize> {
+        user: &'a CurrentUser,
+        csrf: String,
+        data: T,
+    }
+    state.views.render(
+        template,
+        &user.locale,
+        &Page {
+            user,
+            csrf: csrf_token(session),
+            data,
+        },
+    )
+}
+
+/// The migration matrix of a period against the one before.
+#[derive(Debug, Serialize)]
+pub struct Migrations {
+    /// Period.
+    pub period: Option<String>,
+    /// Every graded period, newest first.
+    pub periods: Vec<String>,
+    /// Tier names, rows and columns (`none` last).
+    pub tiers: Vec<String>,
+    /// `cells[from][to]`: customers.
+    pub cells: Vec<Vec<u64>>,
+}
+
+async fn migrations_data(state: &AppState, period: Option<&str>) -> Result<Migrations, ApiError> {
+    let wanted = api::parse_period(period)?.map(|p| p.to_string());
+    let summaries = state
+        .db
+        .run(|c| tierwise_store::dashboard::recent_summaries(c, 240))
+        .await?;
+    let periods: Vec<String> = summaries.iter().map(|(p, _)| p.clone()).collect();
+    let chosen = match &wanted {
+        Some(p) => summaries
+            .iter()
+            .find(|(k, _)| k == p)
+            .ok_or_else(|| ApiError::NotFound(format!("{p} has not been graded")))?,
+        None => match summaries.first() {
+            Some(first) => first,
+            None => {
+                return Ok(Migrations {
+                    period: None,
+                    periods,
+                    tiers: Vec::new(),
+                    cells: Vec::new(),
+                });
+            }
+        },
+    };
+    let summary: Summary = chosen
+        .1
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    let mut tiers: Vec<String> = state
+        .policy
+        .tiers
+        .levels
+        .iter()
+        .map(|l| l.name.clone())
+        .collect();
+    tiers.push(tierwise_domain::grading::summary::NO_TIER.to_owned());
+    let cells = tiers
+        .iter()
+        .map(|from| {
+            tiers
+                .iter()
+                .map(|to| {
+                    summary
+                        .migration
+                        .get(from)
+                        .and_then(|row| row.get(to))
+                        .copied()
+                        .unwrap_or(0)
+                })
+                .collect()
+        })
+        .collect();
+    Ok(Migrations {
+        period: Some(chosen.0.clone()),
+        periods,
+        tiers,
+        cells,
+    })
+}
+
+/// `GET /migrations`
+pub async fn migrations(
+    user: CurrentUser,
+    state: web::Data<AppState>,
+    session: Session,
+    q: web::Query<PeriodQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let data = migrations_data(&state, q.period.as_deref()).await?;
+    Ok(page(&state, &session, &user, "migrations.html", data))
+}
+
+/// `GET /api/v1/migrations?period=`
+pub async fn api_migrations(
+    _user: CurrentUser,
+    state: web::Data<AppState>,
+    q: web::Query<PeriodQuery>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(migrations_data(&state, q.period.as_deref()).await?))
+}
+
+async fn import_runs(state: &AppState) -> Result<Vec<ImportRun>, ApiError> {
+    Ok(state
+        .db
+        .run(|c| tierwise_store::runs::recent_import_runs(c, 100))
+        .await?)
+}
+
+/// `GET /imports`
+pub async fn imports(
+    user: CurrentUser,
+    state: web::Data<AppState>,
+    session: Session,
+) -> Result<HttpResponse, ApiError> {
+    let runs = import_runs(&state).await?;
+    Ok(page(&state, &session, &user, "imports.html", runs))
+}
+
+/// `GET /api/v1/imports`
+pub async fn api_imports(
+    _user: CurrentUser,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(import_runs(&state).await?))
+}
+
+#[derive(Debug, Serialize)]
+struct RejectsView {
+    run: i64,
+    rejects: Vec<Reject>,
+}
+
+async fn rejects(state: &AppState, run: i64) -> Result<Vec<Reject>, ApiError> {
+    Ok(state
+        .db
+        .run(move |c| tierwise_store::runs::rejects_of_run(c, ImportRunId(run), 1000))
+        .await?)
+}
+
+/// `GET /imports/{id}`: the rejected records of one import, with line, column and reason.
+pub async fn import_rejects(
+    user: CurrentUser,
+    state: web::Data<AppState>,
+    session: Session,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let run = id.into_inner();
+    let view = RejectsView {
+        run,
+        rejects: rejects(&state, run).await?,
+    };
+    Ok(page(&state, &session, &user, "rejects.html", view))
+}
+
+/// `GET /api/v1/imports/{id}/rejects`
+pub async fn api_import_rejects(
+    _user: CurrentUser,
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(rejects(&state, id.into_inner()).await?))
+}
+
+/// A job definition as shown.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: String,
+    /// Cron expression.
+    pub schedule: String,
+    /// Time zone.
+    pub timezone: String,
+    /// Enabled.
+    pub enabled: bool,
+    /// Next occurrence (UTC).
+    pub next_run: Option<String>,
+}
+
+/// The jobs page.
+#[derive(Debug, Serialize)]
+pub struct Jobs {
+    /// Definitions.
+    pub jobs: Vec<JobView>,
+    /// Recent runs, newest first.
+    pub runs: Vec<JobRun>,
+    /// Whether the viewer may request runs.
+    pub may_run: bool,
+}
+
+async fn jobs_data(state: &AppState, user: &CurrentUser) -> Result<Jobs, ApiError> {
+    let now = chrono::Utc::now();
+    let runs = state
+        .db
+        .run(|c| tierwise_store::jobs::history(c, None, 100))
+        .await?;
+    Ok(Jobs {
+        jobs: state
+            .jobs
+            .iter()
+            .map(|d| JobView {
+                name: d.name.clone(),
+                kind: d.kind.key().to_owned(),
+                schedule: d.schedule.clone(),
+                timezone: d.timezone.to_string(),
+                enabled: d.enabled,
+                next_run: d
+                    .next_occurrence(now)
+                    .filter(|_| d.enabled)
+                    .map(|t| t.to_string()),
+            })
+            .collect(),
+        runs,
+        may_run: user.role == Role::Admin,
+    })
+}
+
+/// `GET /jobs`
+pub async fn jobs(
+    user: CurrentUser,
+    state: web::Data<AppState>,
+    session: Session,
+) -> Result<HttpResponse, ApiError> {
+    let data = jobs_data(&state, &user).await?;
+    Ok(page(&state, &session, &user, "jobs.html", data))
+}
+
+/// `GET /api/v1/jobs`
+pub async fn api_jobs(
+    user: CurrentUser,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(jobs_data(&state, &user).await?))
+}
+
+/// A form carrying only its CSRF token.
+#[derive(Debug, Deserialize)]
+pub struct CsrfOnly {
+    csrf: String,
+}
+
+/// `POST /jobs/{name}/run`: writes a run request that a scheduler picks up (admins only).
+pub async fn run_job(
+    user: CurrentUser,
+    state: web::Data<AppState>,
+    session: Session,
+    name: web::Path<String>,
+    form: web::Form<CsrfOnly>,
+) -> Result<HttpResponse, actix_web::Error> {
+    check_csrf(&session, &form.csrf)?;
+    if user.role != Role::Admin {
+        return Err(AuthError::Forbidden.into());
+    }
+    let name = name.into_inner();
+    if !state.jobs.iter().any(|d| d.name == name) {
+        return Err(ApiError::NotFound(format!("no job '{name}'")).into());
+    }
+    let by = user.username.clone();
+    let job = name.clone();
+    state
+        .db
+        .run(move |c| {
+            tierwise_store::jobs::request_run(c, &job, "{}", &by, chrono::Utc::now().naive_utc())
+        })
+        .await
+        .map_err(ApiError::from)?;
+    tracing::info!(job = %name, by = %user.username, "run requested from the dashboard");
+    Ok(HttpResponse::SeeOther()
+        .insert_header(("Location", "/jobs"))
+        .finish())
+}
+
+/// `?status=dead`
+#[derive(Debug, Deserialize)]
+pub struct OutboxQuery {
+    status: Option<String>,
+}
+
+/// An outbox row without its bodies.
+#[derive(Debug, Serialize)]
+pub struct OutboxRow {
+    id: i64,
+    kind: String,
+    recipient: String,
+    subject: String,
+    status: String,
+    attempts: i32,
+    last_error: Option<String>,
+    created_at: String,
+    sent_at: Option<String>,
+}
+
+impl From<OutboxMessage> for OutboxRow {
+    fn from(m: OutboxMessage) -> Self {
+        Self {
+            id: m.id,
+            kind: m.kind,
+            recipient: m.recipient,
+            subject: m.subject,
+            status: m.status,
+            attempts: m.attempts,
+            last_error: m.last_error,
+            created_at: m.created_at.format("%Y-%m-%d %H:%M").to_string(),
+            sent_at: m.sent_at.map(|t| t.format("%Y-%m-%d %H:%M").to_string()),
+        }
+    }
+}
+
+/// The outbox page.
+#[derive(Debug, Serialize)]
+pub struct Outbox {
+    /// Counts by status.
+    pub counts: Vec<(String, i64)>,
+    /// Messages, newest first.
+    pub messages: Vec<OutboxRow>,
+    /// The status filter.
+    pub status: Option<String>,
+}
+
+async fn outbox_data(state: &AppState, status: Option<String>) -> Result<Outbox, ApiError> {
+    let filter = match status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(OutboxStatus::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!("status '{s}' is not queued, sending, sent or dead"))
+        })?),
+    };
+    let (counts, messages) = state
+        .db
+        .run(move |c| {
+            Ok((
+                tierwise_store::notify::outbox_counts(c)?,
+                tierwise_store::notify::list_outbox(c, filter, 200)?,
+            ))
+        })
+        .await?;
+    Ok(Outbox {
+        counts,
+        messages: messages.into_iter().map(OutboxRow::from).collect(),
+        status: filter.map(|s| s.as_str().to_owned()),
+    })
+}
+
+/// `GET /outbox`
+pub async fn outbox(
+    user: CurrentUser,
+    state: web::Data<AppState>,
+    session: Session,
+    q: web::Query<OutboxQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let data = outbox_data(&state, q.into_inner().status).await?;
+    Ok(page(&state, &session, &user, "outbox.html", data))
+}
+
+/// `GET /api/v1/outbox`
+pub async fn api_outbox(
+    _user: CurrentUser,
+    state: web::Data<AppState>,
+    q: web::Query<OutboxQuery>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(outbox_data(&state, q.into_inner().status).await?))
+}
+
+/// A text cell a spreadsheet will not run as a formula: cells starting with `=`, `+`, `-`, `@`,
+/// tab or carriage return get a leading apostrophe (OWASP CSV injection).
+pub fn spreadsheet_safe(text: &str) -> String {
+    match text.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{text}"),
+        _ => text.to_owned(),
+    }
+}
+
+/// `GET /customers.csv?…`: every customer matching the list's filters, as CSV.
+pub async fn export_csv(
+    _user: CurrentUser,
+    state: web::Data<AppState>,
+    q: web::Query<CustomersQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let mut query = q.into_inner();
+    query.after = None;
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let header = [
+        "customer_id",
+        "name",
+        "contact",
+        "contact_email",
+        "owner",
+        "orders",
+        "average_order",
+        "monetary",
+        "clv",
+        "tier",
+        "segment",
+        "abc_class",
+        "lifecycle",
+        "score",
+    ];
+    let csv_error = |e: csv::Error| {
+        tracing::error!(error = %e, "writing CSV");
+        ApiError::Internal
+    };
+    out.write_record(header).map_err(csv_error)?;
+    let minor = |v: i64| format!("{}.{:02}", v / 100, (v % 100).abs());
+    loop {
+        let page = api::customers_data(&state, query.clone()).await?;
+        for r in &page.rows {
+            let average = (r.frequency > 0).then(|| r.monetary / i64::from(r.frequency));
+            out.write_record([
+                spreadsheet_safe(&r.external_id),
+                spreadsheet_safe(&r.name),
+                spreadsheet_safe(r.contact_name.as_deref().unwrap_or("")),
+                spreadsheet_safe(r.contact_email.as_deref().unwrap_or("")),
+                spreadsheet_safe(r.owner_email.as_deref().unwrap_or("")),
+                r.frequency.to_string(),
+                average.map(minor).unwrap_or_default(),
+                minor(r.monetary),
+                r.clv.map(minor).unwrap_or_default(),
+                r.tier.clone().unwrap_or_default(),
+                r.segment.clone().unwrap_or_default(),
+                r.abc_class.clone().unwrap_or_default(),
+                r.lifecycle.clone(),
+                r.composite.map(|c| format!("{c:.2}")).unwrap_or_default(),
+            ])
+            .map_err(csv_error)?;
+        }
+        match page.next_after {
+            Some(after) => query.after = Some(after),
+            None => break,
+        }
+    }
+    let body = out.into_inner().map_err(|e| {
+        tracing::error!(error = %e, "finishing CSV");
+        ApiError::Internal
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/csv; charset=utf-8")
+        .insert_header((
+            "Content-Disposition",
+            "attachment; filename=\"customers.csv\"",
+        ))
+        .body(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formulas_are_defused() {
+        assert_eq!(spreadsheet_safe("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(spreadsheet_safe("+1"), "'+1");
+        assert_eq!(spreadsheet_safe("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(spreadsheet_safe("Acme"), "Acme");
+        assert_eq!(spreadsheet_safe(""), "");
+    }
+}
