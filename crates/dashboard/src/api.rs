@@ -261,23 +261,7 @@ fn some(s: &Option<String>) -> Option<String> {
 
 /// Builds a page of the customer list (`q.after` = the last id of the previous page).
 pub async fn customers_data(state: &AppState, q: CustomersQuery) -> Result<CustomerList, ApiError> {
-    let period = match parse_period(q.period.as_deref())? {
-        Some(p) => Some(p),
-        None => {
-            state
-                .db
-                .run(tierwise_store::notify::latest_published_period)
-                .await?
-        }
-    };
-    let Some(period) = period else {
-        return Ok(CustomerList {
-            period: None,
-            query: q,
-            rows: Vec::new(),
-            next_after: None,
-        });
-    };
+    let wanted = parse_period(q.period.as_deref())?;
     let filter = CustomerFilter {
         tier: some(&q.tier),
         segment: some(&q.segment),
@@ -293,16 +277,32 @@ pub async fn customers_data(state: &AppState, q: CustomersQuery) -> Result<Custo
         from_tier: some(&q.from_tier),
     };
     let after = q.after;
-    let rows = state
+    // One connection and one trip to the blocking pool for the whole page.
+    let (period, rows) = state
         .db
-        .run(move |c| store::customer_page(c, period, &filter, after, PAGE))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("{period} has not been graded")))?;
+        .run(move |c| {
+            let period = match wanted {
+                Some(p) => Some(p),
+                None => tierwise_store::notify::latest_published_period(c)?,
+            };
+            let rows = match period {
+                Some(p) => store::customer_page(c, p, &filter, after, PAGE)?,
+                None => Some(Vec::new()),
+            };
+            Ok((period, rows))
+        })
+        .await?;
+    let rows = rows.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "{} has not been graded",
+            period.map(|p| p.to_string()).unwrap_or_default()
+        ))
+    })?;
     let next_after = (rows.len() as i64 == PAGE)
         .then(|| rows.last().map(|r| r.customer_id))
         .flatten();
     Ok(CustomerList {
-        period: Some(period.to_string()),
+        period: period.map(|p| p.to_string()),
         query: q,
         rows,
         next_after,
@@ -345,32 +345,31 @@ pub async fn customer_data(
     user: &CurrentUser,
     id: i64,
 ) -> Result<CustomerDetail, ApiError> {
-    let owner = state
+    // One connection and one trip to the blocking pool for the whole page.
+    type Loaded = (
+        Option<Option<i64>>,
+        Option<Period>,
+        Option<GradedCustomer>,
+        Vec<GradeHistoryRow>,
+        Vec<OverrideEvent>,
+    );
+    let (owner, period, grade, history, overrides): Loaded = state
         .db
-        .run(move |c| store::customer_owner(c, id))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
-    let period = state
-        .db
-        .run(tierwise_store::notify::latest_published_period)
+        .run(move |c| {
+            let Some(owner) = store::customer_owner(c, id)? else {
+                return Ok((None, None, None, Vec::new(), Vec::new()));
+            };
+            let period = tierwise_store::notify::latest_published_period(c)?;
+            let grade = match period {
+                Some(p) => tierwise_store::grading::graded_customer(c, p, CustomerId(id))?,
+                None => None,
+            };
+            let history = store::grade_history(c, id, 24)?;
+            let overrides = tierwise_store::grading::override_history(c, CustomerId(id))?;
+            Ok((Some(owner), period, grade, history, overrides))
+        })
         .await?;
-    let grade = match period {
-        Some(p) => {
-            state
-                .db
-                .run(move |c| tierwise_store::grading::graded_customer(c, p, CustomerId(id)))
-                .await?
-        }
-        None => None,
-    };
-    let history = state
-        .db
-        .run(move |c| store::grade_history(c, id, 24))
-        .await?;
-    let overrides = state
-        .db
-        .run(move |c| tierwise_store::grading::override_history(c, CustomerId(id)))
-        .await?;
+    let owner = owner.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
     Ok(CustomerDetail {
         customer_id: id,
         owner_id: owner,

@@ -86,6 +86,9 @@ pub fn customer_page(
             .left_join(owners::table.on(customers::owner_id.eq(owners::id.nullable())))
             .filter(grades::run_id.eq(run))
             .filter(grades::customer_id.gt(after.unwrap_or(i64::MIN)))
+            // Said twice so that PostgreSQL starts the customers side of the join there too
+            // (else a page deep in the list scans every customer before it).
+            .filter(customers::id.gt(after.unwrap_or(i64::MIN)))
             .order(grades::customer_id)
             .limit(limit)
             .select((
