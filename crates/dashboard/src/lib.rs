@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod openapi;
 pub mod ops;
 pub mod pages;
 pub mod views;
@@ -107,6 +108,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/api/v1/jobs", web::get().to(ops::api_jobs))
         .route("/api/v1/outbox", web::get().to(ops::api_outbox))
+        .route("/api/openapi.json", web::get().to(openapi::openapi))
+        .route("/api/docs", web::get().to(openapi::docs))
         .route("/api/v1/overview", web::get().to(api::overview))
         .route("/api/v1/customers", web::get().to(api::customers))
         .route("/api/v1/customers/{id}", web::get().to(api::customer));

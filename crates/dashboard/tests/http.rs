@@ -227,6 +227,19 @@ backend_tests! {
             let (status, html) = get(&app, &admin, "/imports").await;
             assert_eq!(status, StatusCode::OK);
             assert!(html.contains("orders.csv"));
+            // Every path of the OpenAPI document answers (ids filled in).
+            let (_, json) = get(&app, &admin, "/api/openapi.json").await;
+            let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let paths = doc["paths"].as_object().unwrap();
+            assert_eq!(paths.len(), 8);
+            for path in paths.keys() {
+                let uri = path.replace("{id}", "1");
+                let (status, body) = get(&app, &admin, &uri).await;
+                assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+            }
+            let (status, html) = get(&app, &admin, "/api/docs").await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(html.contains("customers&#x2f;{id}"), "the viewer lists every path");
             let (status, _) = get(&app, &admin, "/imports/1").await;
             assert_eq!(status, StatusCode::OK);
             let (status, html) = get(&app, &admin, "/jobs").await;
@@ -268,7 +281,7 @@ backend_tests! {
                 let location = resp.headers().get("Location").unwrap().to_str().unwrap().to_owned();
                 assert!(location.starts_with("/login?next="), "{location}");
             }
-            for uri in ["/api/v1/overview", "/api/v1/customers", "/api/v1/customers/1", "/api/v1/migrations", "/api/v1/imports", "/api/v1/imports/1/rejects", "/api/v1/jobs", "/api/v1/outbox"] {
+            for uri in ["/api/openapi.json", "/api/docs", "/api/v1/overview", "/api/v1/customers", "/api/v1/customers/1", "/api/v1/migrations", "/api/v1/imports", "/api/v1/imports/1/rejects", "/api/v1/jobs", "/api/v1/outbox"] {
                 let resp = atest::call_service(&app, atest::TestRequest::get().uri(uri).to_request()).await;
                 assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{uri}");
             }

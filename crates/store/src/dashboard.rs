@@ -78,8 +78,11 @@ pub fn customer_page(
     let Some(run) = published_run_id(conn, period)? else {
         return Ok(None);
     };
-    // A run id that matches nothing when the period before was not graded.
-    let before = published_run_id(conn, period.prev())?.unwrap_or(-1);
+    // The run before matters only to a migration-cell filter; -1 matches nothing.
+    let before = match filter.from_tier {
+        Some(_) => published_run_id(conn, period.prev())?.unwrap_or(-1),
+        None => -1,
+    };
     let rows = with_backend!(conn, c => {
         let mut q = grades::table
             .inner_join(customers::table)
