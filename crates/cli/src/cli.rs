@@ -7,8 +7,8 @@ use tierwise_import::RecordKind;
 
 /// tierwise grades your customers into tiers every month and acts on the result.
 ///
-/// Start with `tierwise demo`: it generates realistic demo data and imports it into a local
-/// SQLite database. Configuration comes from config/default.toml, config/<TIERWISE_ENV>.toml
+/// Start with `tierwise demo`: it generates realistic demo data, imports it into a local SQLite
+/// database, grades it, renders the emails and serves the dashboard. Configuration comes from config/default.toml, config/<TIERWISE_ENV>.toml
 /// and TIERWISE__SECTION__KEY environment variables (see `tierwise config show`).
 #[derive(Debug, Parser)]
 #[command(
