@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use tierwise_domain::Period;
 
+use crate::grading::published_run_id;
 use crate::schema::{customers, grades, grading_periods, grading_runs, overrides, owners};
 use crate::{DbConnection, StoreResult, with_backend};
 
@@ -242,14 +243,6 @@ pub fn customer_owner(
     Ok(with_backend!(conn, c => customers::table
         .find(customer_id)
         .select(customers::owner_id)
-        .first(c)
-        .optional()?))
-}
-
-fn published_run_id(conn: &mut DbConnection, period: Period) -> StoreResult<Option<i64>> {
-    Ok(with_backend!(conn, c => grading_periods::table
-        .find(period.to_string())
-        .select(grading_periods::run_id)
         .first(c)
         .optional()?))
 }

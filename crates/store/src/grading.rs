@@ -978,7 +978,11 @@ fn read_orders(
 /// Added to epoch days before packing them unsigned (covers dates back to 1900).
 const DAY_OFFSET: i32 = 30_000;
 
-fn published_run_id(conn: &mut DbConnection, period: Period) -> StoreResult<Option<i64>> {
+/// The id of `period`'s published run, if it has one.
+pub(crate) fn published_run_id(
+    conn: &mut DbConnection,
+    period: Period,
+) -> StoreResult<Option<i64>> {
     Ok(with_backend!(conn, c => grading_periods::table
         .find(period.to_string())
         .select(grading_periods::run_id)

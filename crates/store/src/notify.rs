@@ -15,6 +15,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use tierwise_domain::Period;
 
+use crate::grading::published_run_id;
 use crate::schema::{
     activities, customers, grades, grading_periods, notification_events, outbox, owners,
 };
@@ -239,14 +240,6 @@ pub fn latest_published_period(conn: &mut DbConnection) -> StoreResult<Option<Pe
         .first(c)
         .optional()?);
     Ok(key.and_then(|k| Period::parse(&k).ok()))
-}
-
-fn published_run_id(conn: &mut DbConnection, period: Period) -> StoreResult<Option<i64>> {
-    Ok(with_backend!(conn, c => grading_periods::table
-        .find(period.to_string())
-        .select(grading_periods::run_id)
-        .first(c)
-        .optional()?))
 }
 
 // ---------------------------------------------------------------------------------------------
