@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::{CurrentUser, csrf_token};
+use crate::auth::CurrentUser;
 
 fn query(name: &str, description: &str) -> Value {
     json!({ "name": name, "in": "query", "required": false, "description": description, "schema": { "type": "string" } })
@@ -79,19 +79,5 @@ pub async fn openapi(_user: CurrentUser) -> HttpResponse {
 
 /// `GET /api/docs`: the document as a page.
 pub async fn docs(user: CurrentUser, state: web::Data<AppState>, session: Session) -> HttpResponse {
-    #[derive(serde::Serialize)]
-    struct Page<'a> {
-        user: &'a CurrentUser,
-        csrf: String,
-        data: Value,
-    }
-    state.views.render(
-        "apidocs.html",
-        &user.locale,
-        &Page {
-            user: &user,
-            csrf: csrf_token(&session),
-            data: document(),
-        },
-    )
+    crate::pages::render(&state, &session, Some(&user), "apidocs.html", document())
 }

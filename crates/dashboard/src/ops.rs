@@ -12,31 +12,8 @@ use tierwise_store::runs::{ImportRun, Reject};
 
 use crate::AppState;
 use crate::api::{self, ApiError, CustomersQuery, PeriodQuery};
-use crate::auth::{AuthError, CurrentUser, Role, check_csrf, csrf_token};
-
-fn page<T: Serialize>(
-    state: &AppState,
-    session: &Session,
-    user: &CurrentUser,
-    template: &str,
-    data: T,
-) -> HttpResponse {
-    #[derive(Serialize)]
-    struct Page<'a, T: Serialize> {
-        user: &'a CurrentUser,
-        csrf: String,
-        data: T,
-    }
-    state.views.render(
-        template,
-        &user.locale,
-        &Page {
-            user,
-            csrf: csrf_token(session),
-            data,
-        },
-    )
-}
+use crate::auth::{AuthError, CurrentUser, Role, check_csrf};
+use crate::pages::{self, CsrfForm};
 
 /// The migration matrix of a period against the one before.
 #[derive(Debug, Serialize)]
@@ -120,7 +97,13 @@ pub async fn migrations(
     q: web::Query<PeriodQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let data = migrations_data(&state, q.period.as_deref()).await?;
-    Ok(page(&state, &session, &user, "migrations.html", data))
+    Ok(pages::render(
+        &state,
+        &session,
+        Some(&user),
+        "migrations.html",
+        data,
+    ))
 }
 
 /// `GET /api/v1/migrations?period=`
@@ -146,7 +129,13 @@ pub async fn imports(
     session: Session,
 ) -> Result<HttpResponse, ApiError> {
     let runs = import_runs(&state).await?;
-    Ok(page(&state, &session, &user, "imports.html", runs))
+    Ok(pages::render(
+        &state,
+        &session,
+        Some(&user),
+        "imports.html",
+        runs,
+    ))
 }
 
 /// `GET /api/v1/imports`
@@ -182,7 +171,13 @@ pub async fn import_rejects(
         run,
         rejects: rejects(&state, run).await?,
     };
-    Ok(page(&state, &session, &user, "rejects.html", view))
+    Ok(pages::render(
+        &state,
+        &session,
+        Some(&user),
+        "rejects.html",
+        view,
+    ))
 }
 
 /// `GET /api/v1/imports/{id}/rejects`
@@ -256,7 +251,13 @@ pub async fn jobs(
     session: Session,
 ) -> Result<HttpResponse, ApiError> {
     let data = jobs_data(&state, &user).await?;
-    Ok(page(&state, &session, &user, "jobs.html", data))
+    Ok(pages::render(
+        &state,
+        &session,
+        Some(&user),
+        "jobs.html",
+        data,
+    ))
 }
 
 /// `GET /api/v1/jobs`
@@ -267,19 +268,13 @@ pub async fn api_jobs(
     Ok(HttpResponse::Ok().json(jobs_data(&state, &user).await?))
 }
 
-/// A form carrying only its CSRF token.
-#[derive(Debug, Deserialize)]
-pub struct CsrfOnly {
-    csrf: String,
-}
-
 /// `POST /jobs/{name}/run`: writes a run request that a scheduler picks up (admins only).
 pub async fn run_job(
     user: CurrentUser,
     state: web::Data<AppState>,
     session: Session,
     name: web::Path<String>,
-    form: web::Form<CsrfOnly>,
+    form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, actix_web::Error> {
     check_csrf(&session, &form.csrf)?;
     if user.role != Role::Admin {
@@ -382,7 +377,13 @@ pub async fn outbox(
     q: web::Query<OutboxQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let data = outbox_data(&state, q.into_inner().status).await?;
-    Ok(page(&state, &session, &user, "outbox.html", data))
+    Ok(pages::render(
+        &state,
+        &session,
+        Some(&user),
+        "outbox.html",
+        data,
+    ))
 }
 
 /// `GET /api/v1/outbox`

@@ -22,7 +22,8 @@ struct Page<'a, T: Serialize> {
     data: T,
 }
 
-fn render<T: Serialize>(
+/// Renders a page for `user` in their language, with the session's CSRF token for its forms.
+pub(crate) fn render<T: Serialize>(
     state: &AppState,
     session: &Session,
     user: Option<&CurrentUser>,
@@ -165,7 +166,7 @@ pub async fn login(
 /// A form carrying only its CSRF token.
 #[derive(Debug, Deserialize)]
 pub struct CsrfForm {
-    csrf: String,
+    pub(crate) csrf: String,
 }
 
 /// `POST /logout`
