@@ -151,7 +151,10 @@ impl ResponseError for AuthError {
     fn error_response(&self) -> HttpResponse {
         match self {
             Self::Login { next, api: false } => HttpResponse::SeeOther()
-                .insert_header(("Location", format!("/login?next={}", url_encode(next))))
+                .insert_header((
+                    "Location",
+                    format!("/login?next={}", url_encode(next, true)),
+                ))
                 .finish(),
             other => HttpResponse::build(other.status_code())
                 .json(serde_json::json!({ "error": other.to_string() })),
@@ -159,13 +162,15 @@ impl ResponseError for AuthError {
     }
 }
 
-/// Percent-encodes a path for a query value.
-pub fn url_encode(s: &str) -> String {
+/// Percent-encodes a query value, keeping unreserved characters (and `/` when `keep_slash`,
+/// so a local path stays readable in `?next=`).
+pub fn url_encode(s: &str, keep_slash: bool) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
                 (b as char).to_string()
             }
+            b'/' if keep_slash => "/".to_owned(),
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -76,16 +76,7 @@ impl Views {
         env.add_filter("money", money);
         env.add_filter("pct", |v: f64| format!("{:.1}%", v * 100.0));
         env.add_filter("score", |v: f64| format!("{v:.1}"));
-        env.add_filter("urlencode", |v: String| {
-            v.bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                        (b as char).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect::<String>()
-        });
+        env.add_filter("urlencode", |v: String| crate::auth::url_encode(&v, false));
         let catalogs = LOCALES
             .iter()
             .map(|(name, text)| {
