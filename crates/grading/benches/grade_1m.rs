@@ -29,7 +29,7 @@ use tierwise_import::{ColumnMapping, FileImportOptions, ImportSettings, RecordKi
 use tierwise_store::Database;
 use tierwise_store::grading::for_each_graded_customer;
 use tierwise_store::queries::table_counts;
-use tierwise_store::testing::{clear_period, peak_rss_kb, with_database_name};
+use tierwise_store::testing::{clear_period, median, peak_rss_kb, with_database_name};
 
 const PERIOD: &str = "2026-10";
 const AS_OF: &str = "2026-10-31";
@@ -173,21 +173,6 @@ fn child_check(url: &str, duckdb_csv: &Path) -> Result<()> {
     Ok(())
 }
 
-fn self_child(args: &[&str]) -> Result<String> {
-    let out = Command::new(std::env::current_exe()?)
-        .arg("--child")
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "child {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
-
 /// Runs a command under /usr/bin/time; returns (wall seconds, peak RSS KiB).
 fn timed(program: &str, args: &[&str]) -> Result<(f64, u64)> {
     let out = Command::new("/usr/bin/time")
@@ -208,24 +193,6 @@ fn timed(program: &str, args: &[&str]) -> Result<(f64, u64)> {
     let secs: f64 = parts.next().context("secs")?.parse()?;
     let kb: u64 = parts.next().context("rss")?.parse()?;
     Ok((secs, kb))
-}
-
-fn psql(url: &str, sql: &str) -> Result<String> {
-    let out = Command::new("psql")
-        .args(["-qtA", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "psql failed: {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 struct Run {
@@ -335,13 +302,13 @@ fn main() -> Result<()> {
     let mut results = Vec::new();
     for (name, url) in &backends {
         eprintln!("{name}: setting up (loads {orders} orders and invoices once; slow)");
-        self_child(&["setup", url, &csv_s, &orders.to_string()])?;
+        child(&["setup", url, &csv_s, &orders.to_string()])?;
         let mut runs = Vec::new();
         for round in 0..args.repeat {
             eprintln!("{name} {}/{}", round + 1, args.repeat);
-            runs.push(parse_run(&self_child(&["grade", url])?)?);
+            runs.push(parse_run(&child(&["grade", url])?)?);
         }
-        let check = self_child(&["check", url, &peer_s])?;
+        let check = child(&["check", url, &peer_s])?;
         results.push((*name, runs, check));
     }
 
@@ -409,4 +376,12 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&report_dir)?;
     std::fs::write(report_dir.join("grade_1m.md"), report)?;
     Ok(())
+}
+
+fn child(args: &[&str]) -> Result<String> {
+    tierwise_store::testing::bench_child(args).map_err(anyhow::Error::msg)
+}
+
+fn psql(url: &str, sql: &str) -> Result<String> {
+    tierwise_store::testing::bench_psql(url, sql).map_err(anyhow::Error::msg)
 }

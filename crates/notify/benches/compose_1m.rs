@@ -17,7 +17,6 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -38,7 +37,7 @@ use tierwise_notify::{
 };
 use tierwise_store::Database;
 use tierwise_store::notify::{enqueue, outbox_counts};
-use tierwise_store::testing::{clear_outbox, peak_rss_kb, with_database_name};
+use tierwise_store::testing::{clear_outbox, median, peak_rss_kb, with_database_name};
 
 const PERIODS: [&str; 2] = ["2026-09", "2026-10"];
 
@@ -265,37 +264,6 @@ fn child_send(url: &str) -> Result<()> {
     Ok(())
 }
 
-fn self_child(args: &[&str]) -> Result<String> {
-    let out = Command::new(std::env::current_exe()?)
-        .arg("--child")
-        .args(args)
-        .output()?;
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
-        bail!("child {args:?} failed");
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
-
-fn psql(url: &str, sql: &str) -> Result<String> {
-    let out = Command::new("psql")
-        .args(["-qtA", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
-        .output()
-        .context("running psql")?;
-    if !out.status.success() {
-        bail!(
-            "psql failed: {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn main() -> Result<()> {
     let args = parse_args()?;
     if let [what, url, rest @ ..] = args.child.as_slice() {
@@ -358,11 +326,11 @@ fn main() -> Result<()> {
     writeln!(report, "|---|---|---|---|---|---|---|---|")?;
     for (name, url) in &backends {
         eprintln!("{name}: setting up (once)");
-        self_child(&["setup", url, &dir_s])?;
+        child(&["setup", url, &dir_s])?;
         let (mut compose, mut rss, mut queue, mut msgs, mut html) =
             (Vec::new(), Vec::new(), Vec::new(), 0, 0.0);
         for round in 0..args.repeat {
-            let out = self_child(&["compose", url])?;
+            let out = child(&["compose", url])?;
             let f: Vec<f64> = out
                 .split_whitespace()
                 .filter_map(|x| x.parse().ok())
@@ -382,7 +350,7 @@ fn main() -> Result<()> {
             msgs = m as u64;
             html = h / 1_048_576.0;
         }
-        let out = self_child(&["send", url])?;
+        let out = child(&["send", url])?;
         let f: Vec<f64> = out
             .split_whitespace()
             .filter_map(|x| x.parse().ok())
@@ -409,4 +377,12 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("compose_1m.md"), &report)?;
     Ok(())
+}
+
+fn child(args: &[&str]) -> Result<String> {
+    tierwise_store::testing::bench_child(args).map_err(anyhow::Error::msg)
+}
+
+fn psql(url: &str, sql: &str) -> Result<String> {
+    tierwise_store::testing::bench_psql(url, sql).map_err(anyhow::Error::msg)
 }

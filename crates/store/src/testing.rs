@@ -65,6 +65,46 @@ pub fn clear_outbox(conn: &mut DbConnection) -> StoreResult<()> {
     Ok(())
 }
 
+/// Benchmarks: runs this executable again with `--child ARGS…` (so a measurement's peak RSS is
+/// its own), passes its stderr through and returns its trimmed stdout.
+pub fn bench_child(args: &[&str]) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(exe)
+        .arg("--child")
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "child {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Benchmarks: runs one SQL statement with `psql` against `url`; returns its trimmed output.
+pub fn bench_psql(url: &str, sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new("psql")
+        .args(["-qtA", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .output()
+        .map_err(|e| format!("running psql: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "psql failed: {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Benchmarks: the median of `v` (the upper one of an even count; NaN when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Peak resident memory of this process in KiB (Linux `VmHWM`; 0 where unavailable), for
 /// benchmark reports.
 pub fn peak_rss_kb() -> u64 {
