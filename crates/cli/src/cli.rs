@@ -85,6 +85,13 @@ pub enum Command {
     /// in an audit trail.
     #[command(subcommand)]
     Override(OverrideCommand),
+    /// Show the grading policy in force, its version history, or return to the configuration.
+    ///
+    /// The policy in force is [grading] from the configuration with the newest version an
+    /// admin applied on the dashboard's policy page over it (weights, tier cut-offs, ABC cuts).
+    /// Grading runs use it from their next start.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Queue, preview and send digests, reminders and churn alerts.
     ///
     /// Messages go through an outbox: queueing writes each rendered message once (a second
@@ -104,6 +111,36 @@ pub enum Command {
     /// Show or check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the policy in force as TOML (a valid --policy file) and which version it is.
+    ///
+    /// Example:
+    ///   tierwise policy show > policy.toml
+    Show,
+    /// List the versions applied, newest first, with author, reason and what each changed.
+    ///
+    /// Example:
+    ///   tierwise policy history --limit 10
+    History {
+        /// Versions to show.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Return to the configured [grading] policy (recorded as a new, empty version).
+    ///
+    /// Example:
+    ///   tierwise policy reset --reason "back to the reviewed configuration"
+    Reset {
+        /// Why (kept in the history).
+        #[arg(long)]
+        reason: String,
+        /// Who (kept in the history); defaults to $USER.
+        #[arg(long, env = "USER", default_value = "cli")]
+        author: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -24,6 +24,9 @@ pub enum ApiError {
     /// Bad input.
     #[error("{0}")]
     BadRequest(String),
+    /// Another process holds what this needs (a grading run holds the grading lock).
+    #[error("{0}; try again when it has finished")]
+    Busy(String),
     /// The database failed.
     #[error("internal error")]
     Internal,
@@ -35,6 +38,7 @@ impl actix_web::ResponseError for ApiError {
         match self {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Busy(_) => StatusCode::CONFLICT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

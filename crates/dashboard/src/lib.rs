@@ -10,6 +10,7 @@ pub mod auth;
 pub mod openapi;
 pub mod ops;
 pub mod pages;
+pub mod policy;
 pub mod views;
 
 use actix_session::SessionMiddleware;
@@ -100,6 +101,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/jobs", web::get().to(ops::jobs))
         .route("/jobs/{name}/run", web::post().to(ops::run_job))
         .route("/outbox", web::get().to(ops::outbox))
+        .route("/policy", web::get().to(policy::show))
+        .route("/policy/what-if", web::post().to(policy::what_if))
+        .route("/policy/apply", web::post().to(policy::apply))
+        .route("/api/v1/policy", web::get().to(policy::api_show))
+        .route("/api/v1/policy", web::post().to(policy::api_apply))
+        .route(
+            "/api/v1/policy/what-if",
+            web::post().to(policy::api_what_if),
+        )
         .route("/api/v1/migrations", web::get().to(ops::api_migrations))
         .route("/api/v1/imports", web::get().to(ops::api_imports))
         .route(

@@ -31,6 +31,22 @@ fn get(summary: &str, parameters: Vec<Value>) -> Value {
     })
 }
 
+/// A POST operation taking a JSON body (admins only).
+fn post(summary: &str, body: &str) -> Value {
+    json!({
+        "summary": summary,
+        "requestBody": { "required": true, "description": body, "content": { "application/json": { "schema": { "type": "object" } } } },
+        "responses": {
+            "200": { "description": "OK", "content": { "application/json": { "schema": { "type": "object" } } } },
+            "201": { "description": "Created" },
+            "400": { "description": "The body does not make a valid policy; the error says which setting" },
+            "401": { "description": "Not logged in" },
+            "403": { "description": "Not an admin" },
+            "409": { "description": "A grading run holds the grading lock; try again" }
+        }
+    })
+}
+
 /// The document.
 pub fn document() -> Value {
     let period = || {
@@ -67,9 +83,26 @@ pub fn document() -> Value {
             "/api/v1/imports": get("Recent import runs with counts", vec![]),
             "/api/v1/imports/{id}/rejects": get("Rejected records of one import run", vec![path_id("Import run id")]),
             "/api/v1/jobs": get("Job definitions with next runs, and recent runs", vec![]),
-            "/api/v1/outbox": get("Email outbox: counts by status and recent messages", vec![query("status", "queued, sending, sent or dead")])
+            "/api/v1/outbox": get("Email outbox: counts by status and recent messages", vec![query("status", "queued, sending, sent or dead")]),
+            "/api/v1/policy": policy_path(),
+            "/api/v1/policy/what-if": { "post": post(
+                "What a policy change would do: the newest period re-graded in memory (nothing is written)",
+                "A policy adjustment: {\"weights\": {\"value\": 0.5}, \"tiers\": {\"A\": {\"share\": 0.05}, \"D\": {\"share\": 0.45}}, \"abc_cuts\": [0.7, 0.9]}"
+            ) }
         }
     })
+}
+
+fn policy_path() -> Value {
+    let mut path = get(
+        "The grading policy in force, its hash, and the versions applied",
+        vec![],
+    );
+    path["post"] = post(
+        "Apply a policy adjustment as a new version (in force from the next grading run)",
+        "{\"adjustment\": {…as for what-if…}, \"reason\": \"why\"}",
+    );
+    path
 }
 
 /// `GET /api/openapi.json`

@@ -24,6 +24,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("rejects.html", include_str!("../templates/rejects.html")),
     ("jobs.html", include_str!("../templates/jobs.html")),
     ("outbox.html", include_str!("../templates/outbox.html")),
+    ("policy.html", include_str!("../templates/policy.html")),
     ("apidocs.html", include_str!("../templates/apidocs.html")),
 ];
 

@@ -231,8 +231,11 @@ backend_tests! {
             let (_, json) = get(&app, &admin, "/api/openapi.json").await;
             let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
             let paths = doc["paths"].as_object().unwrap();
-            assert_eq!(paths.len(), 8);
-            for path in paths.keys() {
+            assert_eq!(paths.len(), 10);
+            for (path, ops) in paths {
+                if ops.get("get").is_none() {
+                    continue;
+                }
                 let uri = path.replace("{id}", "1");
                 let (status, body) = get(&app, &admin, &uri).await;
                 assert_eq!(status, StatusCode::OK, "{uri}: {body}");
@@ -275,13 +278,13 @@ backend_tests! {
         fixture(&db);
         actix_web::rt::System::new().block_on(async {
             let app = app!(db);
-            for uri in ["/", "/customers", "/customers/1", "/?period=2026-10", "/migrations", "/imports", "/imports/1", "/jobs", "/outbox", "/customers.csv"] {
+            for uri in ["/", "/customers", "/customers/1", "/?period=2026-10", "/migrations", "/imports", "/imports/1", "/jobs", "/outbox", "/customers.csv", "/policy"] {
                 let resp = atest::call_service(&app, atest::TestRequest::get().uri(uri).to_request()).await;
                 assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{uri}");
                 let location = resp.headers().get("Location").unwrap().to_str().unwrap().to_owned();
                 assert!(location.starts_with("/login?next="), "{location}");
             }
-            for uri in ["/api/openapi.json", "/api/docs", "/api/v1/overview", "/api/v1/customers", "/api/v1/customers/1", "/api/v1/migrations", "/api/v1/imports", "/api/v1/imports/1/rejects", "/api/v1/jobs", "/api/v1/outbox"] {
+            for uri in ["/api/openapi.json", "/api/docs", "/api/v1/overview", "/api/v1/customers", "/api/v1/customers/1", "/api/v1/migrations", "/api/v1/imports", "/api/v1/imports/1/rejects", "/api/v1/jobs", "/api/v1/outbox", "/api/v1/policy"] {
                 let resp = atest::call_service(&app, atest::TestRequest::get().uri(uri).to_request()).await;
                 assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{uri}");
             }
@@ -400,5 +403,84 @@ backend_tests! {
         assert!(pinned.contains(&own) && pinned.contains(&other));
         let by_li = overrides.iter().find(|(c, _)| c.0 == own).unwrap();
         assert_eq!(by_li.1.author, "li");
+    }
+
+    fn policy_what_if_and_apply(db) {
+        fixture(&db);
+        let published = tierwise_store::grading::published_tiers(&mut db.conn(), Period::parse("2026-10").unwrap()).unwrap().unwrap();
+        let in_a_now = published.values().filter(|t| t.as_deref() == Some("A")).count() as u64;
+        actix_web::rt::System::new().block_on(async {
+            let app = app!(db);
+            let post = |uri: &str, cookie: &Cookie<'static>, fields: Vec<(&str, String)>| {
+                atest::TestRequest::post().uri(uri).cookie(cookie.clone()).set_form(fields).to_request()
+            };
+            // Everyone may read the policy; only admins see the form enabled and may post it.
+            let viewer = login(&app, "viewer", "s3cret-pass").await.0.unwrap();
+            let (status, html) = get(&app, &viewer, "/policy").await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(html.contains("name=\"weight.value\"") && html.contains(" disabled"));
+            let resp = atest::call_service(&app, post("/policy/what-if", &viewer, vec![("csrf", csrf_of(&html)), ("weight.value", "1".into())])).await;
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+            let admin = login(&app, "admin", "s3cret-pass").await.0.unwrap();
+            let (_, html) = get(&app, &admin, "/policy").await;
+            let csrf = csrf_of(&html);
+            assert!(html.contains(&Policy::default().hash()), "shows the hash in force");
+            // Without the token: refused.
+            let resp = atest::call_service(&app, post("/policy/what-if", &admin, vec![("tier.A.share", "5".into())])).await;
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+            // Shares that do not add up: the page says so and keeps the form.
+            let resp = atest::call_service(&app, post("/policy/what-if", &admin, vec![("csrf", csrf.clone()), ("tier.A.share", "50".into())])).await;
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+            let html = body(resp).await;
+            assert!(html.contains("what-if-error") && html.contains("add up to 1"), "{html}");
+            // Twice the A share promotes customers at once (demotions would wait for the
+            // hysteresis): the what-if counts them, and writes nothing.
+            let knobs = vec![("csrf", csrf.clone()), ("tier.A.share", "20".into()), ("tier.D.share", "30".into()), ("weight.value", "0.35".into())];
+            let resp = atest::call_service(&app, post("/policy/what-if", &admin, knobs.clone())).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            let html = body(resp).await;
+            assert!(html.contains("id=\"what-if-result\""));
+            let (_, json) = {
+                let resp = atest::call_service(&app, atest::TestRequest::post().uri("/api/v1/policy/what-if").cookie(admin.clone())
+                    .set_json(serde_json::json!({"tiers": {"A": {"share": 0.2}, "D": {"share": 0.3}}})).to_request()).await;
+                (resp.status(), body(resp).await)
+            };
+            let w: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(w["period"], "2026-10");
+            assert_eq!(w["changes"], "A.share=0.2 D.share=0.3");
+            let a = &w["tiers"][0];
+            assert_eq!((a["name"].as_str(), a["current"].as_u64()), (Some("A"), Some(in_a_now)), "{json}");
+            let promoted = a["candidate"].as_u64().unwrap() - in_a_now;
+            assert!(promoted > 0, "{json}");
+            assert!(w["up"].as_u64().unwrap() >= promoted, "{json}");
+            assert!(html.contains(&format!("id=\"what-if-moved\">{}<", w["moved"])), "the page shows the same count");
+            assert!(tierwise_store::policy::current_version(&mut db.conn()).unwrap().is_none(), "a what-if writes nothing");
+
+            // Applying needs a reason; then the version is in force with its audit entry.
+            let resp = atest::call_service(&app, post("/policy/apply", &admin, knobs.clone())).await;
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+            let mut with_reason = knobs;
+            with_reason.push(("reason", "more key accounts".into()));
+            let resp = atest::call_service(&app, post("/policy/apply", &viewer, with_reason.clone())).await;
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "viewer (its own token is not this one)");
+            let resp = atest::call_service(&app, post("/policy/apply", &admin, with_reason)).await;
+            assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+            let (_, html) = get(&app, &admin, resp.headers().get("Location").unwrap().to_str().unwrap()).await;
+            assert!(html.contains("more key accounts") && html.contains("A.share=0.2 D.share=0.3"), "history lists it");
+            let (_, json) = get(&app, &viewer, "/api/v1/policy").await;
+            let p: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(p["version"]["author"], "admin");
+            assert_eq!(p["policy"]["tiers"]["levels"][0]["share"], 0.2);
+        });
+        // The next grading run grades under the version in force.
+        let effective = tierwise_grading::effective_policy(&mut db.conn(), &Policy::default()).unwrap();
+        assert_eq!(effective.policy.tiers.levels[0].share, 0.2);
+        let report = grade_period(&db.db, Period::parse("2026-10").unwrap(), &effective.policy, Mode::Publish).unwrap();
+        let a = report.summary.tiers.iter().find(|(n, _)| n == "A").unwrap().1.customers;
+        assert!(a > in_a_now, "{a} > {in_a_now}");
+        let version = tierwise_store::policy::current_version(&mut db.conn()).unwrap().unwrap();
+        assert_eq!(version.policy_hash, effective.policy.hash());
+        assert_eq!(version.previous_hash, Policy::default().hash());
     }
 }

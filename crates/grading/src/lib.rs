@@ -11,11 +11,13 @@ use std::time::Instant;
 use serde::Serialize;
 use tierwise_domain::Period;
 use tierwise_domain::grading::{
-    Grade, GradingOutcome, Policy, Summary, TierReason, grade_population, summarise,
+    Grade, GradingOutcome, Policy, PolicyAdjustment, Summary, TierReason, grade_population,
+    summarise,
 };
 use tierwise_store::grading::{
     self as store, FactsRequest, GradingRunId, NewExplanation, NewGrade, RunCounts,
 };
+use tierwise_store::policy::{NewPolicyVersion, PolicyVersion};
 use tierwise_store::{Database, DbConnection, StoreError};
 
 /// Name of the database-wide lock a grading run holds.
@@ -38,6 +40,23 @@ pub enum GradingError {
     /// The store failed (including: another run holds the lock).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The policy version in force no longer fits the configured policy (a tier or component it
+    /// names was renamed or removed).
+    #[error(
+        "policy version {version} (applied by {author}) no longer fits the [grading] configuration: \
+         {reason}; apply a new version on the dashboard's policy page or run `tierwise policy reset`"
+    )]
+    StaleVersion {
+        /// Its id.
+        version: i64,
+        /// Who applied it.
+        author: String,
+        /// What does not fit.
+        reason: String,
+    },
+    /// A what-if needs a published period to compare with.
+    #[error("nothing has been graded yet; a what-if compares with the newest graded period")]
+    NothingGraded,
     /// A range was given backwards.
     #[error("--from {from} is after --to {to}")]
     BackwardsRange {
@@ -77,6 +96,10 @@ pub struct Movement {
     pub up: u64,
     /// … to a worse tier (or from one to none).
     pub down: u64,
+    /// Customers by published tier, then by the dry run's tier (`summary::NO_TIER` for none),
+    /// unchanged ones included: row sums are the published distribution, column sums the
+    /// dry run's.
+    pub matrix: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// What a run did.
@@ -301,6 +324,17 @@ fn movement(
             .cloned()
             .flatten()
             .and_then(|name| policy.tier_index(&name));
+        let name = |t: Option<u8>| {
+            t.map_or(tierwise_domain::grading::summary::NO_TIER, |t| {
+                policy.tier_name(t)
+            })
+            .to_owned()
+        };
+        *m.matrix
+            .entry(name(before))
+            .or_default()
+            .entry(name(grade.assigned_tier))
+            .or_default() += 1;
         if before == grade.assigned_tier {
             continue;
         }
@@ -530,6 +564,113 @@ fn explanation(g: &Grade, churn_rate: Option<f64>, custom_names: &[&str]) -> Str
         churn_rate: churn_rate.map(round6),
     };
     serde_json::to_string(&e).unwrap_or_else(|_| "{}".into())
+}
+
+/// The policy in force: the configured `[grading]` policy with the newest version applied from
+/// the dashboard over it.
+#[derive(Debug, Clone)]
+pub struct EffectivePolicy {
+    /// The policy to grade with.
+    pub policy: Policy,
+    /// The version in force, if any was applied.
+    pub version: Option<PolicyVersion>,
+}
+
+/// Reads the policy in force (see [`EffectivePolicy`]). A version that no longer fits the
+/// configuration is an error rather than silently ignored: grading under another policy than
+/// the one an admin applied would be worse than not grading.
+pub fn effective_policy(
+    conn: &mut DbConnection,
+    configured: &Policy,
+) -> Result<EffectivePolicy, GradingError> {
+    let version = tierwise_store::policy::current_version(conn)?;
+    let policy = match &version {
+        Some(v) => v
+            .adjustment
+            .apply(configured)
+            .map_err(|e| GradingError::StaleVersion {
+                version: v.id,
+                author: v.author.clone(),
+                reason: e.to_string(),
+            })?,
+        None => configured.clone(),
+    };
+    Ok(EffectivePolicy { policy, version })
+}
+
+/// Puts `adjustment` (over the configured policy) in force from the next grading run, recording
+/// who did it and why. An empty adjustment returns to the configuration. Returns the version id
+/// and the new policy.
+pub fn apply_policy(
+    conn: &mut DbConnection,
+    configured: &Policy,
+    adjustment: &PolicyAdjustment,
+    author: &str,
+    reason: &str,
+) -> Result<(i64, Policy), GradingError> {
+    let policy = adjustment.apply(configured)?;
+    // A stale version in force is being replaced; its hash is the configuration's then.
+    let previous_hash = match effective_policy(conn, configured) {
+        Ok(current) => current.policy.hash(),
+        Err(GradingError::StaleVersion { .. }) => configured.hash(),
+        Err(e) => return Err(e),
+    };
+    let minimal = PolicyAdjustment::between(configured, &policy);
+    let id = tierwise_store::policy::add_version(
+        conn,
+        NewPolicyVersion {
+            author,
+            reason,
+            adjustment: &minimal,
+            previous_hash: &previous_hash,
+            policy_hash: &policy.hash(),
+            now: chrono::Utc::now().naive_utc(),
+        },
+    )?;
+    tracing::info!(version = id, author, hash = %policy.hash(), "policy version applied");
+    Ok((id, policy))
+}
+
+/// What a policy change would do to the newest graded period.
+#[derive(Debug, Clone, Serialize)]
+pub struct WhatIf {
+    /// The period re-graded in memory.
+    pub period: Period,
+    /// Hash of the policy in force.
+    pub current_hash: String,
+    /// Hash of the candidate.
+    pub candidate_hash: String,
+    /// The dry run (its summary is the candidate's distribution, its movement the comparison
+    /// with the published grades).
+    pub report: GradingReport,
+}
+
+/// Re-grades the newest published period in memory under `candidate` and compares it with the
+/// published grades. Writes nothing; fails with the store's busy error while a grading run holds
+/// the lock.
+pub fn what_if(
+    db: &Database,
+    configured: &Policy,
+    candidate: &Policy,
+) -> Result<WhatIf, GradingError> {
+    let (period, current_hash) = {
+        let mut conn = db.conn()?;
+        let period = store::published_periods(&mut conn)?
+            .into_iter()
+            .max()
+            .ok_or(GradingError::NothingGraded)?;
+        (
+            period,
+            effective_policy(&mut conn, configured)?.policy.hash(),
+        )
+    };
+    let report = grade_period(db, period, candidate, Mode::DryRun)?;
+    Ok(WhatIf {
+        period,
+        current_hash,
+        candidate_hash: candidate.hash(),
+        report,
+    })
 }
 
 /// Grades every period from `from` to `to` in order (hysteresis and CLV build on each other),

@@ -9,7 +9,7 @@ use chrono::{NaiveDateTime, TimeDelta};
 use chrono_tz::Tz;
 use serde_json::json;
 use tierwise_domain::grading::Policy;
-use tierwise_grading::{Mode, grade_period};
+use tierwise_grading::{Mode, effective_policy, grade_period};
 use tierwise_import::{ColumnMapping, FileImportOptions, ImportSettings, import_file};
 use tierwise_notify::{Composer, NotifySettings, SmtpSettings, Templates};
 use tierwise_store::jobs::{self as store, Lease};
@@ -24,7 +24,7 @@ use crate::definition::JobKind;
 pub struct JobEnv {
     /// The database.
     pub db: Database,
-    /// `[grading]`.
+    /// `[grading]` as configured (grading runs apply the policy version in force over it).
     pub policy: Policy,
     /// `[import]`.
     pub import: ImportSettings,
@@ -77,7 +77,9 @@ pub fn execute(
     Ok(match kind {
         JobKind::Grade { period } => {
             let period = period.resolve(o.scheduled_for, o.timezone);
-            let report = grade_period(&env.db, period, &env.policy, Mode::Publish)?;
+            // The policy in force now: an admin may have applied a version since start-up.
+            let policy = effective_policy(&mut *env.db.conn()?, &env.policy)?.policy;
+            let report = grade_period(&env.db, period, &policy, Mode::Publish)?;
             let queued = match env.notify.after_grading {
                 true => queue_pending(&mut *env.db.conn()?, &env.composer(&domain, o))?,
                 false => 0,

@@ -12,6 +12,7 @@ pub mod grading;
 pub mod jobs;
 pub mod load;
 pub mod notify;
+pub mod policy;
 pub mod queries;
 pub mod runs;
 mod schema;

@@ -325,6 +325,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    policy_versions (id) {
+        id -> BigInt,
+        created_at -> Timestamp,
+        author -> Text,
+        reason -> Text,
+        adjustment -> Text,
+        previous_hash -> Text,
+        policy_hash -> Text,
+    }
+}
+
 diesel::joinable!(import_rejects -> import_runs (import_run_id));
 diesel::joinable!(customers -> owners (owner_id));
 diesel::joinable!(orders -> customers (customer_id));
@@ -355,4 +367,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     job_probes,
     users,
     app_secrets,
+    policy_versions,
 );

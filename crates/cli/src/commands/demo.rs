@@ -151,13 +151,14 @@ pub fn run(settings: &Settings, args: &DemoArgs, progress: bool) -> anyhow::Resu
     // churn rate behind CLV needs a year of history.
     println!();
     let from = period.shift(-12);
-    let graded = tierwise_grading::grade_range(&db, from, period, &settings.grading, |r| {
+    let policy = super::grade::effective_policy(&db, settings)?;
+    let graded = tierwise_grading::grade_range(&db, from, period, &policy, |r| {
         tracing::info!(period = %r.period, graded = r.summary.graded, "graded");
     })
     .with_context(|| format!("grading the demo months {from} to {period}"))?;
     if let Some(last) = graded.last() {
         println!("Graded {} months, {from} to {period}.", graded.len());
-        super::grade::print_grading_report(last, &settings.grading, false);
+        super::grade::print_grading_report(last, &policy, false);
     }
     println!();
     let emails = render_demo_emails(settings, &db, &args.dir.join("emails"))?;

@@ -52,11 +52,11 @@ pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
 }
 
 pub fn grade(settings: &Settings, args: &GradeArgs, progress: bool) -> anyhow::Result<ExitCode> {
+    let db = open_database(&settings.database.url, settings.database.pool_size)?;
     let policy = match &args.policy {
         Some(path) => load_policy(path)?,
-        None => settings.grading.clone(),
+        None => effective_policy(&db, settings)?,
     };
-    let db = open_database(&settings.database.url, settings.database.pool_size)?;
     match (&args.period, &args.from, &args.to) {
         (Some(p), _, _) => {
             let period = period(p, "--period")?;
@@ -397,6 +397,22 @@ fn text(s: impl Into<String>) -> Cell {
 
 fn opt_text(s: Option<String>) -> Cell {
     s.map_or(Cell::Empty, Cell::Text)
+}
+
+/// The policy in force: `[grading]` with the newest version applied from the dashboard over it.
+pub fn effective_policy(db: &Database, settings: &Settings) -> anyhow::Result<Policy> {
+    let effective = tierwise_grading::effective_policy(&mut *db.conn()?, &settings.grading)?;
+    if let Some(v) = &effective.version {
+        tracing::info!(
+            version = v.id,
+            author = %v.author,
+            "grading with policy version {} applied by {} on {}",
+            v.id,
+            v.author,
+            v.created_at.format("%Y-%m-%d")
+        );
+    }
+    Ok(effective.policy)
 }
 
 /// The policy a published period was graded with (its snapshot is stored with the run).

@@ -7,6 +7,7 @@ mod import;
 mod jobs;
 mod migrate;
 mod notify;
+mod policy;
 pub(crate) mod serve;
 mod user;
 
@@ -37,6 +38,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Grade(args) => grade::grade(&settings, &args, progress),
         Command::Grades(command) => grade::grades(&settings, command),
         Command::Override(command) => grade::override_command(&settings, command),
+        Command::Policy(command) => policy::run(&settings, command),
         Command::Notify(command) => notify::run(&settings, command),
         Command::Serve(command) => serve::run(&settings, command),
         Command::Jobs(command) => jobs::run(&settings, command),

@@ -2,6 +2,7 @@
 //! classes, credit, profit, the composite score and tiers, hysteresis and overrides, loyalty,
 //! lifecycle and simple CLV — pure functions over per-customer facts.
 
+pub mod adjust;
 pub mod engine;
 pub mod facts;
 pub mod policy;
@@ -10,6 +11,7 @@ pub mod score;
 pub mod segment;
 pub mod summary;
 
+pub use adjust::{COMPONENT_NAMES, PolicyAdjustment, TierCut};
 pub use engine::{
     AbcClass, BUILTIN_COMPONENTS, Grade, GradingOutcome, OverrideNote, TierReason, grade_population,
 };
