@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use tierwise_domain::grading::Summary;
 use tierwise_domain::grading::summary::GroupFigures;
 use tierwise_domain::{CustomerId, Period};
-use tierwise_store::dashboard::{self as store, CustomerFilter, CustomerRow, GradeHistoryRow};
+use tierwise_store::dashboard::{
+    self as store, Cursor, CustomerFilter, CustomerRow, CustomerSort, GradeHistoryRow,
+};
 use tierwise_store::grading::{GradedCustomer, OverrideEvent};
 
 use crate::AppState;
@@ -240,8 +242,12 @@ pub struct CustomersQuery {
     pub overridden: Option<String>,
     /// Tier in the period before (a migration matrix cell, with `tier`).
     pub from_tier: Option<String>,
-    /// Last customer id of the previous page.
-    pub after: Option<i64>,
+    /// `yes`: only customers at risk or churned; `no`: only the others.
+    pub churn_risk: Option<String>,
+    /// `id` (default), `score` (best first) or `monetary` (largest first).
+    pub sort: Option<String>,
+    /// Where the previous page ended (its `next_after`).
+    pub after: Option<String>,
 }
 
 /// A page of customers.
@@ -254,7 +260,18 @@ pub struct CustomerList {
     /// Rows.
     pub rows: Vec<CustomerRow>,
     /// `after` for the next page (none: this is the last).
-    pub next_after: Option<i64>,
+    pub next_after: Option<String>,
+}
+
+fn yes_no(field: &str, value: Option<&str>) -> Result<Option<bool>, ApiError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("yes") => Ok(Some(true)),
+        Some("no") => Ok(Some(false)),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "{field}: '{other}' is neither yes nor no"
+        ))),
+    }
 }
 
 fn some(s: &Option<String>) -> Option<String> {
@@ -273,14 +290,28 @@ pub async fn customers_data(state: &AppState, q: CustomersQuery) -> Result<Custo
         lifecycle: some(&q.lifecycle),
         owner_id: q.owner,
         search: some(&q.q),
-        overridden: match q.overridden.as_deref() {
-            Some("yes") => Some(true),
-            Some("no") => Some(false),
-            _ => None,
-        },
+        overridden: yes_no("overridden", q.overridden.as_deref())?,
         from_tier: some(&q.from_tier),
+        churn_risk: yes_no("churn_risk", q.churn_risk.as_deref())?,
     };
-    let after = q.after;
+    let sort = match some(&q.sort).as_deref() {
+        None | Some("id") => CustomerSort::Id,
+        Some("score") => CustomerSort::Score,
+        Some("monetary") => CustomerSort::Monetary,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "sort: '{other}' is not one of id, score, monetary"
+            )));
+        }
+    };
+    let after = match some(&q.after) {
+        Some(text) => Some(Cursor::decode(sort, &text).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "after: '{text}' is not a position in this order; use the next_after of the page before"
+            ))
+        })?),
+        None => None,
+    };
     // One connection and one trip to the blocking pool for the whole page.
     let (period, rows) = state
         .db
@@ -290,7 +321,7 @@ pub async fn customers_data(state: &AppState, q: CustomersQuery) -> Result<Custo
                 None => tierwise_store::notify::latest_published_period(c)?,
             };
             let rows = match period {
-                Some(p) => store::customer_page(c, p, &filter, after, PAGE)?,
+                Some(p) => store::customer_page(c, p, &filter, sort, after, PAGE)?,
                 None => Some(Vec::new()),
             };
             Ok((period, rows))
@@ -303,7 +334,7 @@ pub async fn customers_data(state: &AppState, q: CustomersQuery) -> Result<Custo
         ))
     })?;
     let next_after = (rows.len() as i64 == PAGE)
-        .then(|| rows.last().map(|r| r.customer_id))
+        .then(|| rows.last().map(|r| Cursor::after(sort, r).encode()))
         .flatten();
     Ok(CustomerList {
         period: period.map(|p| p.to_string()),

@@ -95,6 +95,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::post().to(pages::set_override),
         )
         .route("/customers.csv", web::get().to(ops::export_csv))
+        .route("/customers.xlsx", web::get().to(ops::export_xlsx))
         .route("/migrations", web::get().to(ops::migrations))
         .route("/imports", web::get().to(ops::imports))
         .route("/imports/{id}", web::get().to(ops::import_rejects))

@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use tierwise_domain::grading::Summary;
 use tierwise_store::ImportRunId;
+use tierwise_store::dashboard::CustomerRow;
 use tierwise_store::jobs::JobRun;
 use tierwise_store::notify::{OutboxMessage, OutboxStatus};
 use tierwise_store::runs::{ImportRun, Reject};
@@ -404,75 +405,197 @@ pub fn spreadsheet_safe(text: &str) -> String {
     }
 }
 
-/// `GET /customers.csv?…`: every customer matching the list's filters, as CSV.
-pub async fn export_csv(
-    _user: CurrentUser,
-    state: web::Data<AppState>,
-    q: web::Query<CustomersQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let mut query = q.into_inner();
-    query.after = None;
-    let mut out = csv::Writer::from_writer(Vec::new());
-    let header = [
-        "customer_id",
-        "name",
-        "contact",
-        "contact_email",
-        "owner",
-        "orders",
-        "average_order",
-        "monetary",
-        "clv",
-        "tier",
-        "segment",
-        "abc_class",
-        "lifecycle",
-        "score",
-    ];
-    let csv_error = |e: csv::Error| {
-        tracing::error!(error = %e, "writing CSV");
+/// One exported value: text (formula-escaped), an amount in minor units, a count, a score.
+enum Value {
+    Text(String),
+    Money(Option<i64>),
+    Count(i64),
+    Score(Option<f64>),
+}
+
+const EXPORT_HEADER: [&str; 15] = [
+    "customer_id",
+    "name",
+    "contact",
+    "contact_email",
+    "owner",
+    "orders",
+    "average_order",
+    "monetary",
+    "clv",
+    "tier",
+    "segment",
+    "abc_class",
+    "lifecycle",
+    "score",
+    "notes",
+];
+
+fn export_values(r: &CustomerRow) -> [Value; 15] {
+    let text = |s: Option<&str>| Value::Text(spreadsheet_safe(s.unwrap_or("")));
+    let average = (r.frequency > 0).then(|| r.monetary / i64::from(r.frequency));
+    [
+        text(Some(&r.external_id)),
+        text(Some(&r.name)),
+        text(r.contact_name.as_deref()),
+        text(r.contact_email.as_deref()),
+        text(r.owner_email.as_deref()),
+        Value::Count(i64::from(r.frequency)),
+        Value::Money(average),
+        Value::Money(Some(r.monetary)),
+        Value::Money(r.clv),
+        text(r.tier.as_deref()),
+        text(r.segment.as_deref()),
+        text(r.abc_class.as_deref()),
+        text(Some(&r.lifecycle)),
+        Value::Score(r.composite),
+        text(r.note.as_deref()),
+    ]
+}
+
+/// Where export rows go.
+trait Sheet {
+    fn row(&mut self, values: [Value; 15]) -> Result<(), String>;
+    fn finish(self) -> Result<Vec<u8>, String>;
+}
+
+struct CsvSheet(csv::Writer<Vec<u8>>);
+
+impl Sheet for CsvSheet {
+    fn row(&mut self, values: [Value; 15]) -> Result<(), String> {
+        let cells = values.map(|v| match v {
+            Value::Text(s) => s,
+            Value::Money(m) => m
+                .map(|v| format!("{}.{:02}", v / 100, (v % 100).abs()))
+                .unwrap_or_default(),
+            Value::Count(n) => n.to_string(),
+            Value::Score(s) => s.map(|c| format!("{c:.2}")).unwrap_or_default(),
+        });
+        self.0.write_record(cells).map_err(|e| e.to_string())
+    }
+
+    fn finish(self) -> Result<Vec<u8>, String> {
+        self.0.into_inner().map_err(|e| e.to_string())
+    }
+}
+
+struct XlsxSheet {
+    workbook: rust_xlsxwriter::Workbook,
+    money: rust_xlsxwriter::Format,
+    next_row: u32,
+}
+
+impl XlsxSheet {
+    fn new() -> Result<Self, rust_xlsxwriter::XlsxError> {
+        let mut workbook = rust_xlsxwriter::Workbook::new();
+        let bold = rust_xlsxwriter::Format::new().set_bold();
+        let sheet = workbook.add_worksheet_with_constant_memory()?;
+        sheet.set_name("customers")?;
+        for (col, name) in EXPORT_HEADER.iter().enumerate() {
+            sheet.write_string_with_format(0, col as u16, *name, &bold)?;
+        }
+        Ok(Self {
+            workbook,
+            money: rust_xlsxwriter::Format::new().set_num_format("#,##0.00"),
+            next_row: 1,
+        })
+    }
+}
+
+impl Sheet for XlsxSheet {
+    fn row(&mut self, values: [Value; 15]) -> Result<(), String> {
+        let row = self.next_row;
+        self.next_row += 1;
+        let sheet = self
+            .workbook
+            .worksheet_from_index(0)
+            .map_err(|e| e.to_string())?;
+        for (col, value) in values.into_iter().enumerate() {
+            let col = col as u16;
+            // write_string never makes a formula: text stays text in Excel.
+            let written = match value {
+                Value::Text(s) if s.is_empty() => continue,
+                Value::Text(s) => sheet.write_string(row, col, s),
+                Value::Money(Some(m)) => {
+                    sheet.write_number_with_format(row, col, m as f64 / 100.0, &self.money)
+                }
+                Value::Count(n) => sheet.write_number(row, col, n as f64),
+                Value::Score(Some(v)) => sheet.write_number(row, col, (v * 100.0).round() / 100.0),
+                Value::Money(None) | Value::Score(None) => continue,
+            };
+            written.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<u8>, String> {
+        self.workbook.save_to_buffer().map_err(|e| e.to_string())
+    }
+}
+
+/// Writes every customer matching `query` (all pages, in the list's order) into `sheet`.
+async fn export_into(
+    state: &AppState,
+    mut query: CustomersQuery,
+    mut sheet: impl Sheet,
+) -> Result<Vec<u8>, ApiError> {
+    let failed = |e: String| {
+        tracing::error!(error = %e, "writing an export");
         ApiError::Internal
     };
-    out.write_record(header).map_err(csv_error)?;
-    let minor = |v: i64| format!("{}.{:02}", v / 100, (v % 100).abs());
+    query.after = None;
     loop {
-        let page = api::customers_data(&state, query.clone()).await?;
+        let page = api::customers_data(state, query.clone()).await?;
         for r in &page.rows {
-            let average = (r.frequency > 0).then(|| r.monetary / i64::from(r.frequency));
-            out.write_record([
-                spreadsheet_safe(&r.external_id),
-                spreadsheet_safe(&r.name),
-                spreadsheet_safe(r.contact_name.as_deref().unwrap_or("")),
-                spreadsheet_safe(r.contact_email.as_deref().unwrap_or("")),
-                spreadsheet_safe(r.owner_email.as_deref().unwrap_or("")),
-                r.frequency.to_string(),
-                average.map(minor).unwrap_or_default(),
-                minor(r.monetary),
-                r.clv.map(minor).unwrap_or_default(),
-                r.tier.clone().unwrap_or_default(),
-                r.segment.clone().unwrap_or_default(),
-                r.abc_class.clone().unwrap_or_default(),
-                r.lifecycle.clone(),
-                r.composite.map(|c| format!("{c:.2}")).unwrap_or_default(),
-            ])
-            .map_err(csv_error)?;
+            sheet.row(export_values(r)).map_err(failed)?;
         }
         match page.next_after {
             Some(after) => query.after = Some(after),
             None => break,
         }
     }
-    let body = out.into_inner().map_err(|e| {
-        tracing::error!(error = %e, "finishing CSV");
-        ApiError::Internal
-    })?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/csv; charset=utf-8")
+    sheet.finish().map_err(failed)
+}
+
+fn attachment(content_type: &str, file: &str, body: Vec<u8>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(content_type)
         .insert_header((
             "Content-Disposition",
-            "attachment; filename=\"customers.csv\"",
+            format!("attachment; filename=\"{file}\""),
         ))
-        .body(body))
+        .body(body)
+}
+
+/// `GET /customers.csv?…`: every customer matching the list's filters, as CSV.
+pub async fn export_csv(
+    _user: CurrentUser,
+    state: web::Data<AppState>,
+    q: web::Query<CustomersQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record(EXPORT_HEADER)
+        .map_err(|_| ApiError::Internal)?;
+    let body = export_into(&state, q.into_inner(), CsvSheet(out)).await?;
+    Ok(attachment("text/csv; charset=utf-8", "customers.csv", body))
+}
+
+/// `GET /customers.xlsx?…`: the same as an Excel workbook (amounts as numbers).
+pub async fn export_xlsx(
+    _user: CurrentUser,
+    state: web::Data<AppState>,
+    q: web::Query<CustomersQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let sheet = XlsxSheet::new().map_err(|e| {
+        tracing::error!(error = %e, "starting a workbook");
+        ApiError::Internal
+    })?;
+    let body = export_into(&state, q.into_inner(), sheet).await?;
+    Ok(attachment(
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "customers.xlsx",
+        body,
+    ))
 }
 
 #[cfg(test)]

@@ -249,6 +249,16 @@ pub async fn overview(
     Ok(render(&state, &session, Some(&user), "overview.html", data))
 }
 
+#[derive(Debug, Serialize)]
+struct CustomersPage {
+    #[serde(flatten)]
+    list: api::CustomerList,
+    /// (id, name, email) of every owner, for the owner filter.
+    owners: Vec<(i64, String, String)>,
+    /// Tier names, best first.
+    tiers: Vec<String>,
+}
+
 /// `GET /customers`
 pub async fn customers(
     user: CurrentUser,
@@ -256,13 +266,31 @@ pub async fn customers(
     session: Session,
     q: web::Query<CustomersQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let data = api::customers_data(&state, q.into_inner()).await?;
+    let list = api::customers_data(&state, q.into_inner()).await?;
+    let owners = state
+        .db
+        .run(tierwise_store::notify::owners)
+        .await?
+        .into_iter()
+        .map(|o| (o.id, o.name, o.email))
+        .collect();
+    let tiers = state
+        .policy
+        .tiers
+        .levels
+        .iter()
+        .map(|l| l.name.clone())
+        .collect();
     Ok(render(
         &state,
         &session,
         Some(&user),
         "customers.html",
-        data,
+        CustomersPage {
+            list,
+            owners,
+            tiers,
+        },
     ))
 }
 

@@ -268,6 +268,20 @@ backend_tests! {
             assert_eq!(csv.lines().count(), 61, "header and sixty customers");
             assert!(csv.contains(",'=1+2 Evil,"), "{}", csv.lines().find(|l| l.contains("Evil")).unwrap_or(""));
             assert!(csv.contains(HOSTILE), "CSV keeps names verbatim");
+            // The same list as a workbook: text stays text, amounts are numbers.
+            let resp = atest::call_service(&app, atest::TestRequest::get().uri("/customers.xlsx?tier=A").cookie(viewer.clone()).to_request()).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            let bytes = atest::read_body(resp).await.to_vec();
+            use calamine::Reader;
+            let mut book = calamine::Xlsx::new(std::io::Cursor::new(bytes)).unwrap();
+            let sheet = book.worksheet_range("customers").unwrap();
+            let rows: Vec<_> = sheet.rows().collect();
+            assert_eq!(rows[0][1].to_string(), "name");
+            assert_eq!(rows[0][14].to_string(), "notes");
+            assert!(rows.len() > 1 && rows[1..].iter().all(|r| r[9] == "A"), "only tier A");
+            assert!(matches!(rows[1][7], calamine::Data::Float(_)), "monetary is a number: {:?}", rows[1][7]);
+            let (_, csv_a) = get(&app, &viewer, "/customers.csv?tier=A").await;
+            assert_eq!(csv_a.lines().count(), rows.len(), "CSV and XLSX hold the same customers");
         });
         let requests = tierwise_store::jobs::claim_requests(&mut db.conn(), chrono::Utc::now().naive_utc()).unwrap();
         assert_eq!(requests.len(), 1);
@@ -345,7 +359,7 @@ backend_tests! {
             let (_, html) = get(&app, &cookie, "/customers?lifecycle=new").await;
             let start = html.find("after=").unwrap() + "after=".len();
             let after: String = html[start..].chars().take_while(char::is_ascii_digit).collect();
-            assert!(html.contains("lifecycle=new&amp;after="), "the filter is kept");
+            assert!(html.contains("lifecycle=new&amp;period=2026-10&amp;after="), "the filter is kept");
             let (status, html) = get(&app, &cookie, &format!("/customers?lifecycle=new&after={after}")).await;
             assert_eq!(status, StatusCode::OK);
             assert!(html.contains("Customer 5") || html.contains("Customer 6"), "the second page");
@@ -356,6 +370,38 @@ backend_tests! {
             let (_, json) = get(&app, &cookie, &format!("/api/v1/customers?after={hostile}")).await;
             let list: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert!(list["rows"].as_array().unwrap().iter().all(|r| r["customer_id"].as_i64().unwrap() > hostile));
+            // Sorted by score: the pages join into every customer once, best first.
+            let mut seen = Vec::new();
+            let mut uri = "/api/v1/customers?sort=score".to_owned();
+            loop {
+                let (status, json) = get(&app, &cookie, &uri).await;
+                assert_eq!(status, StatusCode::OK, "{json}");
+                let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+                for r in list["rows"].as_array().unwrap() {
+                    seen.push((r["composite"].as_f64(), r["customer_id"].as_i64().unwrap()));
+                }
+                match list["next_after"].as_str() {
+                    Some(after) => uri = format!("/api/v1/customers?sort=score&after={}", after),
+                    None => break,
+                }
+            }
+            assert_eq!(seen.len(), 60);
+            let mut ids: Vec<i64> = seen.iter().map(|s| s.1).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), 60, "no customer twice");
+            assert!(seen.windows(2).all(|w| w[0].0.unwrap_or(f64::MIN) >= w[1].0.unwrap_or(f64::MIN)), "{seen:?}");
+            let (status, _) = get(&app, &cookie, "/api/v1/customers?sort=score&after=12").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "an id is not a score position");
+            let (status, _) = get(&app, &cookie, "/api/v1/customers?sort=name").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            // Churn risk: at risk or churned, and nothing else.
+            let (_, json) = get(&app, &cookie, "/api/v1/customers?churn_risk=yes").await;
+            let risky: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let (_, json) = get(&app, &cookie, "/api/v1/customers?churn_risk=no").await;
+            let safe: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert!(risky["rows"].as_array().unwrap().iter().all(|r| r["lifecycle"] == "at_risk" || r["lifecycle"] == "churned"));
+            assert!(safe["rows"].as_array().unwrap().iter().all(|r| r["lifecycle"] != "at_risk" && r["lifecycle"] != "churned"));
             let (_, json) = get(&app, &cookie, &format!("/api/v1/customers?q={}", "Customer%2001")).await;
             let list: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert_eq!(list["rows"].as_array().unwrap().len(), 1, "{json}");

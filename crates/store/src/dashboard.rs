@@ -32,10 +32,76 @@ pub struct CustomerFilter {
     /// Assigned tier in the period before (`none` = no tier then): one cell of the migration
     /// matrix together with `tier`.
     pub from_tier: Option<String>,
+    /// Only customers at risk of churning (lifecycle `at_risk` or `churned`), or only the others.
+    pub churn_risk: Option<bool>,
+}
+
+/// Order of the customer list. Every order ends with the customer id, so the keyset is total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CustomerSort {
+    /// Customer id (the table's order; the fastest).
+    #[default]
+    Id,
+    /// Composite score, best first; ungraded customers last.
+    Score,
+    /// Monetary value in the window, largest first.
+    Monetary,
+}
+
+/// Where the previous page ended, in the list's order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cursor {
+    /// After this customer id.
+    Id(i64),
+    /// After this (score, id); a `None` score is the ungraded tail.
+    Score(Option<f64>, i64),
+    /// After this (monetary, id).
+    Monetary(i64, i64),
+}
+
+impl Cursor {
+    /// The cursor after `row` in `sort` order.
+    pub fn after(sort: CustomerSort, row: &CustomerRow) -> Self {
+        match sort {
+            CustomerSort::Id => Self::Id(row.customer_id),
+            CustomerSort::Score => Self::Score(row.composite, row.customer_id),
+            CustomerSort::Monetary => Self::Monetary(row.monetary, row.customer_id),
+        }
+    }
+
+    /// As it travels in a URL: `1234`, `87.5_1234`, `none_1234`.
+    pub fn encode(&self) -> String {
+        match self {
+            Self::Id(id) => id.to_string(),
+            Self::Score(Some(v), id) => format!("{v}_{id}"),
+            Self::Score(None, id) => format!("none_{id}"),
+            Self::Monetary(v, id) => format!("{v}_{id}"),
+        }
+    }
+
+    /// Reads [`Cursor::encode`]'s form for `sort`; None when it is not one.
+    pub fn decode(sort: CustomerSort, text: &str) -> Option<Self> {
+        let split = || text.rsplit_once('_');
+        match sort {
+            CustomerSort::Id => text.parse().ok().map(Self::Id),
+            CustomerSort::Score => {
+                let (v, id) = split()?;
+                let v = match v {
+                    "none" => None,
+                    v => Some(v.parse::<f64>().ok().filter(|x| x.is_finite())?),
+                };
+                Some(Self::Score(v, id.parse().ok()?))
+            }
+            CustomerSort::Monetary => {
+                let (v, id) = split()?;
+                Some(Self::Monetary(v.parse().ok()?, id.parse().ok()?))
+            }
+        }
+    }
 }
 
 /// One row of the customer list.
-#[derive(Debug, Clone, PartialEq, Queryable, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CustomerRow {
     /// Customer id.
     pub customer_id: i64,
@@ -65,15 +131,18 @@ pub struct CustomerRow {
     pub monetary: i64,
     /// Simple CLV (minor units).
     pub clv: Option<i64>,
+    /// The override's kind and reason, if any (`pin: strategic account`).
+    pub note: Option<String>,
 }
 
-/// Up to `limit` customers of `period`'s published grades matching `filter`, with ids after
-/// `after`, in id order. None when the period has no published run.
+/// Up to `limit` customers of `period`'s published grades matching `filter`, in `sort` order,
+/// after `after`. None when the period has no published run.
 pub fn customer_page(
     conn: &mut DbConnection,
     period: Period,
     filter: &CustomerFilter,
-    after: Option<i64>,
+    sort: CustomerSort,
+    after: Option<Cursor>,
     limit: i64,
 ) -> StoreResult<Option<Vec<CustomerRow>>> {
     let Some(run) = published_run_id(conn, period)? else {
@@ -84,16 +153,20 @@ pub fn customer_page(
         Some(_) => published_run_id(conn, period.prev())?.unwrap_or(-1),
         None => -1,
     };
-    let rows = with_backend!(conn, c => {
+    let after_id = match after {
+        Some(Cursor::Id(id)) => id,
+        _ => i64::MIN,
+    };
+    let mut rows = with_backend!(conn, c => {
         let mut q = grades::table
             .inner_join(customers::table)
             .left_join(owners::table.on(customers::owner_id.eq(owners::id.nullable())))
+            .left_join(overrides::table.on(overrides::customer_id.eq(customers::id)))
             .filter(grades::run_id.eq(run))
-            .filter(grades::customer_id.gt(after.unwrap_or(i64::MIN)))
+            .filter(grades::customer_id.gt(after_id))
             // Said twice so that PostgreSQL starts the customers side of the join there too
             // (else a page deep in the list scans every customer before it).
-            .filter(customers::id.gt(after.unwrap_or(i64::MIN)))
-            .order(grades::customer_id)
+            .filter(customers::id.gt(after_id))
             .limit(limit)
             .select((
                 grades::customer_id,
@@ -110,8 +183,47 @@ pub fn customer_page(
                 grades::frequency,
                 grades::monetary,
                 grades::clv,
+                overrides::kind.nullable(),
+                overrides::reason.nullable(),
             ))
             .into_boxed();
+        q = match sort {
+            CustomerSort::Id => q.order(grades::customer_id),
+            // `IS NULL` first puts the ungraded last on both backends (SQLite has no
+            // NULLS LAST in diesel).
+            CustomerSort::Score => q.order((
+                grades::composite.is_null(),
+                grades::composite.desc(),
+                grades::customer_id,
+            )),
+            CustomerSort::Monetary => q.order((grades::monetary.desc(), grades::customer_id)),
+        };
+        match after {
+            Some(Cursor::Score(Some(v), id)) => {
+                q = q.filter(
+                    grades::composite
+                        .lt(v)
+                        .or(grades::composite.eq(v).and(grades::customer_id.gt(id)))
+                        .or(grades::composite.is_null()),
+                )
+            }
+            Some(Cursor::Score(None, id)) => {
+                q = q.filter(grades::composite.is_null().and(grades::customer_id.gt(id)))
+            }
+            Some(Cursor::Monetary(v, id)) => {
+                q = q.filter(
+                    grades::monetary
+                        .lt(v)
+                        .or(grades::monetary.eq(v).and(grades::customer_id.gt(id))),
+                )
+            }
+            Some(Cursor::Id(_)) | None => {}
+        }
+        match filter.churn_risk {
+            Some(true) => q = q.filter(grades::lifecycle.eq_any(CHURN_RISK)),
+            Some(false) => q = q.filter(grades::lifecycle.ne_all(CHURN_RISK)),
+            None => {}
+        }
         match filter.tier.as_deref() {
             Some("none") => q = q.filter(grades::tier.is_null()),
             Some(t) => q = q.filter(grades::tier.eq(t.to_owned())),
@@ -158,20 +270,62 @@ pub fn customer_page(
             }
             None => {}
         }
+        // The override is joined already (for the note): with or without one.
         match filter.overridden {
-            Some(true) => {
-                q = q.filter(customers::id.eq_any(overrides::table.select(overrides::customer_id)))
-            }
-            Some(false) => {
-                q = q.filter(diesel::dsl::not(
-                    customers::id.eq_any(overrides::table.select(overrides::customer_id)),
-                ))
-            }
+            Some(true) => q = q.filter(overrides::customer_id.nullable().is_not_null()),
+            Some(false) => q = q.filter(overrides::customer_id.nullable().is_null()),
             None => {}
         }
-        q.load::<CustomerRow>(c)?
+        q.load::<RawRow>(c)?
     });
-    Ok(Some(rows))
+    Ok(Some(rows.drain(..).map(CustomerRow::from).collect()))
+}
+
+/// Lifecycle stages that count as a churn risk.
+const CHURN_RISK: [&str; 2] = ["at_risk", "churned"];
+
+type RawRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<f64>,
+    i32,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+impl From<RawRow> for CustomerRow {
+    fn from(r: RawRow) -> Self {
+        Self {
+            customer_id: r.0,
+            external_id: r.1,
+            name: r.2,
+            contact_name: r.3,
+            contact_email: r.4,
+            owner_email: r.5,
+            tier: r.6,
+            segment: r.7,
+            abc_class: r.8,
+            lifecycle: r.9,
+            composite: r.10,
+            frequency: r.11,
+            monetary: r.12,
+            clv: r.13,
+            note: r.14.map(|kind| match r.15 {
+                Some(reason) => format!("{kind}: {reason}"),
+                None => kind,
+            }),
+        }
+    }
 }
 
 /// One period of a customer's history.
