@@ -191,9 +191,10 @@ pub enum UserCommand {
         /// Owner email a manager manages.
         #[arg(long)]
         owner: Option<String>,
-        /// UI language: zh-CN or en.
-        #[arg(long, default_value = "zh-CN")]
-        locale: String,
+        /// UI language: zh-CN or en (default [dashboard] default_locale). Users can switch it
+        /// in the dashboard's header.
+        #[arg(long)]
+        locale: Option<String>,
     },
     /// Set a user's password (TIERWISE_PASSWORD or standard input); also unlocks the account.
     Passwd {

@@ -93,6 +93,8 @@ pub struct DashboardSettings {
     pub bind: String,
     /// Send the session cookie only over HTTPS (turn off only for plain-HTTP development).
     pub secure_cookies: bool,
+    /// Language of the login page and of new users (`zh-CN` or `en`); each user can switch.
+    pub default_locale: String,
 }
 
 impl Default for DashboardSettings {
@@ -100,6 +102,7 @@ impl Default for DashboardSettings {
         Self {
             bind: "127.0.0.1:8080".into(),
             secure_cookies: true,
+            default_locale: "zh-CN".into(),
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct AppState {
     pub db: Database,
     /// The grading policy (tier names and colours).
     pub policy: Policy,
+    /// Language of the login page (`zh-CN` or `en`); users have their own.
+    pub default_locale: String,
     /// Templates and words.
     pub views: views::Views,
     /// The scheduler's job definitions (for the jobs page and "run now").
@@ -87,6 +89,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/login", web::get().to(pages::login_form))
         .route("/login", web::post().to(pages::login))
         .route("/logout", web::post().to(pages::logout))
+        .route("/account/language", web::post().to(pages::set_language))
         .route("/", web::get().to(pages::overview))
         .route("/customers", web::get().to(pages::customers))
         .route("/customers/{id}", web::get().to(pages::customer))

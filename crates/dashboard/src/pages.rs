@@ -2,7 +2,7 @@
 //! forms.
 
 use actix_session::Session;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{NaiveDate, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use tierwise_domain::CustomerId;
@@ -30,7 +30,7 @@ pub(crate) fn render<T: Serialize>(
     template: &str,
     data: T,
 ) -> HttpResponse {
-    let locale = user.map_or("zh-CN", |u| u.locale.as_str());
+    let locale = user.map_or(state.default_locale.as_str(), |u| u.locale.as_str());
     let page = Page {
         user,
         csrf: csrf_token(session),
@@ -70,10 +70,9 @@ pub async fn login_form(
         next: safe_next(q.next.as_deref()),
         error: None,
     };
-    let locale = if q.lang.as_deref() == Some("en") {
-        "en"
-    } else {
-        "zh-CN"
+    let locale = match q.lang.as_deref() {
+        Some(lang @ ("en" | "zh-CN")) => lang,
+        _ => state.default_locale.as_str(),
     };
     let page = Page {
         user: None,
@@ -117,7 +116,9 @@ pub async fn login(
                 error: Some(error),
             },
         };
-        let mut response = state.views.render("login.html", "zh-CN", &page);
+        let mut response = state
+            .views
+            .render("login.html", &state.default_locale, &page);
         *response.status_mut() = actix_web::http::StatusCode::UNAUTHORIZED;
         response
     };
@@ -167,6 +168,46 @@ pub async fn login(
 #[derive(Debug, Deserialize)]
 pub struct CsrfForm {
     pub(crate) csrf: String,
+}
+
+/// The language switch in the header.
+#[derive(Debug, Deserialize)]
+pub struct LanguageForm {
+    csrf: String,
+    locale: String,
+}
+
+/// The local path of a same-site `Referer` (`http://host/customers?tier=A` → `/customers?tier=A`).
+fn referer_path(req: &HttpRequest) -> Option<String> {
+    let referer = req.headers().get("Referer")?.to_str().ok()?;
+    let after_scheme = referer.split_once("://")?.1;
+    let (host, path) = after_scheme.split_at(after_scheme.find('/')?);
+    let own_host = req.connection_info().host().to_owned();
+    (host == own_host).then(|| path.to_owned())
+}
+
+/// `POST /account/language`: the user's UI language, kept with the user.
+pub async fn set_language(
+    req: HttpRequest,
+    user: CurrentUser,
+    state: web::Data<AppState>,
+    session: Session,
+    form: web::Form<LanguageForm>,
+) -> Result<HttpResponse, actix_web::Error> {
+    check_csrf(&session, &form.csrf)?;
+    let form = form.into_inner();
+    if !matches!(form.locale.as_str(), "zh-CN" | "en") {
+        return Err(ApiError::BadRequest(format!("'{}' is not zh-CN or en", form.locale)).into());
+    }
+    let id = user.id;
+    state
+        .db
+        .run(move |c| users_store::set_locale(c, id, &form.locale))
+        .await
+        .map_err(ApiError::from)?;
+    Ok(HttpResponse::SeeOther()
+        .insert_header(("Location", safe_next(referer_path(&req).as_deref())))
+        .finish())
 }
 
 /// `POST /logout`

@@ -181,6 +181,7 @@ macro_rules! app {
                 .app_data(web::Data::new(AppState {
                     db: $db.db.clone(),
                     policy: Policy::default(),
+                    default_locale: "zh-CN".into(),
                     views: Views::load().unwrap(),
                     jobs: vec![tierwise_jobs::JobDefinition::parse(
                         Path::new("jobs/monthly-grade.toml"),
@@ -319,9 +320,26 @@ backend_tests! {
             assert_eq!(status, StatusCode::UNAUTHORIZED);
             let (cookie, status) = login(&app, "admin", "s3cret-pass").await;
             assert_eq!(status, StatusCode::SEE_OTHER);
-            let (status, html) = get(&app, &cookie.unwrap(), "/").await;
+            let cookie = cookie.unwrap();
+            let (status, html) = get(&app, &cookie, "/").await;
             assert_eq!(status, StatusCode::OK);
             assert!(html.contains("dist-data") && html.contains("chart.umd.min.js"));
+            // The language switch keeps the choice with the user and returns to the page.
+            assert!(html.contains("Log out"), "admin reads English");
+            let resp = atest::call_service(&app, atest::TestRequest::post().uri("/account/language").cookie(cookie.clone())
+                .insert_header(("Referer", "http://localhost:8080/customers?tier=A"))
+                .set_form([("csrf", csrf_of(&html).as_str()), ("locale", "zh-CN")]).to_request()).await;
+            assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+            assert_eq!(resp.headers().get("Location").unwrap(), "/customers?tier=A");
+            let (_, html) = get(&app, &cookie, "/").await;
+            assert!(html.contains("退出") && !html.contains("Log out"), "now Chinese");
+            let resp = atest::call_service(&app, atest::TestRequest::post().uri("/account/language").cookie(cookie.clone())
+                .insert_header(("Referer", "http://evil.example/x"))
+                .set_form([("csrf", csrf_of(&html).as_str()), ("locale", "en")]).to_request()).await;
+            assert_eq!(resp.headers().get("Location").unwrap(), "/", "never back to another site");
+            let resp = atest::call_service(&app, atest::TestRequest::post().uri("/account/language").cookie(cookie.clone())
+                .set_form([("csrf", csrf_of(&html).as_str()), ("locale", "fr")]).to_request()).await;
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
             // Five wrong passwords lock the account, even for the right one.
             for _ in 0..5 {
                 login(&app, "viewer", "nope").await;

@@ -97,6 +97,14 @@ pub fn set_password(conn: &mut DbConnection, username: &str, hash: &str) -> Stor
     Ok(n == 1)
 }
 
+/// Sets a user's UI language; false when there is no such user.
+pub fn set_locale(conn: &mut DbConnection, id: i64, locale: &str) -> StoreResult<bool> {
+    let n = with_backend!(conn, c => diesel::update(users::table.find(id))
+        .set(users::locale.eq(locale))
+        .execute(c)?);
+    Ok(n == 1)
+}
+
 /// Counts a failed login; locks the account until `lock_until` once `max_failures` is reached.
 pub fn record_failed_login(
     conn: &mut DbConnection,

@@ -99,6 +99,7 @@ async fn serve(settings: &Settings, bind: &str, parts: Parts) -> anyhow::Result<
             let state = web::Data::new(tierwise_dashboard::AppState {
                 db: db.clone(),
                 policy: settings.grading.clone(),
+                default_locale: settings.dashboard.default_locale.clone(),
                 views,
                 jobs,
             });

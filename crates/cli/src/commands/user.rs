@@ -43,6 +43,7 @@ pub fn run(settings: &Settings, command: UserCommand) -> anyhow::Result<ExitCode
         } => {
             let role = Role::parse(&role)
                 .with_context(|| format!("--role '{role}' is not admin, manager or viewer"))?;
+            let locale = locale.unwrap_or_else(|| settings.dashboard.default_locale.clone());
             let locale =
                 Locale::parse(&locale).map_err(|e| anyhow::anyhow!("--locale: {}", e.reason))?;
             let owner_id = match owner {
