@@ -2,12 +2,15 @@
 //! API route returns.
 
 use actix_web::{HttpResponse, web};
+use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
-use tierwise_domain::grading::Summary;
 use tierwise_domain::grading::summary::GroupFigures;
+use tierwise_domain::grading::{BUILTIN_COMPONENTS, Policy, Summary};
+use tierwise_domain::notify::{FollowUpKind, next_due};
 use tierwise_domain::{CustomerId, Period};
 use tierwise_store::dashboard::{
-    self as store, Cursor, CustomerFilter, CustomerRow, CustomerSort, GradeHistoryRow,
+    self as store, Cursor, CustomerFilter, CustomerRecords, CustomerRow, CustomerSort,
+    GradeHistoryRow,
 };
 use tierwise_store::grading::{GradedCustomer, OverrideEvent};
 
@@ -234,8 +237,8 @@ pub struct CustomersQuery {
     pub abc: Option<String>,
     /// Lifecycle stage.
     pub lifecycle: Option<String>,
-    /// Owner id.
-    pub owner: Option<i64>,
+    /// Owner id (text, so that the form's empty "any" option is not an error).
+    pub owner: Option<String>,
     /// Name part or exact id.
     pub q: Option<String>,
     /// `yes` / `no`: with or without an override.
@@ -288,7 +291,12 @@ pub async fn customers_data(state: &AppState, q: CustomersQuery) -> Result<Custo
         segment: some(&q.segment),
         abc: some(&q.abc),
         lifecycle: some(&q.lifecycle),
-        owner_id: q.owner,
+        owner_id: match some(&q.owner) {
+            Some(text) => Some(text.parse().map_err(|_| {
+                ApiError::BadRequest(format!("owner: '{text}' is not an owner id"))
+            })?),
+            None => None,
+        },
         search: some(&q.q),
         overridden: yes_no("overridden", q.overridden.as_deref())?,
         from_tier: some(&q.from_tier),
@@ -372,7 +380,81 @@ pub struct CustomerDetail {
     pub overrides: Vec<OverrideEvent>,
     /// Whether the viewer may pin or block it.
     pub may_override: bool,
+    /// Newest orders, invoices (with days late) and activities.
+    pub records: CustomerRecords,
+    /// Days each listed invoice was paid after its due day (open ones: days overdue today).
+    pub days_late: Vec<i64>,
+    /// Next call and visit by the tier's cadence.
+    pub follow_ups: Vec<NextFollowUp>,
+    /// The composite score's parts under the weights of the run that graded it.
+    pub breakdown: Vec<ComponentPart>,
 }
+
+/// A follow-up due by the tier's contact cadence.
+#[derive(Debug, Serialize)]
+pub struct NextFollowUp {
+    /// call | visit.
+    pub kind: &'static str,
+    /// Every this many months.
+    pub every_months: u32,
+    /// The latest contact of the kind.
+    pub last_contact: Option<NaiveDate>,
+    /// Next due day.
+    pub due_on: NaiveDate,
+    /// Days past due today (negative: days left).
+    pub days_overdue: i64,
+}
+
+/// One component of the composite score.
+#[derive(Debug, Serialize)]
+pub struct ComponentPart {
+    /// Component name.
+    pub name: String,
+    /// Its value in [0, 1].
+    pub value: f64,
+    /// Its weight in the run's policy.
+    pub weight: f64,
+    /// Points it adds to the composite: 100 × value × weight / (sum of the weights present).
+    pub points: f64,
+}
+
+/// The parts of the composite from an explanation's component values and the run's policy.
+fn breakdown(explanation: Option<&serde_json::Value>, policy: &Policy) -> Vec<ComponentPart> {
+    let Some(values) = explanation
+        .and_then(|e| e.get("components"))
+        .and_then(|c| c.as_object())
+    else {
+        return Vec::new();
+    };
+    let names = BUILTIN_COMPONENTS
+        .iter()
+        .map(|n| (*n).to_owned())
+        .chain(policy.components.custom.keys().cloned());
+    let present: Vec<(String, f64, f64)> = names
+        .zip(policy.components.weights())
+        .filter_map(|(name, weight)| {
+            let value = values.get(&name)?.as_f64()?;
+            Some((name, value, weight))
+        })
+        .collect();
+    let total: f64 = present.iter().map(|p| p.2).sum();
+    present
+        .into_iter()
+        .map(|(name, value, weight)| ComponentPart {
+            points: if total > 0.0 {
+                100.0 * value * weight / total
+            } else {
+                0.0
+            },
+            name,
+            value,
+            weight,
+        })
+        .collect()
+}
+
+/// Orders, invoices and activities listed on a customer's page.
+const RECORDS: i64 = 20;
 
 /// Builds one customer's page.
 pub async fn customer_data(
@@ -381,42 +463,96 @@ pub async fn customer_data(
     id: i64,
 ) -> Result<CustomerDetail, ApiError> {
     // One connection and one trip to the blocking pool for the whole page.
-    type Loaded = (
-        Option<Option<i64>>,
-        Option<Period>,
-        Option<GradedCustomer>,
-        Vec<GradeHistoryRow>,
-        Vec<OverrideEvent>,
-    );
-    let (owner, period, grade, history, overrides): Loaded = state
+    struct Loaded {
+        owner: Option<i64>,
+        period: Option<Period>,
+        grade: Option<GradedCustomer>,
+        run_policy: Option<String>,
+        history: Vec<GradeHistoryRow>,
+        overrides: Vec<OverrideEvent>,
+        records: CustomerRecords,
+    }
+    let loaded: Option<Loaded> = state
         .db
         .run(move |c| {
             let Some(owner) = store::customer_owner(c, id)? else {
-                return Ok((None, None, None, Vec::new(), Vec::new()));
+                return Ok(None);
             };
             let period = tierwise_store::notify::latest_published_period(c)?;
-            let grade = match period {
-                Some(p) => tierwise_store::grading::graded_customer(c, p, CustomerId(id))?,
-                None => None,
+            let (grade, run_policy) = match period {
+                Some(p) => (
+                    tierwise_store::grading::graded_customer(c, p, CustomerId(id))?,
+                    tierwise_store::grading::published_run(c, p)?.map(|r| r.policy),
+                ),
+                None => (None, None),
             };
-            let history = store::grade_history(c, id, 24)?;
-            let overrides = tierwise_store::grading::override_history(c, CustomerId(id))?;
-            Ok((Some(owner), period, grade, history, overrides))
+            Ok(Some(Loaded {
+                owner,
+                period,
+                grade,
+                run_policy,
+                history: store::grade_history(c, id, 24)?,
+                overrides: tierwise_store::grading::override_history(c, CustomerId(id))?,
+                records: store::customer_records(c, id, RECORDS)?,
+            }))
         })
         .await?;
-    let owner = owner.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+    let l = loaded.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+    let today = chrono::Utc::now().date_naive();
+    let explanation: Option<serde_json::Value> = l
+        .grade
+        .as_ref()
+        .and_then(|g| g.explanation.as_deref())
+        .and_then(|e| serde_json::from_str(e).ok());
+    // The weights and cadences of the run that graded it (today's configuration may differ).
+    let policy: Policy = l
+        .run_policy
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p).ok())
+        .unwrap_or_else(|| state.policy.clone());
+    let follow_ups = match (&l.grade, l.grade.as_ref().and_then(|g| g.tier.as_deref())) {
+        (Some(g), Some(tier)) => match (policy.tier_index(tier), g.tier_since) {
+            (Some(index), Some(since)) => FollowUpKind::ALL
+                .iter()
+                .filter_map(|kind| {
+                    let every = kind.interval(&policy, index)?;
+                    let last = match kind {
+                        FollowUpKind::Call => l.records.last_call,
+                        FollowUpKind::Visit => l.records.last_visit,
+                    };
+                    let due_on = next_due(last, since, every);
+                    Some(NextFollowUp {
+                        kind: kind.as_str(),
+                        every_months: every,
+                        last_contact: last,
+                        due_on,
+                        days_overdue: (today - due_on).num_days(),
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    let days_late = l
+        .records
+        .invoices
+        .iter()
+        .map(|i| (i.paid_on.unwrap_or(today) - i.due_on).num_days())
+        .collect();
     Ok(CustomerDetail {
         customer_id: id,
-        owner_id: owner,
-        period: period.map(|p| p.to_string()),
-        explanation: grade
-            .as_ref()
-            .and_then(|g| g.explanation.as_deref())
-            .and_then(|e| serde_json::from_str(e).ok()),
-        grade,
-        history,
-        overrides,
-        may_override: user.may_override(owner),
+        owner_id: l.owner,
+        period: l.period.map(|p| p.to_string()),
+        breakdown: breakdown(explanation.as_ref(), &policy),
+        explanation,
+        grade: l.grade,
+        history: l.history,
+        overrides: l.overrides,
+        may_override: user.may_override(l.owner),
+        records: l.records,
+        days_late,
+        follow_ups,
     })
 }
 

@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use tierwise_domain::grading::policy::TierMode;
 use tierwise_domain::grading::summary::NO_TIER;
-use tierwise_domain::grading::{COMPONENT_NAMES, Policy, PolicyAdjustment, TierCut};
+use tierwise_domain::grading::{BUILTIN_COMPONENTS, Policy, PolicyAdjustment, TierCut};
 use tierwise_grading::{GradingError, WhatIf};
 use tierwise_store::StoreError;
 use tierwise_store::policy::PolicyVersion;
@@ -120,7 +120,7 @@ impl Knobs {
         ];
         let last = p.tiers.levels.len().saturating_sub(1);
         Self {
-            weights: COMPONENT_NAMES
+            weights: BUILTIN_COMPONENTS
                 .iter()
                 .zip(builtin)
                 .map(|(n, w)| ((*n).to_owned(), w))

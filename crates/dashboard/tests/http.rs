@@ -381,6 +381,9 @@ backend_tests! {
             let (status, html) = get(&app, &cookie, &format!("/customers?lifecycle=new&after={after}")).await;
             assert_eq!(status, StatusCode::OK);
             assert!(html.contains("Customer 5") || html.contains("Customer 6"), "the second page");
+            // The filter form sends its empty "any" options; they filter nothing.
+            let (status, html) = get(&app, &cookie, "/customers?q=&tier=A&segment=&abc=&lifecycle=&owner=&churn_risk=&overridden=&sort=id").await;
+            assert_eq!(status, StatusCode::OK, "{html}");
             let (_, json) = get(&app, &cookie, "/api/v1/customers?tier=A").await;
             let list: serde_json::Value = serde_json::from_str(&json).unwrap();
             let rows = list["rows"].as_array().unwrap();
@@ -426,6 +429,17 @@ backend_tests! {
             let (_, json) = get(&app, &cookie, &format!("/api/v1/customers/{hostile}")).await;
             let one: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert_eq!(one["grade"]["name"], HOSTILE);
+            // The score breakdown adds up to the composite; the order and the cadence are there.
+            let points: f64 = one["breakdown"].as_array().unwrap().iter().map(|p| p["points"].as_f64().unwrap()).sum();
+            let composite = one["grade"]["composite"].as_f64().unwrap();
+            assert!((points - composite).abs() < 0.01, "{points} vs {composite}: {json}");
+            assert_eq!(one["records"]["orders"][0]["external_id"], "S03");
+            let tier = one["grade"]["tier"].as_str().unwrap();
+            let level = Policy::default().tiers.levels.into_iter().find(|l| l.name == tier).unwrap();
+            assert_eq!(one["follow_ups"][0]["kind"], "call");
+            assert_eq!(one["follow_ups"][0]["every_months"], level.call_every_months.unwrap());
+            let (_, html) = get(&app, &cookie, &format!("/customers/{hostile}")).await;
+            assert!(html.contains("id=\"score-breakdown\"") && html.contains("S03"));
             assert_eq!(one["may_override"], true);
             let (status, _) = get(&app, &cookie, "/api/v1/customers/999999").await;
             assert_eq!(status, StatusCode::NOT_FOUND);

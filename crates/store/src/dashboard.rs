@@ -400,3 +400,107 @@ pub fn customer_owner(
         .first(c)
         .optional()?))
 }
+
+/// An order as the customer page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Serialize)]
+pub struct OrderRow {
+    /// Id in the source.
+    pub external_id: String,
+    /// Order day.
+    pub order_date: chrono::NaiveDate,
+    /// Amount (minor units).
+    pub amount: i64,
+    /// Cost (minor units), when imported.
+    pub cost: Option<i64>,
+    /// ISO 4217.
+    pub currency: String,
+}
+
+/// An invoice with its payment.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Serialize)]
+pub struct InvoiceRow {
+    /// Id in the source.
+    pub external_id: String,
+    /// Issued.
+    pub issued_on: chrono::NaiveDate,
+    /// Due.
+    pub due_on: chrono::NaiveDate,
+    /// Amount (minor units).
+    pub amount: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// Paid (none: open).
+    pub paid_on: Option<chrono::NaiveDate>,
+}
+
+/// A contact activity.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Serialize)]
+pub struct ActivityRow {
+    /// call | visit | email | meeting.
+    pub kind: String,
+    /// When (UTC).
+    pub occurred_at: chrono::NaiveDateTime,
+    /// Note.
+    pub note: Option<String>,
+}
+
+/// A customer's newest orders, invoices and activities (`limit` of each, newest first) and the
+/// day of its latest call and latest visit ever.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CustomerRecords {
+    /// Orders.
+    pub orders: Vec<OrderRow>,
+    /// Invoices.
+    pub invoices: Vec<InvoiceRow>,
+    /// Activities.
+    pub activities: Vec<ActivityRow>,
+    /// Latest call.
+    pub last_call: Option<chrono::NaiveDate>,
+    /// Latest visit.
+    pub last_visit: Option<chrono::NaiveDate>,
+}
+
+/// Reads [`CustomerRecords`] for customer `id`.
+pub fn customer_records(
+    conn: &mut DbConnection,
+    id: i64,
+    limit: i64,
+) -> StoreResult<CustomerRecords> {
+    use crate::schema::{activities, invoices, orders};
+    let mut records = with_backend!(conn, c => CustomerRecords {
+        orders: orders::table
+            .filter(orders::customer_id.eq(id))
+            .order((orders::order_date.desc(), orders::id.desc()))
+            .limit(limit)
+            .select((orders::external_id, orders::order_date, orders::amount_minor, orders::cost_minor, orders::currency))
+            .load(c)?,
+        invoices: invoices::table
+            .filter(invoices::customer_id.eq(id))
+            .order((invoices::issued_on.desc(), invoices::id.desc()))
+            .limit(limit)
+            .select((invoices::external_id, invoices::issued_on, invoices::due_on, invoices::amount_minor, invoices::currency, invoices::paid_on))
+            .load(c)?,
+        activities: activities::table
+            .filter(activities::customer_id.eq(id))
+            .order((activities::occurred_at.desc(), activities::id.desc()))
+            .limit(limit)
+            .select((activities::kind, activities::occurred_at, activities::note))
+            .load(c)?,
+        last_call: None,
+        last_visit: None,
+    });
+    let latest: Vec<(String, Option<chrono::NaiveDateTime>)> = with_backend!(conn, c => activities::table
+        .filter(activities::customer_id.eq(id))
+        .filter(activities::kind.eq_any(["call", "visit"]))
+        .group_by(activities::kind)
+        .select((activities::kind, diesel::dsl::max(activities::occurred_at)))
+        .load(c)?);
+    for (kind, at) in latest {
+        let day = at.map(|t| t.date());
+        match kind.as_str() {
+            "call" => records.last_call = day,
+            _ => records.last_visit = day,
+        }
+    }
+    Ok(records)
+}

@@ -1216,6 +1216,8 @@ pub struct GradedCustomer {
     pub lifecycle: String,
     /// Simple CLV.
     pub clv: Option<i64>,
+    /// The day the customer entered its tier (contact cadences count from it).
+    pub tier_since: Option<NaiveDate>,
     /// Explanation JSON (absent only if it was never written).
     pub explanation: Option<String>,
 }
@@ -1297,6 +1299,7 @@ fn graded_customers(
             grades::loyalty,
             grades::lifecycle,
             grades::clv,
+            grades::tier_since,
             grade_explanations::explanation.nullable(),
         ));
     // Streamed on both backends: PostgreSQL's default mode would buffer every customer first.

@@ -7,18 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::engine::BUILTIN_COMPONENTS;
 use super::policy::{Policy, TierMode};
 use crate::FieldError;
-
-/// Names of the built-in composite components, in storage order.
-pub const COMPONENT_NAMES: [&str; 6] = [
-    "value",
-    "credit",
-    "frequency",
-    "recency",
-    "profit",
-    "prospect",
-];
 
 /// New cut-offs for one tier; absent fields keep the configured value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -36,7 +27,7 @@ pub struct TierCut {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyAdjustment {
-    /// Component weights by name: a built-in one ([`COMPONENT_NAMES`]) or a custom one.
+    /// Component weights by name: a built-in one ([`BUILTIN_COMPONENTS`]) or a custom one.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub weights: BTreeMap<String, f64>,
     /// Tier cut-offs by tier name.
@@ -70,7 +61,7 @@ impl PolicyAdjustment {
                 custom => match components.custom.get_mut(custom) {
                     Some(c) => &mut c.weight,
                     None => {
-                        let known: Vec<&str> = COMPONENT_NAMES
+                        let known: Vec<&str> = BUILTIN_COMPONENTS
                             .into_iter()
                             .chain(base.components.custom.keys().map(String::as_str))
                             .collect();
@@ -119,7 +110,7 @@ impl PolicyAdjustment {
             (b.profit, t.profit),
             (b.prospect, t.prospect),
         ];
-        for (name, (before, after)) in COMPONENT_NAMES.iter().zip(builtin) {
+        for (name, (before, after)) in BUILTIN_COMPONENTS.iter().zip(builtin) {
             if before != after {
                 adjustment.weights.insert((*name).to_owned(), after);
             }

@@ -11,7 +11,7 @@ pub mod score;
 pub mod segment;
 pub mod summary;
 
-pub use adjust::{COMPONENT_NAMES, PolicyAdjustment, TierCut};
+pub use adjust::{PolicyAdjustment, TierCut};
 pub use engine::{
     AbcClass, BUILTIN_COMPONENTS, Grade, GradingOutcome, OverrideNote, TierReason, grade_population,
 };
