@@ -321,26 +321,21 @@ pub async fn customers_data(state: &AppState, q: CustomersQuery) -> Result<Custo
         None => None,
     };
     // One connection and one trip to the blocking pool for the whole page.
-    let (period, rows) = state
+    let (published, rows) = state
         .db
         .run(move |c| {
-            let period = match wanted {
-                Some(p) => Some(p),
-                None => tierwise_store::notify::latest_published_period(c)?,
+            let published = store::published(c, wanted)?;
+            let rows = match published {
+                Some(run) => store::customer_page(c, run, &filter, sort, after, PAGE)?,
+                None => Vec::new(),
             };
-            let rows = match period {
-                Some(p) => store::customer_page(c, p, &filter, sort, after, PAGE)?,
-                None => Some(Vec::new()),
-            };
-            Ok((period, rows))
+            Ok((published, rows))
         })
         .await?;
-    let rows = rows.ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "{} has not been graded",
-            period.map(|p| p.to_string()).unwrap_or_default()
-        ))
-    })?;
+    let period = published.map(|p| p.period);
+    if let (Some(p), None) = (wanted, published) {
+        return Err(ApiError::NotFound(format!("{p} has not been graded")));
+    }
     let next_after = (rows.len() as i64 == PAGE)
         .then(|| rows.last().map(|r| Cursor::after(sort, r).encode()))
         .flatten();

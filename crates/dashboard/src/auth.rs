@@ -176,6 +176,50 @@ pub fn url_encode(s: &str, keep_slash: bool) -> String {
         .collect()
 }
 
+/// Users looked up by session, kept for [`UserCache::TTL`]: every request names its user, and
+/// without this each page would spend a query on it. A role or lock changed from the CLI takes
+/// effect within the TTL; this process forgets a user at once when it changes them itself.
+#[derive(Debug, Default)]
+pub struct UserCache(
+    std::sync::Mutex<std::collections::HashMap<i64, (std::time::Instant, CurrentUser)>>,
+);
+
+impl UserCache {
+    /// How long a looked-up user is trusted.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(30);
+    /// Entries kept at most (then the cache starts over).
+    const MAX: usize = 10_000;
+
+    fn get(&self, id: i64) -> Option<CurrentUser> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&id)
+            .filter(|(at, _)| at.elapsed() < Self::TTL)
+            .map(|(_, user)| user.clone())
+    }
+
+    fn put(&self, user: CurrentUser) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert(user.id, (std::time::Instant::now(), user));
+    }
+
+    /// Forgets user `id` (after changing it).
+    pub fn forget(&self, id: i64) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+    }
+}
+
 /// The logged-in user of a request.
 #[derive(Debug, Clone, Serialize)]
 pub struct CurrentUser {
@@ -235,12 +279,17 @@ impl FromRequest for CurrentUser {
             let Ok(Some(id)) = session.get::<i64>("user_id") else {
                 return Err(login());
             };
+            if let Some(user) = state.users.get(id) {
+                return Ok(user);
+            }
             let user = state
                 .db
                 .run(move |c| store::get_user(c, id))
                 .await
                 .map_err(|_| AuthError::Internal)?;
-            user.and_then(CurrentUser::from_user).ok_or_else(login)
+            let user = user.and_then(CurrentUser::from_user).ok_or_else(login)?;
+            state.users.put(user.clone());
+            Ok(user)
         })
     }
 }

@@ -35,6 +35,8 @@ pub struct AppState {
     pub views: views::Views,
     /// The scheduler's job definitions (for the jobs page and "run now").
     pub jobs: Vec<tierwise_jobs::JobDefinition>,
+    /// Logged-in users, briefly cached.
+    pub users: auth::UserCache,
 }
 
 /// Session middleware: the session lives in a private (signed and encrypted) cookie, HttpOnly,

@@ -151,6 +151,8 @@ pub async fn login(
         .run(move |c| users_store::record_login(c, id))
         .await
         .map_err(|_| AuthError::Internal)?;
+    // A login reads the user afresh (a role changed from the CLI applies at once).
+    state.users.forget(id);
     // A fresh session id at login (no fixation), with a fresh CSRF token.
     session.clear();
     session
@@ -205,6 +207,7 @@ pub async fn set_language(
         .run(move |c| users_store::set_locale(c, id, &form.locale))
         .await
         .map_err(ApiError::from)?;
+    state.users.forget(id);
     Ok(HttpResponse::SeeOther()
         .insert_header(("Location", safe_next(referer_path(&req).as_deref())))
         .finish())

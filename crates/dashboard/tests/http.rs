@@ -189,6 +189,7 @@ macro_rules! app {
                         tierwise_jobs::parse_timezone("UTC").unwrap(),
                     )
                     .unwrap()],
+                    users: Default::default(),
                 }))
                 .wrap(session_middleware(&[7u8; 64], false))
                 .configure(configure),

@@ -135,22 +135,52 @@ pub struct CustomerRow {
     pub note: Option<String>,
 }
 
-/// Up to `limit` customers of `period`'s published grades matching `filter`, in `sort` order,
-/// after `after`. None when the period has no published run.
+/// A period's published run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedRun {
+    /// The period.
+    pub period: Period,
+    /// Its published run.
+    pub run_id: i64,
+}
+
+/// `period`'s published run, or the newest period's when `period` is None, in one query.
+pub fn published(
+    conn: &mut DbConnection,
+    period: Option<Period>,
+) -> StoreResult<Option<PublishedRun>> {
+    let row: Option<(String, i64)> = with_backend!(conn, c => {
+        let mut q = grading_periods::table
+            .select((grading_periods::period, grading_periods::run_id))
+            .order(grading_periods::period.desc())
+            .into_boxed();
+        if let Some(p) = period {
+            q = q.filter(grading_periods::period.eq(p.to_string()));
+        }
+        q.first(c).optional()?
+    });
+    row.map(|(p, run_id)| {
+        Period::parse(&p)
+            .map(|period| PublishedRun { period, run_id })
+            .map_err(|e| crate::StoreError::Corrupt(format!("grading_periods.period: {e}")))
+    })
+    .transpose()
+}
+
+/// Up to `limit` customers of a published run's grades matching `filter`, in `sort` order,
+/// after `after`.
 pub fn customer_page(
     conn: &mut DbConnection,
-    period: Period,
+    published: PublishedRun,
     filter: &CustomerFilter,
     sort: CustomerSort,
     after: Option<Cursor>,
     limit: i64,
-) -> StoreResult<Option<Vec<CustomerRow>>> {
-    let Some(run) = published_run_id(conn, period)? else {
-        return Ok(None);
-    };
+) -> StoreResult<Vec<CustomerRow>> {
+    let run = published.run_id;
     // The run before matters only to a migration-cell filter; -1 matches nothing.
     let before = match filter.from_tier {
-        Some(_) => published_run_id(conn, period.prev())?.unwrap_or(-1),
+        Some(_) => published_run_id(conn, published.period.prev())?.unwrap_or(-1),
         None => -1,
     };
     let after_id = match after {
@@ -278,7 +308,7 @@ pub fn customer_page(
         }
         q.load::<RawRow>(c)?
     });
-    Ok(Some(rows.drain(..).map(CustomerRow::from).collect()))
+    Ok(rows.drain(..).map(CustomerRow::from).collect())
 }
 
 /// Lifecycle stages that count as a churn risk.

@@ -102,6 +102,7 @@ async fn serve(settings: &Settings, bind: &str, parts: Parts) -> anyhow::Result<
                 default_locale: settings.dashboard.default_locale.clone(),
                 views,
                 jobs,
+                users: Default::default(),
             });
             Some((state, key))
         }
