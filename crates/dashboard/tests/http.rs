@@ -547,9 +547,23 @@ backend_tests! {
             assert_eq!(resp.status(), StatusCode::SEE_OTHER);
             let (_, html) = get(&app, &admin, resp.headers().get("Location").unwrap().to_str().unwrap()).await;
             assert!(html.contains("more key accounts") && html.contains("A.share=0.2 D.share=0.3"), "history lists it");
+            // The JSON route: admins only, with a reason; then it is the newest version.
+            let api_apply = |cookie: &Cookie<'static>, reason: &str| {
+                atest::TestRequest::post().uri("/api/v1/policy").cookie(cookie.clone())
+                    .set_json(serde_json::json!({"adjustment": {"tiers": {"A": {"share": 0.2}, "D": {"share": 0.3}}}, "reason": reason})).to_request()
+            };
+            assert_eq!(atest::call_service(&app, api_apply(&viewer, "mine")).await.status(), StatusCode::FORBIDDEN);
+            assert_eq!(atest::call_service(&app, api_apply(&admin, " ")).await.status(), StatusCode::BAD_REQUEST);
+            let resp = atest::call_service(&app, atest::TestRequest::post().uri("/api/v1/policy/what-if").cookie(viewer.clone())
+                .set_json(serde_json::json!({})).to_request()).await;
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+            let resp = atest::call_service(&app, api_apply(&admin, "same again, by API")).await;
+            assert_eq!(resp.status(), StatusCode::CREATED);
             let (_, json) = get(&app, &viewer, "/api/v1/policy").await;
             let p: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert_eq!(p["version"]["author"], "admin");
+            assert_eq!(p["version"]["reason"], "same again, by API");
+            assert_eq!(p["history"].as_array().unwrap().len(), 2);
             assert_eq!(p["policy"]["tiers"]["levels"][0]["share"], 0.2);
         });
         // The next grading run grades under the version in force.
