@@ -574,6 +574,9 @@ backend_tests! {
         assert!(a > in_a_now, "{a} > {in_a_now}");
         let version = tierwise_store::policy::current_version(&mut db.conn()).unwrap().unwrap();
         assert_eq!(version.policy_hash, effective.policy.hash());
-        assert_eq!(version.previous_hash, Policy::default().hash());
+        // The API applied the same knobs again: from that policy to itself.
+        assert_eq!(version.previous_hash, version.policy_hash);
+        let first = &tierwise_store::policy::history(&mut db.conn(), 10).unwrap()[1];
+        assert_eq!(first.previous_hash, Policy::default().hash());
     }
 }
