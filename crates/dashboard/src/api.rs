@@ -292,9 +292,21 @@ pub async fn customers_data(state: &AppState, q: CustomersQuery) -> Result<Custo
         abc: some(&q.abc),
         lifecycle: some(&q.lifecycle),
         owner_id: match some(&q.owner) {
-            Some(text) => Some(text.parse().map_err(|_| {
-                ApiError::BadRequest(format!("owner: '{text}' is not an owner id"))
-            })?),
+            Some(text) => Some(match text.parse::<i64>() {
+                Ok(id) => id,
+                Err(_) => state
+                    .cache
+                    .owners(&state.db)
+                    .await?
+                    .iter()
+                    .find(|(_, _, email)| email.eq_ignore_ascii_case(&text))
+                    .map(|(id, _, _)| *id)
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "owner: no owner has the id or email '{text}'"
+                        ))
+                    })?,
+            }),
             None => None,
         },
         search: some(&q.q),
@@ -473,11 +485,12 @@ pub async fn customer_data(
             let Some(owner) = store::customer_owner(c, id)? else {
                 return Ok(None);
             };
-            let period = tierwise_store::notify::latest_published_period(c)?;
-            let (grade, run_policy) = match period {
+            let published = store::published(c, None)?;
+            let period = published.map(|p| p.period);
+            let (grade, run_policy) = match published {
                 Some(p) => (
-                    tierwise_store::grading::graded_customer(c, p, CustomerId(id))?,
-                    tierwise_store::grading::published_run(c, p)?.map(|r| r.policy),
+                    tierwise_store::grading::graded_customer(c, p.period, CustomerId(id))?,
+                    store::run_policy_json(c, p.run_id)?,
                 ),
                 None => (None, None),
             };

@@ -16,6 +16,8 @@ pub mod views;
 use actix_session::SessionMiddleware;
 use actix_session::storage::CookieSessionStore;
 use actix_web::cookie::{Key, SameSite};
+use std::sync::Arc;
+
 use actix_web::{HttpResponse, web};
 use tierwise_domain::grading::Policy;
 use tierwise_store::Database;
@@ -37,6 +39,46 @@ pub struct AppState {
     pub jobs: Vec<tierwise_jobs::JobDefinition>,
     /// Logged-in users, briefly cached.
     pub users: auth::UserCache,
+    /// Owners, cached.
+    pub cache: Cache,
+}
+
+/// (id, name, email) of every owner, by id.
+pub type Owners = Arc<Vec<(i64, String, String)>>;
+
+/// What pages read often and changes rarely.
+#[derive(Debug, Default)]
+pub struct Cache {
+    /// (id, name, email) of every owner, with when it was read; owners change only by imports.
+    owners: std::sync::Mutex<Option<(std::time::Instant, Owners)>>,
+}
+
+impl Cache {
+    /// How long the owner list is trusted.
+    const OWNERS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Every owner as (id, name, email), by id.
+    pub async fn owners(&self, db: &Database) -> Result<Owners, tierwise_store::StoreError> {
+        let lock = || {
+            self.owners
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some((at, owners)) = lock().as_ref()
+            && at.elapsed() < Self::OWNERS_TTL
+        {
+            return Ok(owners.clone());
+        }
+        let owners: Owners = Arc::new(
+            db.run(tierwise_store::notify::owners)
+                .await?
+                .into_iter()
+                .map(|o| (o.id, o.name, o.email))
+                .collect(),
+        );
+        *lock() = Some((std::time::Instant::now(), owners.clone()));
+        Ok(owners)
+    }
 }
 
 /// Session middleware: the session lives in a private (signed and encrypted) cookie, HttpOnly,

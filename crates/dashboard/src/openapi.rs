@@ -73,7 +73,7 @@ pub fn document() -> Value {
                 query("segment", "Segment key"),
                 query("abc", "ABC class"),
                 query("lifecycle", "prospect, new, active, loyal, at_risk or churned"),
-                query("owner", "Owner id"),
+                query("owner", "Owner id or email"),
                 query("q", "Part of the name, or the exact id"),
                 query("overridden", "yes or no"),
                 query("after", "The last customer id of the previous page"),

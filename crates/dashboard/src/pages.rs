@@ -293,12 +293,17 @@ pub async fn overview(
     Ok(render(&state, &session, Some(&user), "overview.html", data))
 }
 
+/// Owners listed in the filter's select; more make the page heavy, and a text field serves.
+const OWNER_SELECT_MAX: usize = 200;
+
 #[derive(Debug, Serialize)]
 struct CustomersPage {
     #[serde(flatten)]
     list: api::CustomerList,
-    /// (id, name, email) of every owner, for the owner filter.
+    /// (id, name, email) of every owner, for the owner filter (a select up to
+    /// [`OWNER_SELECT_MAX`] owners; beyond, a text field for an email or id).
     owners: Vec<(i64, String, String)>,
+    owner_select: bool,
     /// Tier names, best first.
     tiers: Vec<String>,
 }
@@ -311,13 +316,8 @@ pub async fn customers(
     q: web::Query<CustomersQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let list = api::customers_data(&state, q.into_inner()).await?;
-    let owners = state
-        .db
-        .run(tierwise_store::notify::owners)
-        .await?
-        .into_iter()
-        .map(|o| (o.id, o.name, o.email))
-        .collect();
+    let owners = state.cache.owners(&state.db).await?;
+    let owner_select = owners.len() <= OWNER_SELECT_MAX;
     let tiers = state
         .policy
         .tiers
@@ -332,7 +332,12 @@ pub async fn customers(
         "customers.html",
         CustomersPage {
             list,
-            owners,
+            owners: if owner_select {
+                owners.as_ref().clone()
+            } else {
+                Vec::new()
+            },
+            owner_select,
             tiers,
         },
     ))

@@ -190,6 +190,7 @@ macro_rules! app {
                     )
                     .unwrap()],
                     users: Default::default(),
+                    cache: Default::default(),
                 }))
                 .wrap(session_middleware(&[7u8; 64], false))
                 .configure(configure),

@@ -167,6 +167,15 @@ pub fn published(
     .transpose()
 }
 
+/// The policy JSON a grading run used (only that column: the row also holds the summary).
+pub fn run_policy_json(conn: &mut DbConnection, run_id: i64) -> StoreResult<Option<String>> {
+    Ok(with_backend!(conn, c => grading_runs::table
+        .find(run_id)
+        .select(grading_runs::policy)
+        .first(c)
+        .optional()?))
+}
+
 /// Up to `limit` customers of a published run's grades matching `filter`, in `sort` order,
 /// after `after`.
 pub fn customer_page(
