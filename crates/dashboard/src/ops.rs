@@ -58,36 +58,33 @@ async fn migrations_data(state: &AppState, period: Option<&str>) -> Result<Migra
         .as_deref()
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or_default();
-    let mut tiers: Vec<String> = state
-        .policy
-        .tiers
-        .levels
-        .iter()
-        .map(|l| l.name.clone())
-        .collect();
+    let mut tiers = state.policy.tier_names();
     tiers.push(tierwise_domain::grading::summary::NO_TIER.to_owned());
-    let cells = tiers
-        .iter()
-        .map(|from| {
-            tiers
-                .iter()
-                .map(|to| {
-                    summary
-                        .migration
-                        .get(from)
-                        .and_then(|row| row.get(to))
-                        .copied()
-                        .unwrap_or(0)
-                })
-                .collect()
-        })
-        .collect();
+    let cells = matrix_cells(&tiers, &summary.migration);
     Ok(Migrations {
         period: Some(chosen.0.clone()),
         periods,
         tiers,
         cells,
     })
+}
+
+/// `cells[from][to]` of a from-tier → to-tier count map, over `tiers` in both directions
+/// (absent pairs count 0).
+pub(crate) fn matrix_cells<T: AsRef<str>>(
+    tiers: &[T],
+    counts: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+) -> Vec<Vec<u64>> {
+    tiers
+        .iter()
+        .map(|from| {
+            let row = counts.get(from.as_ref());
+            tiers
+                .iter()
+                .map(|to| row.and_then(|r| r.get(to.as_ref())).copied().unwrap_or(0))
+                .collect()
+        })
+        .collect()
 }
 
 /// `GET /migrations`

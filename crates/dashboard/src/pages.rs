@@ -318,13 +318,7 @@ pub async fn customers(
     let list = api::customers_data(&state, q.into_inner()).await?;
     let owners = state.cache.owners(&state.db).await?;
     let owner_select = owners.len() <= OWNER_SELECT_MAX;
-    let tiers = state
-        .policy
-        .tiers
-        .levels
-        .iter()
-        .map(|l| l.name.clone())
-        .collect();
+    let tiers = state.policy.tier_names();
     Ok(render(
         &state,
         &session,
@@ -357,13 +351,7 @@ pub async fn customer(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let detail = api::customer_data(&state, &user, id.into_inner()).await?;
-    let tiers = state
-        .policy
-        .tiers
-        .levels
-        .iter()
-        .map(|l| l.name.clone())
-        .collect();
+    let tiers = state.policy.tier_names();
     Ok(render(
         &state,
         &session,

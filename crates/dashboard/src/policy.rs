@@ -222,7 +222,8 @@ pub struct WhatIfView {
 }
 
 fn what_if_view(state: &AppState, w: &WhatIf, changes: String) -> WhatIfView {
-    let movement = w.report.movement.clone().unwrap_or_default();
+    let none = tierwise_grading::Movement::default();
+    let movement = w.report.movement.as_ref().unwrap_or(&none);
     let mut tiers: Vec<(String, String)> = state
         .policy
         .tiers
@@ -231,22 +232,8 @@ fn what_if_view(state: &AppState, w: &WhatIf, changes: String) -> WhatIfView {
         .map(|l| (l.name.clone(), l.colour.clone()))
         .collect();
     tiers.push((NO_TIER.to_owned(), "#c8ccd2".to_owned()));
-    let cells: Vec<Vec<u64>> = tiers
-        .iter()
-        .map(|(from, _)| {
-            tiers
-                .iter()
-                .map(|(to, _)| {
-                    movement
-                        .matrix
-                        .get(from)
-                        .and_then(|row| row.get(to))
-                        .copied()
-                        .unwrap_or(0)
-                })
-                .collect()
-        })
-        .collect();
+    let names: Vec<&str> = tiers.iter().map(|(name, _)| name.as_str()).collect();
+    let cells = crate::ops::matrix_cells(&names, &movement.matrix);
     WhatIfView {
         period: w.period.to_string(),
         current_hash: w.current_hash.clone(),

@@ -211,7 +211,7 @@ fn grade_and_store(
     run: Option<GradingRunId>,
     watch: &mut Stopwatch,
 ) -> Result<GradingReport, GradingError> {
-    let tiers: Vec<String> = policy.tiers.levels.iter().map(|l| l.name.clone()).collect();
+    let tiers = policy.tier_names();
     let segment_table =
         tierwise_domain::grading::SegmentTable::new(&policy.segments, policy.rfm.buckets).map_err(
             |reason| GradingError::Policy {
@@ -655,9 +655,7 @@ pub fn what_if(
 ) -> Result<WhatIf, GradingError> {
     let (period, current_hash) = {
         let mut conn = db.conn()?;
-        let period = store::published_periods(&mut conn)?
-            .into_iter()
-            .max()
+        let period = tierwise_store::notify::latest_published_period(&mut conn)?
             .ok_or(GradingError::NothingGraded)?;
         (
             period,

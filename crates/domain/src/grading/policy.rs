@@ -614,6 +614,11 @@ impl Policy {
             .and_then(|i| u8::try_from(i).ok())
     }
 
+    /// The tier names, best first.
+    pub fn tier_names(&self) -> Vec<String> {
+        self.tiers.levels.iter().map(|l| l.name.clone()).collect()
+    }
+
     /// Name of tier `index` (best = 0).
     pub fn tier_name(&self, index: u8) -> &str {
         self.tiers
