@@ -476,6 +476,15 @@ backend_tests! {
                 let resp = atest::call_service(&app, post(cookie, id, String::new())).await;
                 assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{user} without a CSRF token");
             }
+            // The list notes each override; the others have none.
+            let admin = login(&app, "admin", "s3cret-pass").await.0.unwrap();
+            let (_, json) = get(&app, &admin, "/api/v1/customers?overridden=yes").await;
+            let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let notes: Vec<&str> = list["rows"].as_array().unwrap().iter().map(|r| r["note"].as_str().unwrap()).collect();
+            assert_eq!(notes, ["pin: strategic", "pin: strategic"], "{json}");
+            let (_, json) = get(&app, &admin, "/api/v1/customers?overridden=no").await;
+            let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert!(list["rows"].as_array().unwrap().iter().all(|r| r["note"].is_null()), "{json}");
         });
         let overrides = tierwise_store::grading::list_overrides(&mut db.conn()).unwrap();
         let pinned: Vec<i64> = overrides.iter().map(|(c, _)| c.0).collect();

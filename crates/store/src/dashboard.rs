@@ -101,7 +101,7 @@ impl Cursor {
 }
 
 /// One row of the customer list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Queryable, Serialize)]
 pub struct CustomerRow {
     /// Customer id.
     pub customer_id: i64,
@@ -196,7 +196,7 @@ pub fn customer_page(
         Some(Cursor::Id(id)) => id,
         _ => i64::MIN,
     };
-    let mut rows = with_backend!(conn, c => {
+    let rows = with_backend!(conn, c => {
         let mut q = grades::table
             .inner_join(customers::table)
             .left_join(owners::table.on(customers::owner_id.eq(owners::id.nullable())))
@@ -222,8 +222,12 @@ pub fn customer_page(
                 grades::frequency,
                 grades::monetary,
                 grades::clv,
-                overrides::kind.nullable(),
-                overrides::reason.nullable(),
+                // `kind: reason`; NULL without an override (`||` with NULL is NULL on both
+                // backends).
+                overrides::kind
+                    .nullable()
+                    .concat(": ")
+                    .concat(overrides::reason.nullable()),
             ))
             .into_boxed();
         q = match sort {
@@ -315,57 +319,13 @@ pub fn customer_page(
             Some(false) => q = q.filter(overrides::customer_id.nullable().is_null()),
             None => {}
         }
-        q.load::<RawRow>(c)?
+        q.load::<CustomerRow>(c)?
     });
-    Ok(rows.drain(..).map(CustomerRow::from).collect())
+    Ok(rows)
 }
 
 /// Lifecycle stages that count as a churn risk.
 const CHURN_RISK: [&str; 2] = ["at_risk", "churned"];
-
-type RawRow = (
-    i64,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    String,
-    Option<f64>,
-    i32,
-    i64,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-);
-
-impl From<RawRow> for CustomerRow {
-    fn from(r: RawRow) -> Self {
-        Self {
-            customer_id: r.0,
-            external_id: r.1,
-            name: r.2,
-            contact_name: r.3,
-            contact_email: r.4,
-            owner_email: r.5,
-            tier: r.6,
-            segment: r.7,
-            abc_class: r.8,
-            lifecycle: r.9,
-            composite: r.10,
-            frequency: r.11,
-            monetary: r.12,
-            clv: r.13,
-            note: r.14.map(|kind| match r.15 {
-                Some(reason) => format!("{kind}: {reason}"),
-                None => kind,
-            }),
-        }
-    }
-}
 
 /// One period of a customer's history.
 #[derive(Debug, Clone, PartialEq, Queryable, Serialize)]
