@@ -331,8 +331,9 @@ pub async fn show(
     ))
 }
 
-/// Splits the CSRF token (and reason) off a posted form, checking the token.
-fn take_csrf(
+/// Checks a posted policy form: its CSRF token, and that the user is an admin. Returns the
+/// knobs and the reason (trimmed; empty when absent).
+fn admin_form(
     session: &Session,
     user: &CurrentUser,
     fields: Vec<(String, String)>,
@@ -365,7 +366,7 @@ pub async fn what_if(
     session: Session,
     form: web::Form<Vec<(String, String)>>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let (posted, _) = take_csrf(&session, &user, form.into_inner())?;
+    let (posted, _) = admin_form(&session, &user, form.into_inner())?;
     let policy_state = policy_state(&state).await?;
     let outcome = match adjustment_from_form(&posted) {
         Ok(adjustment) => run_what_if(&state, &adjustment)
@@ -412,7 +413,7 @@ pub async fn apply(
     session: Session,
     form: web::Form<Vec<(String, String)>>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let (posted, reason) = take_csrf(&session, &user, form.into_inner())?;
+    let (posted, reason) = admin_form(&session, &user, form.into_inner())?;
     if reason.is_empty() {
         return Err(ApiError::BadRequest("a reason is required to apply a policy".into()).into());
     }
