@@ -14,6 +14,11 @@ use tierwise_store::dashboard::{
 };
 use tierwise_store::grading::{GradedCustomer, OverrideEvent};
 
+use std::sync::Arc;
+
+use tierwise_store::DbConnection;
+use tierwise_store::dashboard::PublishedRun;
+
 use crate::AppState;
 use crate::auth::CurrentUser;
 
@@ -333,15 +338,22 @@ pub async fn customers_data(state: &AppState, q: CustomersQuery) -> Result<Custo
         None => None,
     };
     // One connection and one trip to the blocking pool for the whole page.
+    let cache = state.cache.clone();
     let (published, rows) = state
         .db
         .run(move |c| {
-            let published = store::published(c, wanted)?;
-            let rows = match published {
-                Some(run) => store::customer_page(c, run, &filter, sort, after, PAGE)?,
-                None => Vec::new(),
+            let page = |c: &mut DbConnection, run: Option<PublishedRun>| match run {
+                Some(run) => store::customer_page(c, run, &filter, sort, after, PAGE),
+                None => Ok(Vec::new()),
             };
-            Ok((published, rows))
+            let mut lookup = cache.published(c, wanted)?;
+            let mut rows = page(c, lookup.run)?;
+            if rows.is_empty() && lookup.cached {
+                // The cached run may have been replaced since.
+                lookup = cache.newest_again(c)?;
+                rows = page(c, lookup.run)?;
+            }
+            Ok((lookup.run, rows))
         })
         .await?;
     let period = published.map(|p| p.period);
@@ -474,30 +486,39 @@ pub async fn customer_data(
         owner: Option<i64>,
         period: Option<Period>,
         grade: Option<GradedCustomer>,
-        run_policy: Option<String>,
+        run_policy: Option<Arc<Policy>>,
         history: Vec<GradeHistoryRow>,
         overrides: Vec<OverrideEvent>,
         records: CustomerRecords,
     }
+    let cache = state.cache.clone();
     let loaded: Option<Loaded> = state
         .db
         .run(move |c| {
             let Some(owner) = store::customer_owner(c, id)? else {
                 return Ok(None);
             };
-            let published = store::published(c, None)?;
-            let period = published.map(|p| p.period);
-            let (grade, run_policy) = match published {
-                Some(p) => (
-                    tierwise_store::grading::graded_customer(c, p.period, CustomerId(id))?,
-                    store::run_policy_json(c, p.run_id)?,
-                ),
-                None => (None, None),
+            let grade = |c: &mut DbConnection, run: Option<PublishedRun>| match run {
+                Some(p) => {
+                    tierwise_store::grading::graded_customer_in_run(c, p.run_id, CustomerId(id))
+                }
+                None => Ok(None),
+            };
+            let mut lookup = cache.published(c, None)?;
+            let mut graded = grade(c, lookup.run)?;
+            if graded.is_none() && lookup.cached {
+                // The cached run may have been replaced since.
+                lookup = cache.newest_again(c)?;
+                graded = grade(c, lookup.run)?;
+            }
+            let run_policy = match lookup.run {
+                Some(p) => cache.run_policy(c, p.run_id)?,
+                None => None,
             };
             Ok(Some(Loaded {
                 owner,
-                period,
-                grade,
+                period: lookup.run.map(|p| p.period),
+                grade: graded,
                 run_policy,
                 history: store::grade_history(c, id, 24)?,
                 overrides: tierwise_store::grading::override_history(c, CustomerId(id))?,
@@ -513,17 +534,13 @@ pub async fn customer_data(
         .and_then(|g| g.explanation.as_deref())
         .and_then(|e| serde_json::from_str(e).ok());
     // The weights and cadences of the run that graded it (today's configuration may differ).
-    let policy: Policy = l
-        .run_policy
-        .as_deref()
-        .and_then(|p| serde_json::from_str(p).ok())
-        .unwrap_or_else(|| state.policy.clone());
+    let policy: &Policy = l.run_policy.as_deref().unwrap_or(&state.policy);
     let follow_ups = match (&l.grade, l.grade.as_ref().and_then(|g| g.tier.as_deref())) {
         (Some(g), Some(tier)) => match (policy.tier_index(tier), g.tier_since) {
             (Some(index), Some(since)) => FollowUpKind::ALL
                 .iter()
                 .filter_map(|kind| {
-                    let every = kind.interval(&policy, index)?;
+                    let every = kind.interval(policy, index)?;
                     let last = match kind {
                         FollowUpKind::Call => l.records.last_call,
                         FollowUpKind::Visit => l.records.last_visit,
@@ -552,7 +569,7 @@ pub async fn customer_data(
         customer_id: id,
         owner_id: l.owner,
         period: l.period.map(|p| p.to_string()),
-        breakdown: breakdown(explanation.as_ref(), &policy),
+        breakdown: breakdown(explanation.as_ref(), policy),
         explanation,
         grade: l.grade,
         history: l.history,

@@ -18,9 +18,14 @@ use actix_session::storage::CookieSessionStore;
 use actix_web::cookie::{Key, SameSite};
 use std::sync::Arc;
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use actix_web::{HttpResponse, web};
+use tierwise_domain::Period;
 use tierwise_domain::grading::Policy;
-use tierwise_store::Database;
+use tierwise_store::dashboard::PublishedRun;
+use tierwise_store::{Database, DbConnection};
 
 pub use auth::{Role, hash_password, verify_password};
 
@@ -39,8 +44,9 @@ pub struct AppState {
     pub jobs: Vec<tierwise_jobs::JobDefinition>,
     /// Logged-in users, briefly cached.
     pub users: auth::UserCache,
-    /// Owners, cached.
-    pub cache: Cache,
+    /// Owners, the newest published run and runs' policies, cached (shared with the blocking
+    /// closures that read the database).
+    pub cache: Arc<Cache>,
 }
 
 /// (id, name, email) of every owner, by id.
@@ -50,21 +56,39 @@ pub type Owners = Arc<Vec<(i64, String, String)>>;
 #[derive(Debug, Default)]
 pub struct Cache {
     /// (id, name, email) of every owner, with when it was read; owners change only by imports.
-    owners: std::sync::Mutex<Option<(std::time::Instant, Owners)>>,
+    owners: std::sync::Mutex<Option<(Instant, Owners)>>,
+    /// The newest published run, with when it was read.
+    newest: std::sync::Mutex<Option<(Instant, Option<PublishedRun>)>>,
+    /// The policy each run graded with, by run id (a run's policy never changes).
+    run_policies: std::sync::Mutex<HashMap<i64, Option<Arc<Policy>>>>,
+}
+
+/// A published run as [`Cache::published`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLookup {
+    /// The run (None: nothing published, or not the period asked for).
+    pub run: Option<PublishedRun>,
+    /// Whether it came from the cache, so may be up to [`Cache::NEWEST_TTL`] old.
+    pub cached: bool,
+}
+
+fn locked<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Cache {
     /// How long the owner list is trusted.
-    const OWNERS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+    const OWNERS_TTL: Duration = Duration::from_secs(60);
+    /// How long the newest published run is trusted: a new period shows within this time.
+    pub const NEWEST_TTL: Duration = Duration::from_secs(2);
+    /// Run policies kept; more are dropped all at once (pages mostly show the newest runs).
+    const RUN_POLICIES_MAX: usize = 64;
 
     /// Every owner as (id, name, email), by id.
     pub async fn owners(&self, db: &Database) -> Result<Owners, tierwise_store::StoreError> {
-        let lock = || {
-            self.owners
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
-        if let Some((at, owners)) = lock().as_ref()
+        if let Some((at, owners)) = locked(&self.owners).as_ref()
             && at.elapsed() < Self::OWNERS_TTL
         {
             return Ok(owners.clone());
@@ -76,8 +100,62 @@ impl Cache {
                 .map(|o| (o.id, o.name, o.email))
                 .collect(),
         );
-        *lock() = Some((std::time::Instant::now(), owners.clone()));
+        *locked(&self.owners) = Some((Instant::now(), owners.clone()));
         Ok(owners)
+    }
+
+    /// `period`'s published run, or the newest one when `period` is None. The newest is read at
+    /// most every [`Cache::NEWEST_TTL`]; a caller that finds nothing in a cached run calls
+    /// [`Cache::newest_again`], since re-grading a period replaces its run and deletes the old
+    /// run's grades.
+    pub fn published(
+        &self,
+        conn: &mut DbConnection,
+        period: Option<Period>,
+    ) -> Result<RunLookup, tierwise_store::StoreError> {
+        if period.is_some() {
+            return Ok(RunLookup {
+                run: tierwise_store::dashboard::published(conn, period)?,
+                cached: false,
+            });
+        }
+        if let Some((at, run)) = *locked(&self.newest)
+            && at.elapsed() < Self::NEWEST_TTL
+        {
+            return Ok(RunLookup { run, cached: true });
+        }
+        self.newest_again(conn)
+    }
+
+    /// Reads the newest published run from the database and remembers it.
+    pub fn newest_again(
+        &self,
+        conn: &mut DbConnection,
+    ) -> Result<RunLookup, tierwise_store::StoreError> {
+        let run = tierwise_store::dashboard::published(conn, None)?;
+        *locked(&self.newest) = Some((Instant::now(), run));
+        Ok(RunLookup { run, cached: false })
+    }
+
+    /// The policy run `run_id` graded with; None when the run has none stored or it does not
+    /// parse (runs from before policies were stored with them).
+    pub fn run_policy(
+        &self,
+        conn: &mut DbConnection,
+        run_id: i64,
+    ) -> Result<Option<Arc<Policy>>, tierwise_store::StoreError> {
+        if let Some(policy) = locked(&self.run_policies).get(&run_id) {
+            return Ok(policy.clone());
+        }
+        let policy = tierwise_store::dashboard::run_policy_json(conn, run_id)?
+            .and_then(|json| serde_json::from_str::<Policy>(&json).ok())
+            .map(Arc::new);
+        let mut policies = locked(&self.run_policies);
+        if policies.len() >= Self::RUN_POLICIES_MAX {
+            policies.clear();
+        }
+        policies.insert(run_id, policy.clone());
+        Ok(policy)
     }
 }
 

@@ -190,7 +190,7 @@ macro_rules! app {
                     )
                     .unwrap()],
                     users: Default::default(),
-                    cache: Default::default(),
+                    cache: std::sync::Arc::default(),
                 }))
                 .wrap(session_middleware(&[7u8; 64], false))
                 .configure(configure),
@@ -589,4 +589,34 @@ backend_tests! {
         let first = &tierwise_store::policy::history(&mut db.conn(), 10).unwrap()[1];
         assert_eq!(first.previous_hash, Policy::default().hash());
     }
+
+    fn a_regraded_period_shows_at_once_though_the_newest_run_is_cached(db) {
+        fixture(&db);
+        let period = Period::parse("2026-10").unwrap();
+        actix_web::rt::System::new().block_on(async {
+            let app = app!(db);
+            let viewer = login(&app, "viewer", "s3cret-pass").await.0.unwrap();
+            let id = customer_id(&db, "C05");
+            let (status, before) = get(&app, &viewer, "/api/v1/customers").await;
+            assert_eq!(status, StatusCode::OK);
+            let before: serde_json::Value = serde_json::from_str(&before).unwrap();
+            assert_eq!(before["rows"].as_array().unwrap().len(), 50);
+            // Re-grading replaces the period's run and deletes the old run's grades, while
+            // the dashboard still trusts the run it read a moment ago.
+            let old_run = tierwise_store::dashboard::published(&mut db.conn(), Some(period)).unwrap();
+            grade_period(&db.db, period, &Policy::default(), Mode::Publish).unwrap();
+            let new_run = tierwise_store::dashboard::published(&mut db.conn(), Some(period)).unwrap();
+            assert_ne!(old_run, new_run);
+            let (status, after) = get(&app, &viewer, "/api/v1/customers").await;
+            assert_eq!(status, StatusCode::OK);
+            let after: serde_json::Value = serde_json::from_str(&after).unwrap();
+            assert_eq!(after["rows"], before["rows"], "the same grades, from the new run");
+            let (status, page) = get(&app, &viewer, &format!("/api/v1/customers/{id}")).await;
+            assert_eq!(status, StatusCode::OK);
+            let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+            assert_eq!(page["period"], "2026-10");
+            assert_eq!(page["grade"]["customer_id"], id, "{page}");
+        });
+    }
+
 }

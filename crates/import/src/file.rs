@@ -13,8 +13,8 @@ use csv::StringRecord;
 use serde::{Deserialize, Serialize};
 use tierwise_domain::{Currency, Locale, SourceName};
 use tierwise_store::load::{
-    LoadContext, LoadOutcome, Staged, load_activities, load_customers, load_invoices, load_orders,
-    load_owners,
+    LoadContext, LoadOutcome, LoadedTable, Staged, analyze_after_load, load_activities,
+    load_customers, load_invoices, load_orders, load_owners,
 };
 use tierwise_store::runs::{
     Reject, RunStatus, RunTotals, finish_import_run, insert_rejects, start_import_run,
@@ -175,6 +175,7 @@ pub fn import_file(
     let result = tierwise_store::transaction(&mut conn, |tx| load_file(tx, run, path, options));
     match result {
         Ok(mut report) => {
+            refresh_statistics(&mut conn, &report);
             report.elapsed = started.elapsed();
             tracing::info!(
                 run = run.0,
@@ -196,6 +197,27 @@ pub fn import_file(
                 Some(&message),
             )?;
             Err(err)
+        }
+    }
+}
+
+/// Refreshes the database's statistics of what a large import wrote (best effort: the data is
+/// committed, and autovacuum gets there later anyway).
+fn refresh_statistics(conn: &mut DbConnection, report: &ImportReport) {
+    let table = match report.kind {
+        RecordKind::Owners => LoadedTable::Owners,
+        RecordKind::Customers => LoadedTable::Customers,
+        RecordKind::Orders => LoadedTable::Orders,
+        RecordKind::Invoices => LoadedTable::Invoices,
+        RecordKind::Activities => LoadedTable::Activities,
+    };
+    let mut written = vec![(table, report.totals.rows_written)];
+    if table != LoadedTable::Customers {
+        written.push((LoadedTable::Customers, report.totals.customers_created));
+    }
+    for (table, rows) in written {
+        if let Err(error) = analyze_after_load(conn, table, rows) {
+            tracing::warn!(?table, %error, "refreshing statistics after the import failed");
         }
     }
 }

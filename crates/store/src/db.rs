@@ -2,6 +2,7 @@
 //! r2d2 pool; migrations embedded per backend.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -191,15 +192,62 @@ impl r2d2::ManageConnection for ConnectionManager {
     type Error = StoreError;
 
     fn connect(&self) -> Result<DbConnection, StoreError> {
-        self.url.connect()
+        let mut conn = self.url.connect()?;
+        conn.set_instrumentation(ConnectionHealth::default());
+        Ok(conn)
     }
 
+    /// Pings a connection at checkout unless a query succeeded on it within
+    /// [`ConnectionHealth::TRUSTED_FOR`]: under load that ping was a tenth of a page's database
+    /// round trips.
     fn is_valid(&self, conn: &mut DbConnection) -> Result<(), StoreError> {
+        let recently_fine = conn
+            .instrumentation()
+            .downcast_ref::<ConnectionHealth>()
+            .and_then(|health| health.last_success)
+            .is_some_and(|at| at.elapsed() < ConnectionHealth::TRUSTED_FOR);
+        if recently_fine {
+            return Ok(());
+        }
         conn.batch_execute("SELECT 1").map_err(StoreError::Query)
     }
 
-    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
-        false
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        conn.instrumentation()
+            .downcast_ref::<ConnectionHealth>()
+            .is_some_and(|health| health.lost)
+    }
+}
+
+/// What a pooled connection's queries showed of it (diesel instrumentation, set at connect).
+#[derive(Debug, Default)]
+struct ConnectionHealth {
+    /// When a query last succeeded.
+    last_success: Option<std::time::Instant>,
+    /// A query failed because the server connection is gone: the pool drops the connection
+    /// when it comes back.
+    lost: bool,
+}
+
+impl ConnectionHealth {
+    /// How long after a successful query a connection is handed out without a ping (the
+    /// "alive bypass window" of JDBC pools).
+    const TRUSTED_FOR: Duration = Duration::from_millis(500);
+}
+
+impl diesel::connection::Instrumentation for ConnectionHealth {
+    fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
+        use diesel::result::{DatabaseErrorKind, Error};
+        if let diesel::connection::InstrumentationEvent::FinishQuery { error, .. } = event {
+            match error {
+                None => self.last_success = Some(std::time::Instant::now()),
+                Some(Error::DatabaseError(
+                    DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                    _,
+                )) => self.lost = true,
+                Some(_) => {}
+            }
+        }
     }
 }
 
@@ -265,6 +313,9 @@ fn lock_key(name: &str) -> i64 {
 pub struct Database {
     pool: r2d2::Pool<ConnectionManager>,
     url: DatabaseUrl,
+    /// One permit per pooled connection, for [`Database::run`]: async callers queue here, in
+    /// order, rather than as blocked threads racing for the pool (unfair, and a thread each).
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Database {
@@ -292,7 +343,8 @@ impl Database {
             .min_idle(Some(0))
             .connection_timeout(Duration::from_secs(30))
             .build(ConnectionManager { url: url.clone() })?;
-        Ok(Self { pool, url })
+        let permits = Arc::new(tokio::sync::Semaphore::new(max as usize));
+        Ok(Self { pool, url, permits })
     }
 
     /// The backend in use.
@@ -390,10 +442,17 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> StoreResult<T> + Send + 'static,
     {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
         let pool = self.pool.clone();
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
+            let _permit = permit;
             let mut conn = pool.get()?;
             f(&mut conn)
         })

@@ -1232,7 +1232,7 @@ pub fn for_each_graded_customer(
     let Some(run) = published_run_id(conn, period)? else {
         return Ok(false);
     };
-    graded_customers(conn, run, i64::MIN..=i64::MAX, each)?;
+    graded_customers(conn, run, each)?;
     Ok(true)
 }
 
@@ -1243,65 +1243,82 @@ pub fn graded_customer(
     period: Period,
     customer: CustomerId,
 ) -> StoreResult<Option<GradedCustomer>> {
-    let Some(run) = published_run_id(conn, period)? else {
-        return Ok(None);
-    };
-    let mut found = None;
-    graded_customers(conn, run, customer.0..=customer.0, |c| {
-        found = Some(c);
-        Ok(())
-    })?;
-    Ok(found)
+    match published_run_id(conn, period)? {
+        Some(run) => graded_customer_in_run(conn, run, customer),
+        None => Ok(None),
+    }
 }
 
-/// Streams the grades of `run` whose customer id is in `ids`, in tie-break order.
+/// Grades joined with their customer, owner and explanation, selected as a [`GradedCustomer`].
+/// A macro, not a function: both callers keep a concrete query type, which diesel caches as a
+/// prepared statement (PostgreSQL then plans it once per connection).
+macro_rules! graded_customer_query {
+    () => {
+        grades::table
+            .inner_join(customers::table)
+            .left_join(owners::table.on(customers::owner_id.eq(owners::id.nullable())))
+            .left_join(
+                grade_explanations::table.on(grade_explanations::run_id
+                    .eq(grades::run_id)
+                    .and(grade_explanations::customer_id.eq(grades::customer_id))),
+            )
+            .select((
+                grades::customer_id,
+                customers::source,
+                customers::external_id,
+                customers::name,
+                customers::contact_name,
+                customers::contact_email,
+                owners::email.nullable(),
+                grades::graded,
+                grades::recency_days,
+                grades::frequency,
+                grades::monetary,
+                grades::r_score,
+                grades::f_score,
+                grades::m_score,
+                grades::segment,
+                grades::abc_class,
+                grades::credit_score,
+                grades::credit_grade,
+                grades::profit,
+                grades::composite,
+                grades::computed_tier,
+                grades::tier,
+                grades::tier_reason,
+                grades::loyalty,
+                grades::lifecycle,
+                grades::clv,
+                grades::tier_since,
+                grade_explanations::explanation.nullable(),
+            ))
+    };
+}
+
+/// One customer's grade in `run` (a published run's id, or any run's), if it has one.
+pub fn graded_customer_in_run(
+    conn: &mut DbConnection,
+    run: i64,
+    customer: CustomerId,
+) -> StoreResult<Option<GradedCustomer>> {
+    // An equality, not a range: PostgreSQL keeps a generic plan for it instead of planning the
+    // four-table join on every call.
+    Ok(with_backend!(conn, c => graded_customer_query!()
+        .filter(grades::run_id.eq(run))
+        .filter(grades::customer_id.eq(customer.0))
+        .first::<GradedCustomer>(c)
+        .optional()?))
+}
+
+/// Streams every grade of `run`, in tie-break order.
 fn graded_customers(
     conn: &mut DbConnection,
     run: i64,
-    ids: std::ops::RangeInclusive<i64>,
     mut each: impl FnMut(GradedCustomer) -> StoreResult<()>,
 ) -> StoreResult<()> {
-    let query = grades::table
-        .inner_join(customers::table)
-        .left_join(owners::table.on(customers::owner_id.eq(owners::id.nullable())))
-        .left_join(
-            grade_explanations::table.on(grade_explanations::run_id
-                .eq(grades::run_id)
-                .and(grade_explanations::customer_id.eq(grades::customer_id))),
-        )
+    let query = graded_customer_query!()
         .filter(grades::run_id.eq(run))
-        .filter(grades::customer_id.between(*ids.start(), *ids.end()))
-        .order((customers::source.asc(), customers::external_id.asc()))
-        .select((
-            grades::customer_id,
-            customers::source,
-            customers::external_id,
-            customers::name,
-            customers::contact_name,
-            customers::contact_email,
-            owners::email.nullable(),
-            grades::graded,
-            grades::recency_days,
-            grades::frequency,
-            grades::monetary,
-            grades::r_score,
-            grades::f_score,
-            grades::m_score,
-            grades::segment,
-            grades::abc_class,
-            grades::credit_score,
-            grades::credit_grade,
-            grades::profit,
-            grades::composite,
-            grades::computed_tier,
-            grades::tier,
-            grades::tier_reason,
-            grades::loyalty,
-            grades::lifecycle,
-            grades::clv,
-            grades::tier_since,
-            grade_explanations::explanation.nullable(),
-        ));
+        .order((customers::source.asc(), customers::external_id.asc()));
     // Streamed on both backends: PostgreSQL's default mode would buffer every customer first.
     match conn {
         DbConnection::Sqlite(c) => {

@@ -250,3 +250,132 @@ backend_tests! {
         assert_eq!((counts.orders, counts.customers), (0, 0));
     }
 }
+
+mod pooled_postgres_connections {
+    //! The pool hands out a connection without a ping when a query succeeded on it within the
+    //! last 500 ms; these check that a connection the server closed still leaves the pool.
+    use std::time::Duration;
+
+    use diesel::prelude::*;
+    use tierwise_store::testing::{TestBackend, TestDb};
+    use tierwise_store::{Database, DbConnection};
+
+    fn backend_pid(conn: &mut DbConnection) -> QueryResult<i32> {
+        match conn {
+            DbConnection::Postgresql(pg) => diesel::select(diesel::dsl::sql::<
+                diesel::sql_types::Integer,
+            >("pg_backend_pid()"))
+            .get_result(pg),
+            DbConnection::Sqlite(_) => unreachable!("PostgreSQL only"),
+        }
+    }
+
+    /// Ends backend `pid` from a connection outside the pool, as a server restart would.
+    fn terminate(test: &TestDb, pid: i32) {
+        let mut admin = PgConnection::establish(test.url()).unwrap();
+        let ended: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+            "pg_terminate_backend({pid})"
+        )))
+        .get_result(&mut admin)
+        .unwrap();
+        assert!(ended);
+    }
+
+    /// Every connection the pool can hold, checked out at once, answers (so none is dead).
+    fn every_pooled_connection_answers(db: &Database, killed: i32) {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut conn = db.conn().unwrap();
+            let pid = backend_pid(&mut conn)
+                .unwrap_or_else(|e| panic!("a pooled connection answers: {e}"));
+            assert_ne!(pid, killed);
+            held.push(conn);
+        }
+    }
+
+    #[test]
+    fn a_connection_that_failed_as_closed_is_not_handed_out_again() {
+        let test = TestDb::new(TestBackend::Postgres);
+        let mut conn = test.db.conn().unwrap();
+        let pid = backend_pid(&mut conn).unwrap();
+        terminate(&test, pid);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(backend_pid(&mut conn).is_err(), "the server closed it");
+        drop(conn);
+        // Within the no-ping window: only the failure's mark keeps it out.
+        every_pooled_connection_answers(&test.db, pid);
+    }
+
+    #[test]
+    fn an_idle_connection_the_server_closed_is_replaced_at_checkout() {
+        let test = TestDb::new(TestBackend::Postgres);
+        let pid = backend_pid(&mut test.db.conn().unwrap()).unwrap();
+        terminate(&test, pid);
+        // Past the no-ping window, checkout pings and replaces it: no caller sees an error.
+        std::thread::sleep(Duration::from_millis(700));
+        every_pooled_connection_answers(&test.db, pid);
+    }
+}
+
+mod statistics_after_loads {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+    use tierwise_store::DbConnection;
+    use tierwise_store::load::{LoadedTable, analyze_after_load};
+    use tierwise_store::testing::{TestBackend, TestDb};
+
+    fn known_rows(conn: &mut DbConnection) -> f32 {
+        let DbConnection::Postgresql(pg) = conn else {
+            unreachable!("PostgreSQL only")
+        };
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Float>(
+            "(SELECT reltuples FROM pg_class WHERE oid = 'owners'::regclass)",
+        ))
+        .get_result(pg)
+        .unwrap()
+    }
+
+    fn add_owners(conn: &mut DbConnection, from: u32, to: u32) {
+        conn.batch_execute(&format!(
+            "INSERT INTO owners (email, name, locale, source) \
+             SELECT 'o' || i || '@example.com', 'O' || i, 'en', 'test' \
+             FROM generate_series({from}, {to}) AS i"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn a_large_load_is_analysed_at_once_and_a_small_one_left_to_autovacuum() {
+        let test = TestDb::new(TestBackend::Postgres);
+        let mut pooled = test.conn();
+        let conn = &mut *pooled;
+        // Autovacuum must not analyse behind the test's back.
+        conn.batch_execute("ALTER TABLE owners SET (autovacuum_enabled = false)")
+            .unwrap();
+        add_owners(conn, 1, 120_000);
+        assert!(known_rows(conn) < 0.0, "never analysed");
+        assert!(
+            !analyze_after_load(conn, LoadedTable::Owners, 9_999).unwrap(),
+            "too few rows"
+        );
+        assert!(analyze_after_load(conn, LoadedTable::Owners, 120_000).unwrap());
+        assert_eq!(known_rows(conn), 120_000.0);
+        // 10,000 more rows are under a tenth of the 120,000 known: autovacuum's business.
+        add_owners(conn, 120_001, 130_000);
+        assert!(!analyze_after_load(conn, LoadedTable::Owners, 10_000).unwrap());
+        assert_eq!(known_rows(conn), 120_000.0);
+        // 15,000 more are over a tenth of 120,000.
+        add_owners(conn, 130_001, 145_000);
+        assert!(analyze_after_load(conn, LoadedTable::Owners, 15_000).unwrap());
+        assert_eq!(known_rows(conn), 145_000.0);
+    }
+
+    #[test]
+    fn sqlite_needs_no_statistics_step() {
+        let test = TestDb::new(TestBackend::Sqlite);
+        assert!(
+            !analyze_after_load(&mut test.db.conn().unwrap(), LoadedTable::Orders, 1_000_000)
+                .unwrap()
+        );
+    }
+}

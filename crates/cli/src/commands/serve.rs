@@ -103,7 +103,7 @@ async fn serve(settings: &Settings, bind: &str, parts: Parts) -> anyhow::Result<
                 views,
                 jobs,
                 users: Default::default(),
-                cache: Default::default(),
+                cache: std::sync::Arc::default(),
             });
             Some((state, key))
         }
