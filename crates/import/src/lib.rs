@@ -5,6 +5,7 @@
 //! loads good rows in chunks through the store's bulk path inside one transaction, and keeps
 //! every bad row as a reject with its line, column and reason.
 
+pub mod crm;
 pub mod demo;
 mod error;
 pub mod file;

@@ -5,6 +5,7 @@
 //! to the functions here, and own transactions through [`transaction`]. Async callers use
 //! [`Database::run`], which moves the work onto tokio's blocking pool.
 
+pub mod crm;
 pub mod dashboard;
 mod db;
 mod error;

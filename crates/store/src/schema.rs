@@ -337,6 +337,21 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    crm_sync_state (source, entity) {
+        source -> Text,
+        entity -> Text,
+        watermark -> Nullable<Timestamp>,
+        in_progress -> Bool,
+        run_since -> Nullable<Timestamp>,
+        run_started -> Nullable<Timestamp>,
+        run_cursor -> Nullable<Text>,
+        run_max_seen -> Nullable<Timestamp>,
+        run_pages -> BigInt,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(import_rejects -> import_runs (import_run_id));
 diesel::joinable!(customers -> owners (owner_id));
 diesel::joinable!(orders -> customers (customer_id));
@@ -368,4 +383,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     users,
     app_secrets,
     policy_versions,
+    crm_sync_state,
 );

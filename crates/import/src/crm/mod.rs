@@ -1,0 +1,470 @@
+//! CRM connectors: each fetches owners, customers and orders changed since a watermark, page by
+//! page; [`sync`] maps and loads every page in its own transaction together with the
+//! connector's position, so a run that dies resumes from its last committed page, and moves the
+//! watermark only when the run completes (re-reading an overlap window, deduplicated by the
+//! upsert on `(source, external_id)`). Records that do not map go to import_rejects with their
+//! raw JSON and the reason; the run goes on.
+
+pub mod http;
+pub mod pipedrive;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use serde_json::Value;
+use tierwise_domain::{Customer, Locale, Order, Owner, SourceName};
+use tierwise_store::crm::{owner_emails, save_sync_state, sync_state};
+use tierwise_store::load::{
+    CustomerRef, LoadContext, LoadedTable, Staged, analyze_after_load, load_customers,
+    load_orders, load_owners,
+};
+use tierwise_store::runs::{Reject, RunStatus, RunTotals, finish_import_run, insert_rejects};
+use tierwise_store::{Database, ImportRunId, StoreError};
+
+/// Why a CRM run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CrmError {
+    /// The connector could not be set up (configuration).
+    #[error("{0}")]
+    Setup(String),
+    /// The API refused the credentials.
+    #[error(
+        "{source_name}: the API refused the credentials (HTTP {status}: {message}); check {hint}"
+    )]
+    Auth {
+        /// Source.
+        source_name: String,
+        /// HTTP status.
+        status: u16,
+        /// The API's message.
+        message: String,
+        /// Where the credentials come from.
+        hint: String,
+    },
+    /// The API's daily budget is spent: the run stopped cleanly and resumes on the next run.
+    #[error(
+        "{0}: the API's daily quota is used up; the run stopped after its last committed page \
+         and resumes from there on the next run"
+    )]
+    QuotaExhausted(String),
+    /// The API answered with an error that retrying does not fix.
+    #[error("{source_name}: {what}: HTTP {status}: {message}")]
+    Http {
+        /// Source.
+        source_name: String,
+        /// The request.
+        what: String,
+        /// HTTP status.
+        status: u16,
+        /// The API's message.
+        message: String,
+    },
+    /// Every try of a request failed.
+    #[error(
+        "{source_name}: {what}: gave up after {attempts} tries (last: {last}); the run resumes \
+         from its last committed page next time"
+    )]
+    GaveUp {
+        /// Source.
+        source_name: String,
+        /// The request.
+        what: String,
+        /// Tries made.
+        attempts: usize,
+        /// The last failure.
+        last: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a connector imports, in load order (owners before the customers that name them,
+/// customers before their orders).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Entity {
+    /// Account managers.
+    Owners,
+    /// Customers (companies, organisations, accounts).
+    Customers,
+    /// Orders (won deals).
+    Orders,
+}
+
+impl Entity {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owners => "owners",
+            Self::Customers => "customers",
+            Self::Orders => "orders",
+        }
+    }
+}
+
+/// One page of raw records and where the next page starts.
+#[derive(Debug, Clone, Default)]
+pub struct RawPage {
+    /// The records as the API sent them.
+    pub records: Vec<Value>,
+    /// The API's cursor of the next page; None on the last page.
+    pub next: Option<String>,
+}
+
+/// A record mapped to the domain.
+#[derive(Debug, Clone)]
+pub enum Mapped {
+    /// An owner.
+    Owner(Owner),
+    /// A customer.
+    Customer(Customer),
+    /// An order of a customer.
+    Order(Order),
+}
+
+/// A record that did not map: the field at fault and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmappable {
+    /// The API's field name, when one field is at fault.
+    pub field: Option<String>,
+    /// Why, in words a person can act on.
+    pub reason: String,
+}
+
+impl Unmappable {
+    /// A record refused because of `field`.
+    pub fn field(field: &str, reason: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.to_owned()),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<tierwise_domain::FieldError> for Unmappable {
+    fn from(e: tierwise_domain::FieldError) -> Self {
+        Self {
+            field: Some(e.field.to_owned()),
+            reason: e.reason,
+        }
+    }
+}
+
+/// What a mapper may look up.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    /// Owners' emails by their id in the source.
+    pub owner_emails: HashMap<String, String>,
+    /// Locale of owners the source gives none for.
+    pub default_locale: Locale,
+}
+
+/// A CRM API.
+pub trait Connector {
+    /// The source name records are stored under (`pipedrive`, ...).
+    fn source(&self) -> &SourceName;
+
+    /// What this connector imports, in load order.
+    fn entities(&self) -> Vec<Entity>;
+
+    /// Fetches the page of `entity` at `cursor` (None: the first) of the records changed at or
+    /// after `since` (None: all).
+    fn page(
+        &self,
+        entity: Entity,
+        since: Option<DateTime<Utc>>,
+        cursor: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<RawPage, CrmError>>;
+
+    /// Maps one record, with the time it last changed (for the watermark).
+    fn map(
+        &self,
+        entity: Entity,
+        record: &Value,
+        lookups: &Lookups,
+    ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable>;
+}
+
+/// How to run a sync.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Ignore the watermarks and any run in progress: read everything again.
+    pub full: bool,
+    /// Re-read this much before the watermark (late-visible writes, equal timestamps).
+    pub overlap: TimeDelta,
+    /// Locale of owners the source gives none for.
+    pub default_locale: Locale,
+    /// Stop after this many pages in this call (tests simulate a run that dies).
+    pub max_pages: Option<u64>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        Self {
+            full: false,
+            overlap: TimeDelta::minutes(5),
+            default_locale: Locale::default(),
+            max_pages: None,
+        }
+    }
+}
+
+/// What one entity's run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntityReport {
+    /// The entity.
+    pub entity: &'static str,
+    /// The import run recording it.
+    pub run: Option<ImportRunId>,
+    /// Pages loaded in this call.
+    pub pages: u64,
+    /// Records read.
+    pub records: u64,
+    /// Records written (new or changed).
+    pub written: u64,
+    /// Records rejected.
+    pub rejected: u64,
+    /// The run resumed one that had stopped part-way.
+    pub resumed: bool,
+    /// The run completed (its watermark moved); false when it stopped part-way.
+    pub completed: bool,
+}
+
+/// What a sync did, entity by entity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// The source.
+    pub source: String,
+    /// Per entity, in load order.
+    pub entities: Vec<EntityReport>,
+}
+
+impl SyncReport {
+    /// Records rejected in all.
+    pub fn rejected(&self) -> u64 {
+        self.entities.iter().map(|e| e.rejected).sum()
+    }
+}
+
+fn utc(t: NaiveDateTime) -> DateTime<Utc> {
+    DateTime::from_naive_utc_and_offset(t, Utc)
+}
+
+/// Imports what changed at `connector`'s source since the last completed run into `db`.
+/// Returns early with [`EntityReport::completed`] false when `options.max_pages` stops it.
+pub async fn sync<C: Connector>(
+    db: &Database,
+    connector: &C,
+    options: &SyncOptions,
+) -> Result<SyncReport, CrmError> {
+    let source = connector.source().clone();
+    let mut report = SyncReport {
+        source: source.as_str().to_owned(),
+        entities: Vec::new(),
+    };
+    let mut pages_left = options.max_pages;
+    for entity in connector.entities() {
+        let entity_report = sync_entity(db, connector, entity, options, &mut pages_left).await?;
+        let completed = entity_report.completed;
+        report.entities.push(entity_report);
+        if !completed {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+async fn sync_entity<C: Connector>(
+    db: &Database,
+    connector: &C,
+    entity: Entity,
+    options: &SyncOptions,
+    pages_left: &mut Option<u64>,
+) -> Result<EntityReport, CrmError> {
+    let source = connector.source().clone();
+    let (state, lookups, run) = {
+        let source = source.clone();
+        let full = options.full;
+        let overlap = options.overlap;
+        let locale = options.default_locale;
+        db.run(move |c| {
+            let mut state = sync_state(c, source.as_str(), entity.as_str())?;
+            if full {
+                state.watermark = None;
+                state.in_progress = false;
+            }
+            if !state.in_progress {
+                state.in_progress = true;
+                state.run_since = state.watermark.map(|w| w - overlap);
+                state.run_started = Some(Utc::now().naive_utc());
+                state.run_cursor = None;
+                state.run_max_seen = None;
+                state.run_pages = 0;
+            }
+            let origin = format!("{} {}", source.as_str(), entity.as_str());
+            let run = tierwise_store::runs::start_import_run(c, &source, entity.as_str(), &origin)?;
+            let lookups = Lookups {
+                owner_emails: owner_emails(c, source.as_str())?,
+                default_locale: locale,
+            };
+            Ok((state, lookups, run))
+        })
+        .await?
+    };
+    let mut report = EntityReport {
+        entity: entity.as_str(),
+        run: Some(run),
+        resumed: state.run_pages > 0,
+        ..EntityReport::default()
+    };
+    let mut state = state;
+    let mut totals = RunTotals::default();
+    let since = state.run_since.map(utc);
+    let result: Result<(), CrmError> = async {
+        loop {
+            if pages_left.is_some_and(|left| left == 0) {
+                return Ok(());
+            }
+            let page = connector
+                .page(entity, since, state.run_cursor.as_deref())
+                .await?;
+            let page_no = state.run_pages + 1;
+            let mut mapped = Vec::with_capacity(page.records.len());
+            let mut rejects = Vec::new();
+            for (index, record) in page.records.iter().enumerate() {
+                let line = index as u64 + 1;
+                match connector.map(entity, record, &lookups) {
+                    Ok((m, changed)) => {
+                        if let Some(changed) = changed {
+                            let changed = changed.naive_utc();
+                            state.run_max_seen = Some(state.run_max_seen.map_or(changed, |m| m.max(changed)));
+                        }
+                        mapped.push(Staged { line, record: m });
+                    }
+                    Err(why) => rejects.push(Reject {
+                        line,
+                        field: why.field,
+                        reason: why.reason,
+                        raw_record: record.to_string(),
+                    }),
+                }
+            }
+            state.run_pages = page_no;
+            state.run_cursor = page.next.clone();
+            let last = page.next.is_none();
+            if last {
+                state.in_progress = false;
+                // The newest change seen, but not past the run's start: a record changed while
+                // the run paged may have moved behind its cursor, and is read again next time.
+                let seen = match (state.run_max_seen, state.run_started) {
+                    (Some(m), Some(started)) => Some(m.min(started)),
+                    (m, _) => m,
+                };
+                state.watermark = match (state.watermark, seen) {
+                    (Some(w), Some(m)) => Some(w.max(m)),
+                    (w, m) => m.or(w),
+                };
+                state.run_started = None;
+                state.run_since = None;
+                state.run_max_seen = None;
+                state.run_pages = 0;
+            }
+            let records = page.records.len() as u64;
+            let rejected = rejects.len() as u64;
+            let written = {
+                let source = source.clone();
+                let saved = state.clone();
+                let locale = options.default_locale;
+                db.run(move |c| {
+                    tierwise_store::transaction(c, |tx| {
+                        let written = load_page(tx, &source, run, locale, mapped)?;
+                        if !rejects.is_empty() {
+                            let origin = format!("{} {} page {page_no}", source.as_str(), entity.as_str());
+                            insert_rejects(tx, run, &origin, &rejects)?;
+                        }
+                        save_sync_state(tx, &saved)?;
+                        Ok(written)
+                    })
+                })
+                .await?
+            };
+            report.pages += 1;
+            report.records += records;
+            report.written += written;
+            report.rejected += rejected;
+            totals.rows_read += records;
+            totals.rows_written += written;
+            totals.rows_rejected += rejected;
+            if let Some(left) = pages_left.as_mut() {
+                *left -= 1;
+            }
+            tracing::debug!(source = %source.as_str(), entity = entity.as_str(), page = page_no, records, "page loaded");
+            if last {
+                report.completed = true;
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    let (status, error) = match &result {
+        Ok(()) if totals.rows_rejected > 0 => (RunStatus::CompletedWithRejects, None),
+        Ok(()) => (RunStatus::Succeeded, None),
+        // The pages already loaded stay: the run resumes from them.
+        Err(e) => (RunStatus::Failed, Some(e.to_string())),
+    };
+    let table = match entity {
+        Entity::Owners => LoadedTable::Owners,
+        Entity::Customers => LoadedTable::Customers,
+        Entity::Orders => LoadedTable::Orders,
+    };
+    db.run(move |c| {
+        finish_import_run(c, run, status, &totals, error.as_deref())?;
+        if let Err(error) = analyze_after_load(c, table, totals.rows_written) {
+            tracing::warn!(%error, "refreshing statistics after the import failed");
+        }
+        Ok(())
+    })
+    .await?;
+    result.map(|()| report)
+}
+
+/// Loads one page's records; returns how many were written.
+fn load_page(
+    tx: &mut tierwise_store::DbConnection,
+    source: &SourceName,
+    run: ImportRunId,
+    locale: Locale,
+    mapped: Vec<Staged<Mapped>>,
+) -> Result<u64, StoreError> {
+    let ctx = LoadContext {
+        source: source.clone(),
+        run,
+        // An order may name a customer created after the customers' pass read its page: it is
+        // created from the order (named by its id) and named by the next customers' pass.
+        create_missing_customers: true,
+        default_locale: locale,
+        known_customers: Default::default(),
+    };
+    let (mut owners, mut customers, mut orders) = (Vec::new(), Vec::new(), Vec::new());
+    for Staged { line, record } in mapped {
+        match record {
+            Mapped::Owner(o) => owners.push(Staged { line, record: o }),
+            Mapped::Customer(c) => customers.push(Staged { line, record: c }),
+            Mapped::Order(o) => orders.push(Staged {
+                line,
+                record: (o, CustomerRef::default()),
+            }),
+        }
+    }
+    let mut written = 0;
+    if !owners.is_empty() {
+        written += load_owners(tx, &ctx, &owners)?.written;
+    }
+    if !customers.is_empty() {
+        written += load_customers(tx, &ctx, &customers)?.written;
+    }
+    if !orders.is_empty() {
+        written += load_orders(tx, &ctx, &orders)?.written;
+    }
+    Ok(written)
+}

@@ -1,0 +1,373 @@
+//! Pipedrive: users are owners (`GET /v1/users`), organisations are customers and won deals
+//! are orders (`GET /api/v2/organizations|deals`, cursor paging, `updated_since`). The API
+//! token travels in the `x-api-token` header, never in a URL. Throttling (429) waits for
+//! `Retry-After` or `x-ratelimit-reset`; a spent daily token budget
+//! (`x-daily-ratelimit-token-remaining: 0`) stops the run cleanly; a 403 after 429s is a hard
+//! stop, never retried into.
+
+use std::cell::Cell;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+use tierwise_domain::{
+    Contact, Currency, Customer, EmailAddress, ExternalId, Locale, Money, Order, Owner, SourceName,
+};
+
+use super::http::{Attempt, Http, HttpSettings, header_number, retry_after, transport_error};
+use super::{Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable};
+
+/// `[crm.pipedrive]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipedriveSettings {
+    /// The company's API address, e.g. `https://acme.pipedrive.com`.
+    pub base_url: String,
+    /// API token (Settings → Personal preferences → API); from
+    /// `TIERWISE__CRM__PIPEDRIVE__API_TOKEN`, never from a file in the repository.
+    pub api_token: SecretString,
+    /// Records per page (Pipedrive allows up to 500).
+    pub page_size: u32,
+    /// Code of a monetary custom deal field holding the deal's cost (for profit), if any.
+    pub cost_field: Option<String>,
+    /// Timeouts and retries.
+    pub http: HttpSettings,
+}
+
+impl Default for PipedriveSettings {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.pipedrive.com".into(),
+            api_token: SecretString::from(String::new()),
+            page_size: 500,
+            cost_field: None,
+            http: HttpSettings::default(),
+        }
+    }
+}
+
+/// The Pipedrive connector.
+#[derive(Debug)]
+pub struct Pipedrive {
+    settings: PipedriveSettings,
+    http: Http,
+    source: SourceName,
+    /// A 429 came before: a 403 now means Pipedrive escalated the throttling.
+    throttled: Cell<bool>,
+}
+
+const SOURCE: &str = "pipedrive";
+
+impl Pipedrive {
+    /// A connector for `settings`; fails on a missing token or a bad page size.
+    pub fn new(settings: PipedriveSettings) -> Result<Self, CrmError> {
+        if settings.api_token.expose_secret().trim().is_empty() {
+            return Err(CrmError::Setup(
+                "pipedrive: no API token; set TIERWISE__CRM__PIPEDRIVE__API_TOKEN".into(),
+            ));
+        }
+        if !(1..=500).contains(&settings.page_size) {
+            return Err(CrmError::Setup(format!(
+                "crm.pipedrive.page_size: {} is outside 1..=500",
+                settings.page_size
+            )));
+        }
+        let http = Http::new(SOURCE, settings.http.clone())?;
+        let source = SourceName::parse(SOURCE).map_err(|e| CrmError::Setup(e.to_string()))?;
+        Ok(Self {
+            settings,
+            http,
+            source,
+            throttled: Cell::new(false),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.settings.base_url.trim_end_matches('/'))
+    }
+
+    /// GETs `path` with `query`, retrying what is transient; the parsed JSON body.
+    async fn get(&self, what: &str, path: &str, query: &[(&str, String)]) -> Result<Value, CrmError> {
+        let url = self.url(path);
+        self.http
+            .retrying(what, || async {
+                let response = self
+                    .http
+                    .client
+                    .get(&url)
+                    .header("x-api-token", self.settings.api_token.expose_secret())
+                    .query(query)
+                    .send()
+                    .await
+                    .map_err(transport_error)?;
+                let status = response.status();
+                let headers = response.headers().clone();
+                let body = response.text().await.map_err(transport_error)?;
+                self.judge(what, status.as_u16(), &headers, &body)
+            })
+            .await
+    }
+
+    /// Sorts an answer into a body, a wait-and-retry, or a stop.
+    fn judge(
+        &self,
+        what: &str,
+        status: u16,
+        headers: &reqwest::header::HeaderMap,
+        body: &str,
+    ) -> Result<Value, Attempt> {
+        let message = || {
+            serde_json::from_str::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| body.chars().take(200).collect())
+        };
+        let fatal = |status: u16, message: String| {
+            Attempt::Fatal(CrmError::Http {
+                source_name: SOURCE.into(),
+                what: what.to_owned(),
+                status,
+                message,
+            })
+        };
+        match status {
+            200..=299 => match serde_json::from_str::<Value>(body) {
+                Ok(v) if v.get("success").and_then(Value::as_bool) == Some(false) => {
+                    Err(fatal(status, message()))
+                }
+                Ok(v) => Ok(v),
+                // A cut-off or garbled body is usually a transient fault: fetch it again.
+                Err(e) => Err(Attempt::Transient {
+                    what: format!("the body is not JSON ({e})"),
+                    retry_after: None,
+                }),
+            },
+            401 => Err(Attempt::Fatal(CrmError::Auth {
+                source_name: SOURCE.into(),
+                status,
+                message: message(),
+                hint: "the API token (TIERWISE__CRM__PIPEDRIVE__API_TOKEN)".into(),
+            })),
+            429 => {
+                if header_number(headers, "x-daily-ratelimit-token-remaining") == Some(0.0) {
+                    return Err(Attempt::Fatal(CrmError::QuotaExhausted(SOURCE.into())));
+                }
+                self.throttled.set(true);
+                let wait = retry_after(headers).or_else(|| {
+                    header_number(headers, "x-ratelimit-reset")
+                        .filter(|s| s.is_finite() && *s >= 0.0)
+                        .map(std::time::Duration::from_secs_f64)
+                });
+                Err(Attempt::Transient {
+                    what: "throttled (HTTP 429)".into(),
+                    retry_after: wait,
+                })
+            }
+            403 if self.throttled.get() => Err(fatal(
+                status,
+                format!(
+                    "refused after throttling ({}); Pipedrive blocks clients that keep calling \
+                     through 429s: wait before the next run",
+                    message()
+                ),
+            )),
+            500..=599 => Err(Attempt::Transient {
+                what: format!("HTTP {status}: {}", message()),
+                retry_after: retry_after(headers),
+            }),
+            _ => Err(fatal(status, message())),
+        }
+    }
+}
+
+/// `additional_data.next_cursor`, when there is a next page.
+fn next_cursor(body: &Value) -> Option<String> {
+    body.pointer("/additional_data/next_cursor")
+        .and_then(Value::as_str)
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+}
+
+fn records(body: &Value) -> Vec<Value> {
+    match body.get("data") {
+        Some(Value::Array(items)) => items.clone(),
+        _ => Vec::new(),
+    }
+}
+
+impl Connector for Pipedrive {
+    fn source(&self) -> &SourceName {
+        &self.source
+    }
+
+    fn entities(&self) -> Vec<Entity> {
+        vec![Entity::Owners, Entity::Customers, Entity::Orders]
+    }
+
+    async fn page(
+        &self,
+        entity: Entity,
+        since: Option<DateTime<Utc>>,
+        cursor: Option<&str>,
+    ) -> Result<RawPage, CrmError> {
+        if entity == Entity::Owners {
+            // A company has tens of users: all of them, every run.
+            let body = self.get("users", "/v1/users", &[]).await?;
+            return Ok(RawPage {
+                records: records(&body),
+                next: None,
+            });
+        }
+        let (what, path) = match entity {
+            Entity::Customers => ("organizations", "/api/v2/organizations"),
+            _ => ("deals", "/api/v2/deals"),
+        };
+        // Ordered by id (stable while records change); changed ones by `updated_since`.
+        let mut query = vec![("limit", self.settings.page_size.to_string())];
+        if let Some(since) = since {
+            query.push(("updated_since", since.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
+        }
+        if entity == Entity::Orders {
+            query.push(("status", "won".into()));
+        }
+        if let Some(cursor) = cursor {
+            query.push(("cursor", cursor.to_owned()));
+        }
+        let body = self.get(what, path, &query).await?;
+        Ok(RawPage {
+            records: records(&body),
+            next: next_cursor(&body),
+        })
+    }
+
+    fn map(
+        &self,
+        entity: Entity,
+        record: &Value,
+        lookups: &Lookups,
+    ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+        match entity {
+            Entity::Owners => map_user(record, lookups),
+            Entity::Customers => map_organization(record, lookups),
+            Entity::Orders => map_deal(record, self.settings.cost_field.as_deref()),
+        }
+    }
+}
+
+/// An id field (Pipedrive ids are numbers; stored as text).
+fn id_of(record: &Value, field: &'static str) -> Result<ExternalId, Unmappable> {
+    let raw = match record.get(field) {
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => return Err(Unmappable::field(field, "is missing")),
+        Some(other) => {
+            return Err(Unmappable::field(field, format!("is {other}, not an id")));
+        }
+    };
+    Ok(ExternalId::parse(field, &raw)?)
+}
+
+fn text<'a>(record: &'a Value, field: &str) -> Option<&'a str> {
+    record.get(field).and_then(Value::as_str)
+}
+
+/// An RFC 3339 time (v2), or `YYYY-MM-DD HH:MM:SS` in UTC (v1).
+fn time(record: &Value, field: &str) -> Result<Option<DateTime<Utc>>, Unmappable> {
+    let Some(raw) = text(record, field).filter(|t| !t.trim().is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
+        return Ok(Some(t.with_timezone(&Utc)));
+    }
+    chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%d %H:%M:%S")
+        .map(|t| Some(t.and_utc()))
+        .map_err(|_| Unmappable::field(field, format!("'{raw}' is not a time like 2024-05-02T09:41:12Z")))
+}
+
+fn map_user(record: &Value, lookups: &Lookups) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+    let id = id_of(record, "id")?;
+    let email = EmailAddress::parse(text(record, "email").unwrap_or_default())?;
+    let name = text(record, "name").unwrap_or_default();
+    let locale = text(record, "locale")
+        .and_then(|l| Locale::parse(l).ok())
+        .unwrap_or(lookups.default_locale);
+    let owner = Owner::new(email, name, locale, Some(id))?;
+    Ok((Mapped::Owner(owner), time(record, "modified")?))
+}
+
+fn map_organization(
+    record: &Value,
+    lookups: &Lookups,
+) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+    let id = id_of(record, "id")?;
+    let name = text(record, "name").unwrap_or_default();
+    let owner = match record.get("owner_id") {
+        Some(Value::Null) | None => None,
+        Some(_) => {
+            let owner_id = id_of(record, "owner_id")?;
+            let email = lookups.owner_emails.get(owner_id.as_str()).ok_or_else(|| {
+                Unmappable::field(
+                    "owner_id",
+                    format!("user {} is not among the imported users", owner_id.as_str()),
+                )
+            })?;
+            Some(EmailAddress::parse(email)?)
+        }
+    };
+    let created_on = time(record, "add_time")?.map(|t| t.date_naive());
+    let customer = Customer::new(id, name)?
+        .with_owner(owner)
+        .with_created_on(created_on)
+        .with_contact(Contact::default());
+    Ok((Mapped::Customer(customer), time(record, "update_time")?))
+}
+
+/// Decimal text of a JSON number or string amount.
+fn amount_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn map_deal(
+    record: &Value,
+    cost_field: Option<&str>,
+) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+    let id = id_of(record, "id")?;
+    let customer = match record.get("org_id") {
+        Some(Value::Null) | None => {
+            return Err(Unmappable::field(
+                "org_id",
+                "the won deal has no organization; link it to one in Pipedrive",
+            ));
+        }
+        Some(_) => id_of(record, "org_id")?,
+    };
+    let currency = Currency::parse(text(record, "currency").unwrap_or_default())?;
+    let value = record
+        .get("value")
+        .and_then(amount_text)
+        .ok_or_else(|| Unmappable::field("value", "is missing"))?;
+    let amount = Money::parse_decimal("value", &value, currency)?;
+    let day = time(record, "won_time")?
+        .or(time(record, "close_time")?)
+        .map(|t| t.date_naive());
+    let order_date: NaiveDate =
+        day.ok_or_else(|| Unmappable::field("won_time", "is missing on a won deal"))?;
+    let cost = match cost_field.and_then(|code| record.pointer(&format!("/custom_fields/{code}"))) {
+        None | Some(Value::Null) => None,
+        Some(field) => {
+            let raw = field
+                .get("value")
+                .and_then(amount_text)
+                .or_else(|| amount_text(field))
+                .ok_or_else(|| Unmappable::field("cost", "is not an amount"))?;
+            Some(Money::parse_decimal("cost", &raw, currency)?)
+        }
+    };
+    let order = Order::new(id, customer, order_date, amount, cost, None)?;
+    Ok((Mapped::Order(order), time(record, "update_time")?))
+}

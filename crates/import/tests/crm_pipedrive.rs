@@ -1,0 +1,394 @@
+//! The Pipedrive connector against a local server that behaves like Pipedrive's API: token
+//! check, cursor paging ordered by id, `updated_since`, `status=won`, rate-limit headers, and
+//! faults on demand (429 with or without `Retry-After`, 5xx, a body cut short, an answer slower
+//! than the timeout, a spent daily budget, 403 after throttling). Every test runs on SQLite and
+//! PostgreSQL and compares the store with the source record by record.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed setup step must fail the test"
+)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tierwise_import::crm::http::HttpSettings;
+use tierwise_import::crm::pipedrive::{Pipedrive, PipedriveSettings};
+use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
+use tierwise_store::backend_tests;
+use tierwise_store::testing::{TestDb, source_snapshot};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
+
+const TOKEN: &str = "pd-test-token-5f0c2a9e";
+
+/// A fault the server applies to one request.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// 429, with `Retry-After` seconds or only `x-ratelimit-reset`.
+    Throttle { retry_after: Option<f64> },
+    /// 503.
+    Unavailable,
+    /// 200 with half a JSON body.
+    CutShort,
+    /// The right answer, later than the client waits.
+    Slow(Duration),
+    /// 429 with the daily token budget at 0.
+    DailyBudgetSpent,
+    /// 403, as Pipedrive answers clients that keep calling through 429s.
+    Blocked,
+}
+
+/// What the server holds and does.
+#[derive(Debug, Default)]
+struct Source {
+    users: Vec<Value>,
+    organizations: BTreeMap<i64, Value>,
+    deals: BTreeMap<i64, Value>,
+    /// Faults for the coming list requests (organizations and deals), in order; `None` = serve.
+    faults: VecDeque<Option<Fault>>,
+    /// `updated_since` of every list request, as sent.
+    since_seen: Vec<Option<String>>,
+    /// Records served by list requests.
+    served: u64,
+}
+
+#[derive(Clone)]
+struct FakePipedrive(Arc<Mutex<Source>>);
+
+fn envelope(data: Vec<Value>, next: Option<String>) -> Value {
+    json!({"success": true, "data": data, "additional_data": {"next_cursor": next}})
+}
+
+impl Respond for FakePipedrive {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let authorised = request
+            .headers
+            .get("x-api-token")
+            .is_some_and(|t| t.to_str().ok() == Some(TOKEN));
+        if !authorised {
+            return ResponseTemplate::new(401).set_body_json(json!({
+                "success": false, "error": "Unauthorized",
+                "error_info": "Please check developers.pipedrive.com"}));
+        }
+        let mut source = self.0.lock().unwrap();
+        let path = request.url.path().to_owned();
+        if path == "/v1/users" {
+            return ResponseTemplate::new(200)
+                .set_body_json(json!({"success": true, "data": source.users}));
+        }
+        let query: BTreeMap<String, String> = request.url.query_pairs().into_owned().collect();
+        source.since_seen.push(query.get("updated_since").cloned());
+        let fault = source.faults.pop_front().flatten();
+        let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+        let after: i64 = query.get("cursor").and_then(|c| c.strip_prefix("id:")?.parse().ok()).unwrap_or(0);
+        let since = query.get("updated_since").cloned();
+        let table = if path == "/api/v2/deals" { &source.deals } else { &source.organizations };
+        let matching: Vec<Value> = table
+            .range(after + 1..)
+            .map(|(_, r)| r)
+            .filter(|r| since.as_deref().is_none_or(|s| r["update_time"].as_str().unwrap_or("") >= s))
+            .filter(|r| query.get("status").is_none_or(|s| r["status"].as_str() == Some(s.as_str())))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let more = matching.len() > limit;
+        let page: Vec<Value> = matching.into_iter().take(limit).collect();
+        let next = more.then(|| format!("id:{}", page.last().unwrap()["id"]));
+        let body = envelope(page.clone(), next);
+        let ok = ResponseTemplate::new(200)
+            .insert_header("x-ratelimit-limit", "80")
+            .insert_header("x-ratelimit-remaining", "79")
+            .insert_header("x-ratelimit-reset", "2");
+        match fault {
+            None => {
+                source.served += page.len() as u64;
+                ok.set_body_json(body)
+            }
+            Some(Fault::Slow(delay)) => ok.set_body_json(body).set_delay(delay),
+            Some(Fault::Throttle { retry_after }) => {
+                let mut r = ResponseTemplate::new(429)
+                    .insert_header("x-ratelimit-remaining", "0")
+                    .insert_header("x-ratelimit-reset", "0.05")
+                    .set_body_json(json!({"success": false, "error": "Too many requests"}));
+                if let Some(s) = retry_after {
+                    r = r.insert_header("retry-after", s.to_string().as_str());
+                }
+                r
+            }
+            Some(Fault::Unavailable) => ResponseTemplate::new(503).set_body_string("upstream unavailable"),
+            Some(Fault::CutShort) => {
+                let text = body.to_string();
+                ok.set_body_string(text[..text.len() / 2].to_owned())
+            }
+            Some(Fault::DailyBudgetSpent) => ResponseTemplate::new(429)
+                .insert_header("x-daily-ratelimit-token-remaining", "0")
+                .set_body_json(json!({"success": false, "error": "Daily token budget exceeded"})),
+            Some(Fault::Blocked) => ResponseTemplate::new(403)
+                .set_body_json(json!({"success": false, "error": "Forbidden"})),
+        }
+    }
+}
+
+/// `2024-05-DD HH:MM` as Pipedrive writes it.
+fn at(day: u32, minute: u32) -> String {
+    format!("2024-05-{day:02}T{:02}:{:02}:00Z", minute / 60, minute % 60)
+}
+
+/// 3 users; 1,050 organisations (many sharing one `update_time` across page boundaries); 1,400
+/// deals, two in three won. Two records are bad: an organisation without a name and a won deal
+/// without an organisation.
+fn seeded() -> Source {
+    let mut s = Source::default();
+    for (id, email) in [(11, "li.lei@example.com"), (12, "han.mei@example.com"), (13, "sam@example.com")] {
+        s.users.push(json!({"id": id, "name": email.split('@').next().unwrap(), "email": email,
+            "locale": if id == 13 { "en_US" } else { "zh_CN" }, "modified": "2024-04-01 10:00:00"}));
+    }
+    for id in 1..=1_050_i64 {
+        let name = if id == 777 { String::new() } else { format!("Org {id} 有限公司") };
+        // Ids 100..=400 share one timestamp (a bulk update), crossing three page boundaries.
+        let updated = if (100..=400).contains(&id) { at(3, 0) } else { at(1 + (id % 20) as u32, (id % 600) as u32) };
+        s.organizations.insert(id, json!({"id": id, "name": name, "owner_id": 11 + id % 3,
+            "add_time": "2023-01-05T08:00:00Z", "update_time": updated}));
+    }
+    for id in 1..=1_400_i64 {
+        let status = if id % 3 == 0 { "lost" } else { "won" };
+        let org = if id == 1_001 { Value::Null } else { json!(1 + id % 1_050) };
+        s.deals.insert(id, json!({"id": id, "title": format!("Deal {id}"), "value": 100 + id * 7,
+            "currency": "CNY", "org_id": org, "owner_id": 11, "status": status,
+            "won_time": format!("2024-04-{:02}T15:00:00Z", 1 + id % 28), "update_time": at(2 + (id % 9) as u32, (id % 500) as u32),
+            "custom_fields": {"c0st": {"type": "monetary", "value": 50 + id, "currency": "CNY"}}}));
+    }
+    s
+}
+
+/// What the store must hold after importing `source`: the same snapshot rows the store renders.
+fn expected(source: &Source) -> Vec<String> {
+    let emails: BTreeMap<i64, String> =
+        source.users.iter().map(|u| (u["id"].as_i64().unwrap(), u["email"].as_str().unwrap().to_owned())).collect();
+    let mut out = Vec::new();
+    let mut owners: Vec<(String, String, String, Option<String>)> = source
+        .users
+        .iter()
+        .map(|u| {
+            let locale = if u["locale"] == "en_US" { "en" } else { "zh-CN" };
+            (u["email"].as_str().unwrap().to_owned(), u["name"].as_str().unwrap().to_owned(), locale.to_owned(), Some(u["id"].to_string()))
+        })
+        .collect();
+    owners.sort();
+    out.extend(owners.iter().map(|r| format!("owner {r:?}")));
+    let mut customers: BTreeMap<String, (String, String, Option<String>, Option<chrono::NaiveDate>)> = BTreeMap::new();
+    for o in source.organizations.values().filter(|o| o["name"] != "") {
+        let id = o["id"].to_string();
+        customers.insert(id.clone(), (id, o["name"].as_str().unwrap().to_owned(),
+            emails.get(&o["owner_id"].as_i64().unwrap()).cloned(), chrono::NaiveDate::from_ymd_opt(2023, 1, 5)));
+    }
+    let mut orders: BTreeMap<String, (String, String, chrono::NaiveDate, i64, Option<i64>, String)> = BTreeMap::new();
+    for d in source.deals.values().filter(|d| d["status"] == "won" && !d["org_id"].is_null()) {
+        let org = d["org_id"].to_string();
+        let day = chrono::DateTime::parse_from_rfc3339(d["won_time"].as_str().unwrap()).unwrap().date_naive();
+        orders.insert(d["id"].to_string(), (d["id"].to_string(), org, day,
+            d["value"].as_i64().unwrap() * 100, Some(d["custom_fields"]["c0st"]["value"].as_i64().unwrap() * 100), "CNY".to_owned()));
+    }
+    // A won deal of a rejected organisation keeps its order: the customer is created from the
+    // order, named by its id, until the organisation imports.
+    for (_, org, ..) in orders.values() {
+        customers.entry(org.clone()).or_insert_with(|| (org.clone(), org.clone(), None, None));
+    }
+    out.extend(customers.values().map(|r| format!("customer {r:?}")));
+    out.extend(orders.values().map(|r| format!("order {r:?}")));
+    out
+}
+
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    server: MockServer,
+    source: Arc<Mutex<Source>>,
+}
+
+impl Harness {
+    fn new(source: Source) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let source = Arc::new(Mutex::new(source));
+        let server = runtime.block_on(async {
+            let server = MockServer::start().await;
+            Mock::given(matchers::method("GET"))
+                .respond_with(FakePipedrive(source.clone()))
+                .mount(&server)
+                .await;
+            server
+        });
+        Self { runtime, server, source }
+    }
+
+    fn connector(&self, token: &str) -> Pipedrive {
+        Pipedrive::new(PipedriveSettings {
+            base_url: self.server.uri(),
+            api_token: SecretString::from(token.to_owned()),
+            page_size: 100,
+            cost_field: Some("c0st".into()),
+            http: HttpSettings { timeout_secs: 0.3, max_attempts: 6, backoff_ms: 10, max_backoff_secs: 1 },
+        })
+        .unwrap()
+    }
+
+    fn sync(&self, db: &TestDb, options: &SyncOptions) -> Result<SyncReport, CrmError> {
+        let connector = self.connector(TOKEN);
+        self.runtime.block_on(sync(&db.db, &connector, options))
+    }
+
+    fn faults(&self, faults: Vec<Option<Fault>>) {
+        self.source.lock().unwrap().faults = faults.into();
+    }
+}
+
+fn snapshot(db: &TestDb) -> Vec<String> {
+    source_snapshot(&mut db.conn(), "pipedrive")
+}
+
+/// Fails with the rows only one side has (the whole lists are thousands of rows).
+fn assert_same(store: &[String], source: &[String], what: &str) {
+    let missing: Vec<&String> = source.iter().filter(|r| !store.contains(r)).take(10).collect();
+    let extra: Vec<&String> = store.iter().filter(|r| !source.contains(r)).take(10).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && store.len() == source.len(),
+        "{what}: {} rows in the store, {} at the source; missing {missing:#?}; extra {extra:#?}",
+        store.len(),
+        source.len()
+    );
+}
+
+backend_tests! {
+    fn a_full_run_through_faults_imports_the_source_exactly(db) {
+        let harness = Harness::new(seeded());
+        // In order: the first organisations page is throttled (Retry-After), then 503, then cut
+        // short, then slower than the timeout; the deals meet a throttle without Retry-After.
+        harness.faults(vec![
+            Some(Fault::Throttle { retry_after: Some(0.05) }), Some(Fault::Unavailable),
+            Some(Fault::CutShort), Some(Fault::Slow(Duration::from_millis(800))),
+            None, None, None, None, None, None, None, None, None, None, None,
+            Some(Fault::Throttle { retry_after: None }),
+        ]);
+        let report = harness.sync(&db, &SyncOptions::default()).unwrap();
+        assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
+        let want = expected(&harness.source.lock().unwrap());
+        assert_same(&snapshot(&db), &want, "the store equals the source");
+        // The two bad records are kept with their JSON and the reason; nothing else is.
+        assert_eq!(report.rejected(), 2, "{report:?}");
+        let customers = &report.entities[1];
+        let run = customers.run.unwrap();
+        let rejects = tierwise_store::runs::rejects_of_run(&mut db.conn(), run, 10).unwrap();
+        assert_eq!(rejects.len(), 1);
+        assert_eq!(rejects[0].field.as_deref(), Some("name"));
+        assert!(rejects[0].raw_record.contains("\"id\":777"), "{:?}", rejects[0]);
+        let orders = &report.entities[2];
+        let rejects = tierwise_store::runs::rejects_of_run(&mut db.conn(), orders.run.unwrap(), 10).unwrap();
+        assert_eq!((rejects.len(), rejects[0].field.as_deref()), (1, Some("org_id")));
+        assert!(rejects[0].reason.contains("no organization"), "{:?}", rejects[0]);
+        // 1,050 organisations at 100 a page: 11 pages, each loaded once.
+        assert_eq!((customers.pages, customers.records), (11, 1_050));
+    }
+
+    fn an_incremental_run_reads_only_what_changed(db) {
+        let harness = Harness::new(seeded());
+        harness.sync(&db, &SyncOptions::default()).unwrap();
+        // The next run asks from the newest change seen less the 5-minute overlap.
+        let from = |records: &BTreeMap<i64, Value>, won_only: bool| {
+            let newest = records.values()
+                .filter(|r| !won_only || r["status"] == "won")
+                .map(|r| r["update_time"].as_str().unwrap().to_owned())
+                .max()
+                .unwrap();
+            let newest = chrono::DateTime::parse_from_rfc3339(&newest).unwrap();
+            (newest - chrono::TimeDelta::minutes(5)).format("%Y-%m-%dT%H:%M:%SZ").to_string()
+        };
+        let (orgs_from, deals_from) = {
+            let mut s = harness.source.lock().unwrap();
+            let marks = (from(&s.organizations, false), from(&s.deals, true));
+            for id in [5_i64, 150, 999] {
+                let o = s.organizations.get_mut(&id).unwrap();
+                o["name"] = json!(format!("Renamed {id}"));
+                o["update_time"] = json!(at(25, 30));
+            }
+            s.organizations.insert(2_000, json!({"id": 2_000, "name": "New Org", "owner_id": 12,
+                "add_time": "2023-01-05T08:00:00Z", "update_time": at(25, 31)}));
+            let d = s.deals.get_mut(&3).unwrap();
+            d["status"] = json!("won");
+            d["update_time"] = json!(at(25, 32));
+            s.since_seen.clear();
+            marks
+        };
+        let report = harness.sync(&db, &SyncOptions::default()).unwrap();
+        let s = harness.source.lock().unwrap();
+        assert_same(&snapshot(&db), &expected(&s), "after the incremental run");
+        assert_eq!(s.since_seen.first().cloned().flatten(), Some(orgs_from.clone()), "{:?}", s.since_seen);
+        assert_eq!(s.since_seen.last().cloned().flatten(), Some(deals_from.clone()), "{:?}", s.since_seen);
+        // Read: the 4 changed organisations and the 1 changed deal, plus the few whose last
+        // change lies inside the overlap; not the thousand others.
+        let in_overlap = |records: &BTreeMap<i64, Value>, from: &str, won_only: bool| {
+            records.values()
+                .filter(|r| !won_only || r["status"] == "won")
+                .filter(|r| r["update_time"].as_str().unwrap() >= from && r["update_time"].as_str().unwrap() < at(25, 0).as_str())
+                .count() as u64
+        };
+        let orgs_overlap = in_overlap(&s.organizations, &orgs_from, false);
+        let deals_overlap = in_overlap(&s.deals, &deals_from, true);
+        assert!(orgs_overlap >= 1 && deals_overlap >= 1, "the newest change is always re-read");
+        assert_eq!(report.entities[1].records, 4 + orgs_overlap, "{report:?}");
+        assert_eq!(report.entities[2].records, 1 + deals_overlap, "{report:?}");
+    }
+
+    fn a_run_that_stops_part_way_resumes_to_the_same_store(db) {
+        let harness = Harness::new(seeded());
+        let stopped = harness.sync(&db, &SyncOptions { max_pages: Some(4), ..SyncOptions::default() }).unwrap();
+        assert!(!stopped.entities.last().unwrap().completed);
+        harness.source.lock().unwrap().served = 0;
+        let resumed = harness.sync(&db, &SyncOptions::default()).unwrap();
+        assert!(resumed.entities[1].resumed, "{resumed:?}");
+        // The resumed run fetched only the pages the first one had not committed.
+        let customers_left = 1_050 - 300;
+        assert_eq!(resumed.entities[1].records, customers_left);
+        let s = harness.source.lock().unwrap();
+        assert_same(&snapshot(&db), &expected(&s), "same as an uninterrupted run");
+    }
+
+    fn a_spent_daily_budget_stops_cleanly_and_the_next_run_resumes(db) {
+        let harness = Harness::new(seeded());
+        harness.faults(vec![None, None, None, Some(Fault::DailyBudgetSpent)]);
+        let err = harness.sync(&db, &SyncOptions::default()).unwrap_err();
+        assert!(matches!(err, CrmError::QuotaExhausted(_)), "{err}");
+        assert!(err.to_string().contains("resumes"), "{err}");
+        let state = tierwise_store::crm::sync_state(&mut db.conn(), "pipedrive", "customers").unwrap();
+        assert!(state.in_progress && state.run_pages == 3, "{state:?}");
+        let report = harness.sync(&db, &SyncOptions::default()).unwrap();
+        assert!(report.entities[1].resumed);
+        assert_same(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "after resuming");
+    }
+
+    fn a_403_after_throttling_is_a_hard_stop(db) {
+        let harness = Harness::new(seeded());
+        harness.faults(vec![Some(Fault::Throttle { retry_after: Some(0.01) }), Some(Fault::Blocked)]);
+        let err = harness.sync(&db, &SyncOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("refused after throttling"), "{err}");
+        // One throttled try and the 403: no third call into the block.
+        assert_eq!(harness.source.lock().unwrap().since_seen.len(), 2);
+    }
+
+    fn the_token_never_shows_in_errors_or_stored_runs(db) {
+        let harness = Harness::new(seeded());
+        let connector = harness.connector("wrong-token-ffe2");
+        let err = harness.runtime.block_on(sync(&db.db, &connector, &SyncOptions::default())).unwrap_err();
+        assert!(matches!(err, CrmError::Auth { status: 401, .. }), "{err:?}");
+        assert!(err.to_string().contains("TIERWISE__CRM__PIPEDRIVE__API_TOKEN"), "says how to fix it: {err}");
+        for text in [err.to_string(), format!("{err:?}"), format!("{connector:?}")] {
+            assert!(!text.contains("wrong-token-ffe2") && !text.contains(TOKEN), "{text}");
+        }
+        let runs = tierwise_store::runs::recent_import_runs(&mut db.conn(), 10).unwrap();
+        assert!(!runs.is_empty());
+        for run in runs {
+            assert!(!format!("{run:?}").contains("wrong-token-ffe2"));
+        }
+    }
+}
