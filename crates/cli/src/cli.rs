@@ -483,6 +483,32 @@ pub enum ImportCommand {
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },
+    /// Import what changed in a CRM since its last completed run.
+    ///
+    /// Each page is committed with the connector's position, so an interrupted run (a crash,
+    /// a spent daily API quota) resumes from its last committed page. Records that do not map
+    /// are kept with their JSON and the reason (`tierwise import rejects RUN`). Settings and
+    /// credentials: `[crm.<source>]` in config/, secrets from TIERWISE__CRM__<SOURCE>__* variables.
+    /// See docs/crm/<source>.md for setting up each CRM.
+    ///
+    /// Exit status: 0 when everything imported, 3 when some records were rejected, 1 on
+    /// failure (what was committed stays; the next run resumes).
+    ///
+    /// Examples:
+    ///   TIERWISE__CRM__PIPEDRIVE__API_TOKEN=… tierwise import crm pipedrive
+    ///   tierwise import crm pipedrive --full     # read everything again
+    Crm {
+        /// The CRM: pipedrive.
+        source: String,
+        /// Ignore the watermarks (and any interrupted run) and read everything again.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Show where each CRM connector stands: watermark, and interrupted runs.
+    ///
+    /// Example:
+    ///   tierwise import status
+    Status,
     /// Show the rejected rows of an import run.
     ///
     /// Example:

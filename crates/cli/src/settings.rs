@@ -36,6 +36,8 @@ pub struct Settings {
     pub dashboard: DashboardSettings,
     /// `[scheduler]`
     pub scheduler: SchedulerSettings,
+    /// `[crm]`
+    pub crm: tierwise_import::crm::CrmSettings,
 }
 
 fn masked_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -447,15 +449,19 @@ mod tests {
         let mut s = Settings::default();
         s.smtp.password = SecretString::from("hunter2".to_string());
         s.database.url = "postgres://app:s3cret@db/tw".into();
+        s.crm.pipedrive.api_token = SecretString::from("pd-t0ken".to_string());
         let shown = s.to_masked_toml().unwrap();
         assert!(
-            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            !shown.contains("hunter2") && !shown.contains("s3cret") && !shown.contains("pd-t0ken"),
             "{shown}"
         );
         assert!(shown.contains("password = \"***\""), "{shown}");
+        assert!(shown.contains("api_token = \"***\""), "{shown}");
         let debug = format!("{s:?}");
         assert!(
-            debug.contains("[REDACTED]") && !debug.contains("s3cret"),
+            debug.contains("[REDACTED]")
+                && !debug.contains("s3cret")
+                && !debug.contains("pd-t0ken"),
             "{debug}"
         );
     }

@@ -5,7 +5,6 @@
 //! PostgreSQL and compares the store with the source record by record.
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     reason = "test helpers: a failed setup step must fail the test"
 )]
 
@@ -82,15 +81,33 @@ impl Respond for FakePipedrive {
         let query: BTreeMap<String, String> = request.url.query_pairs().into_owned().collect();
         source.since_seen.push(query.get("updated_since").cloned());
         let fault = source.faults.pop_front().flatten();
-        let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-        let after: i64 = query.get("cursor").and_then(|c| c.strip_prefix("id:")?.parse().ok()).unwrap_or(0);
+        let limit: usize = query
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(100);
+        let after: i64 = query
+            .get("cursor")
+            .and_then(|c| c.strip_prefix("id:")?.parse().ok())
+            .unwrap_or(0);
         let since = query.get("updated_since").cloned();
-        let table = if path == "/api/v2/deals" { &source.deals } else { &source.organizations };
+        let table = if path == "/api/v2/deals" {
+            &source.deals
+        } else {
+            &source.organizations
+        };
         let matching: Vec<Value> = table
             .range(after + 1..)
             .map(|(_, r)| r)
-            .filter(|r| since.as_deref().is_none_or(|s| r["update_time"].as_str().unwrap_or("") >= s))
-            .filter(|r| query.get("status").is_none_or(|s| r["status"].as_str() == Some(s.as_str())))
+            .filter(|r| {
+                since
+                    .as_deref()
+                    .is_none_or(|s| r["update_time"].as_str().unwrap_or("") >= s)
+            })
+            .filter(|r| {
+                query
+                    .get("status")
+                    .is_none_or(|s| r["status"].as_str() == Some(s.as_str()))
+            })
             .take(limit + 1)
             .cloned()
             .collect();
@@ -118,7 +135,9 @@ impl Respond for FakePipedrive {
                 }
                 r
             }
-            Some(Fault::Unavailable) => ResponseTemplate::new(503).set_body_string("upstream unavailable"),
+            Some(Fault::Unavailable) => {
+                ResponseTemplate::new(503).set_body_string("upstream unavailable")
+            }
             Some(Fault::CutShort) => {
                 let text = body.to_string();
                 ok.set_body_string(text[..text.len() / 2].to_owned())
@@ -142,20 +161,41 @@ fn at(day: u32, minute: u32) -> String {
 /// without an organisation.
 fn seeded() -> Source {
     let mut s = Source::default();
-    for (id, email) in [(11, "li.lei@example.com"), (12, "han.mei@example.com"), (13, "sam@example.com")] {
-        s.users.push(json!({"id": id, "name": email.split('@').next().unwrap(), "email": email,
-            "locale": if id == 13 { "en_US" } else { "zh_CN" }, "modified": "2024-04-01 10:00:00"}));
+    for (id, email) in [
+        (11, "li.lei@example.com"),
+        (12, "han.mei@example.com"),
+        (13, "sam@example.com"),
+    ] {
+        s.users.push(
+            json!({"id": id, "name": email.split('@').next().unwrap(), "email": email,
+            "locale": if id == 13 { "en_US" } else { "zh_CN" }, "modified": "2024-04-01 10:00:00"}),
+        );
     }
     for id in 1..=1_050_i64 {
-        let name = if id == 777 { String::new() } else { format!("Org {id} 有限公司") };
+        let name = if id == 777 {
+            String::new()
+        } else {
+            format!("Org {id} 有限公司")
+        };
         // Ids 100..=400 share one timestamp (a bulk update), crossing three page boundaries.
-        let updated = if (100..=400).contains(&id) { at(3, 0) } else { at(1 + (id % 20) as u32, (id % 600) as u32) };
-        s.organizations.insert(id, json!({"id": id, "name": name, "owner_id": 11 + id % 3,
-            "add_time": "2023-01-05T08:00:00Z", "update_time": updated}));
+        let updated = if (100..=400).contains(&id) {
+            at(3, 0)
+        } else {
+            at(1 + (id % 20) as u32, (id % 600) as u32)
+        };
+        s.organizations.insert(
+            id,
+            json!({"id": id, "name": name, "owner_id": 11 + id % 3,
+            "add_time": "2023-01-05T08:00:00Z", "update_time": updated}),
+        );
     }
     for id in 1..=1_400_i64 {
         let status = if id % 3 == 0 { "lost" } else { "won" };
-        let org = if id == 1_001 { Value::Null } else { json!(1 + id % 1_050) };
+        let org = if id == 1_001 {
+            Value::Null
+        } else {
+            json!(1 + id % 1_050)
+        };
         s.deals.insert(id, json!({"id": id, "title": format!("Deal {id}"), "value": 100 + id * 7,
             "currency": "CNY", "org_id": org, "owner_id": 11, "status": status,
             "won_time": format!("2024-04-{:02}T15:00:00Z", 1 + id % 28), "update_time": at(2 + (id % 9) as u32, (id % 500) as u32),
@@ -164,38 +204,85 @@ fn seeded() -> Source {
     s
 }
 
+/// An order as the snapshot renders it: id, customer id, day, amount, cost, currency.
+type OrderRow = (String, String, chrono::NaiveDate, i64, Option<i64>, String);
+
 /// What the store must hold after importing `source`: the same snapshot rows the store renders.
 fn expected(source: &Source) -> Vec<String> {
-    let emails: BTreeMap<i64, String> =
-        source.users.iter().map(|u| (u["id"].as_i64().unwrap(), u["email"].as_str().unwrap().to_owned())).collect();
+    let emails: BTreeMap<i64, String> = source
+        .users
+        .iter()
+        .map(|u| {
+            (
+                u["id"].as_i64().unwrap(),
+                u["email"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
     let mut out = Vec::new();
     let mut owners: Vec<(String, String, String, Option<String>)> = source
         .users
         .iter()
         .map(|u| {
-            let locale = if u["locale"] == "en_US" { "en" } else { "zh-CN" };
-            (u["email"].as_str().unwrap().to_owned(), u["name"].as_str().unwrap().to_owned(), locale.to_owned(), Some(u["id"].to_string()))
+            let locale = if u["locale"] == "en_US" {
+                "en"
+            } else {
+                "zh-CN"
+            };
+            (
+                u["email"].as_str().unwrap().to_owned(),
+                u["name"].as_str().unwrap().to_owned(),
+                locale.to_owned(),
+                Some(u["id"].to_string()),
+            )
         })
         .collect();
     owners.sort();
     out.extend(owners.iter().map(|r| format!("owner {r:?}")));
-    let mut customers: BTreeMap<String, (String, String, Option<String>, Option<chrono::NaiveDate>)> = BTreeMap::new();
+    let mut customers: BTreeMap<
+        String,
+        (String, String, Option<String>, Option<chrono::NaiveDate>),
+    > = BTreeMap::new();
     for o in source.organizations.values().filter(|o| o["name"] != "") {
         let id = o["id"].to_string();
-        customers.insert(id.clone(), (id, o["name"].as_str().unwrap().to_owned(),
-            emails.get(&o["owner_id"].as_i64().unwrap()).cloned(), chrono::NaiveDate::from_ymd_opt(2023, 1, 5)));
+        customers.insert(
+            id.clone(),
+            (
+                id,
+                o["name"].as_str().unwrap().to_owned(),
+                emails.get(&o["owner_id"].as_i64().unwrap()).cloned(),
+                chrono::NaiveDate::from_ymd_opt(2023, 1, 5),
+            ),
+        );
     }
-    let mut orders: BTreeMap<String, (String, String, chrono::NaiveDate, i64, Option<i64>, String)> = BTreeMap::new();
-    for d in source.deals.values().filter(|d| d["status"] == "won" && !d["org_id"].is_null()) {
+    let mut orders: BTreeMap<String, OrderRow> = BTreeMap::new();
+    for d in source
+        .deals
+        .values()
+        .filter(|d| d["status"] == "won" && !d["org_id"].is_null())
+    {
         let org = d["org_id"].to_string();
-        let day = chrono::DateTime::parse_from_rfc3339(d["won_time"].as_str().unwrap()).unwrap().date_naive();
-        orders.insert(d["id"].to_string(), (d["id"].to_string(), org, day,
-            d["value"].as_i64().unwrap() * 100, Some(d["custom_fields"]["c0st"]["value"].as_i64().unwrap() * 100), "CNY".to_owned()));
+        let day = chrono::DateTime::parse_from_rfc3339(d["won_time"].as_str().unwrap())
+            .unwrap()
+            .date_naive();
+        orders.insert(
+            d["id"].to_string(),
+            (
+                d["id"].to_string(),
+                org,
+                day,
+                d["value"].as_i64().unwrap() * 100,
+                Some(d["custom_fields"]["c0st"]["value"].as_i64().unwrap() * 100),
+                "CNY".to_owned(),
+            ),
+        );
     }
     // A won deal of a rejected organisation keeps its order: the customer is created from the
     // order, named by its id, until the organisation imports.
     for (_, org, ..) in orders.values() {
-        customers.entry(org.clone()).or_insert_with(|| (org.clone(), org.clone(), None, None));
+        customers
+            .entry(org.clone())
+            .or_insert_with(|| (org.clone(), org.clone(), None, None));
     }
     out.extend(customers.values().map(|r| format!("customer {r:?}")));
     out.extend(orders.values().map(|r| format!("order {r:?}")));
@@ -210,7 +297,10 @@ struct Harness {
 
 impl Harness {
     fn new(source: Source) -> Self {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let source = Arc::new(Mutex::new(source));
         let server = runtime.block_on(async {
             let server = MockServer::start().await;
@@ -220,16 +310,26 @@ impl Harness {
                 .await;
             server
         });
-        Self { runtime, server, source }
+        Self {
+            runtime,
+            server,
+            source,
+        }
     }
 
     fn connector(&self, token: &str) -> Pipedrive {
         Pipedrive::new(PipedriveSettings {
+            enabled: true,
             base_url: self.server.uri(),
             api_token: SecretString::from(token.to_owned()),
             page_size: 100,
             cost_field: Some("c0st".into()),
-            http: HttpSettings { timeout_secs: 0.3, max_attempts: 6, backoff_ms: 10, max_backoff_secs: 1 },
+            http: HttpSettings {
+                timeout_secs: 0.3,
+                max_attempts: 6,
+                backoff_ms: 10,
+                max_backoff_secs: 1,
+            },
         })
         .unwrap()
     }
@@ -250,8 +350,16 @@ fn snapshot(db: &TestDb) -> Vec<String> {
 
 /// Fails with the rows only one side has (the whole lists are thousands of rows).
 fn assert_same(store: &[String], source: &[String], what: &str) {
-    let missing: Vec<&String> = source.iter().filter(|r| !store.contains(r)).take(10).collect();
-    let extra: Vec<&String> = store.iter().filter(|r| !source.contains(r)).take(10).collect();
+    let missing: Vec<&String> = source
+        .iter()
+        .filter(|r| !store.contains(r))
+        .take(10)
+        .collect();
+    let extra: Vec<&String> = store
+        .iter()
+        .filter(|r| !source.contains(r))
+        .take(10)
+        .collect();
     assert!(
         missing.is_empty() && extra.is_empty() && store.len() == source.len(),
         "{what}: {} rows in the store, {} at the source; missing {missing:#?}; extra {extra:#?}",

@@ -35,6 +35,11 @@ pub enum JobKind {
         /// Source name (default `[import] source`).
         source: Option<String>,
     },
+    /// Imports what changed in the CRMs (the named ones, or every enabled one).
+    CrmImport {
+        /// Sources to run (None: every `[crm.<source>] enabled`).
+        sources: Option<Vec<String>>,
+    },
     /// Grades a period and queues its notifications.
     Grade {
         /// Which period.
@@ -63,6 +68,7 @@ impl JobKind {
     pub fn key(&self) -> &'static str {
         match self {
             Self::Import { .. } => "import",
+            Self::CrmImport { .. } => "crm-import",
             Self::Grade { .. } => "grade",
             Self::Digest => "digest",
             Self::Reminders => "reminders",
@@ -208,6 +214,32 @@ pub fn parse_kind(kind: &str, args: &toml::Table) -> Result<JobKind, String> {
                 source: arg_str(args, "source")?,
             }
         }
+        "crm-import" => {
+            only(args, &["sources"])?;
+            let sources = match args.get("sources") {
+                None => None,
+                Some(toml::Value::Array(items)) => Some(
+                    items
+                        .iter()
+                        .map(|v| match v.as_str() {
+                            Some(s) if tierwise_import::crm::SOURCES.contains(&s) => {
+                                Ok(s.to_owned())
+                            }
+                            _ => Err(format!(
+                                "args.sources: {v} is not one of {}",
+                                tierwise_import::crm::SOURCES.join(", ")
+                            )),
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+                Some(other) => {
+                    return Err(format!(
+                        "args.sources: {other} is not a list like [\"pipedrive\"]"
+                    ));
+                }
+            };
+            JobKind::CrmImport { sources }
+        }
         "grade" => {
             only(args, &["period"])?;
             let period = match arg_str(args, "period")?.as_deref() {
@@ -250,7 +282,7 @@ pub fn parse_kind(kind: &str, args: &toml::Table) -> Result<JobKind, String> {
         }
         other => {
             return Err(format!(
-                "kind: '{other}' is not one of import, grade, digest, reminders, send-outbox, cleanup, probe"
+                "kind: '{other}' is not one of import, crm-import, grade, digest, reminders, send-outbox, cleanup, probe"
             ));
         }
     })
@@ -368,6 +400,28 @@ mod tests {
 
     fn parse(text: &str) -> Result<JobDefinition, JobsError> {
         JobDefinition::parse(Path::new("jobs/x.toml"), text, Tz::UTC)
+    }
+
+    #[test]
+    fn crm_imports_name_known_sources_or_all_enabled() {
+        let all = parse("schedule = \"0 30 0 * * *\"\nkind = \"crm-import\"").unwrap();
+        assert_eq!(all.kind, JobKind::CrmImport { sources: None });
+        let some = parse(
+            "schedule = \"0 30 0 * * *\"\nkind = \"crm-import\"\n[args]\nsources = [\"pipedrive\"]",
+        )
+        .unwrap();
+        assert_eq!(
+            some.kind,
+            JobKind::CrmImport {
+                sources: Some(vec!["pipedrive".into()])
+            }
+        );
+        let e = parse(
+            "schedule = \"0 30 0 * * *\"\nkind = \"crm-import\"\n[args]\nsources = [\"sap\"]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("args.sources") && e.contains("pipedrive"), "{e}");
     }
 
     #[test]

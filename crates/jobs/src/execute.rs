@@ -30,6 +30,8 @@ pub struct JobEnv {
     pub import: ImportSettings,
     /// Column mapping of imported files (`[import] mapping_file`).
     pub mapping: ColumnMapping,
+    /// `[crm]`: the CRM connectors.
+    pub crm: tierwise_import::crm::CrmSettings,
     /// `[notify]`.
     pub notify: NotifySettings,
     /// `[smtp]`.
@@ -120,6 +122,7 @@ pub fn execute(
             records,
             source,
         } => import_folder(env, dir, *records, source.as_deref())?,
+        JobKind::CrmImport { sources } => crm_import(env, sources.as_deref())?,
         JobKind::Probe { sleep_ms } => {
             std::thread::sleep(std::time::Duration::from_millis(*sleep_ms));
             let written = store::record_probe(
@@ -136,6 +139,52 @@ pub fn execute(
             json!({ "probe": "written" })
         }
     })
+}
+
+/// Runs the named CRM connectors, or every enabled one, one after the other. One that fails
+/// does not stop the others (each resumes from its own position next time); the job fails if
+/// any did.
+fn crm_import(env: &JobEnv, sources: Option<&[String]>) -> Result<serde_json::Value, JobsError> {
+    let names: Vec<String> = match sources {
+        Some(list) => list.to_vec(),
+        None => env.crm.enabled().iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let locale = tierwise_domain::Locale::parse(&env.import.default_locale)
+        .map_err(|e| JobsError::Io(format!("import.default_locale: {}", e.reason)))?;
+    let run = |source: &str| {
+        let work = tierwise_import::crm::sync_source(&env.db, &env.crm, source, false, locale);
+        // The scheduler runs jobs on its blocking threads, inside its runtime; `jobs run --here`
+        // runs them on a plain thread.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle.block_on(work),
+            Err(_) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| tierwise_import::crm::CrmError::Setup(e.to_string()))?
+                .block_on(work),
+        }
+    };
+    let mut done = serde_json::Map::new();
+    let mut failed = Vec::new();
+    for name in &names {
+        match run(name) {
+            Ok(report) => {
+                let read: u64 = report.entities.iter().map(|e| e.records).sum();
+                done.insert(
+                    name.clone(),
+                    json!({ "read": read, "rejected": report.rejected() }),
+                );
+            }
+            Err(e) => {
+                tracing::error!(source = %name, error = %e, "CRM import failed");
+                failed.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        return Err(JobsError::Io(failed.join("; ")));
+    }
+    Ok(json!({ "sources": done }))
 }
 
 fn queue_pending(conn: &mut DbConnection, composer: &Composer<'_>) -> Result<usize, JobsError> {

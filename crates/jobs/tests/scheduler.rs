@@ -33,6 +33,7 @@ fn env(db: &TestDb, clock: Arc<FixedClock>, replica: &str) -> Arc<JobEnv> {
         policy: Policy::default(),
         import: tierwise_import::ImportSettings::default(),
         mapping: tierwise_import::ColumnMapping::default(),
+        crm: tierwise_import::crm::CrmSettings::default(),
         notify: tierwise_notify::NotifySettings::default(),
         smtp: tierwise_notify::SmtpSettings::default(),
         templates: tierwise_notify::Templates::load(None).unwrap(),

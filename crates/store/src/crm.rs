@@ -62,11 +62,10 @@ pub fn save_sync_state(conn: &mut DbConnection, state: &SyncState) -> StoreResul
     Ok(())
 }
 
-/// Every stored state of `source`, by entity.
-pub fn sync_states(conn: &mut DbConnection, source: &str) -> StoreResult<Vec<SyncState>> {
+/// Every stored state, by source and entity.
+pub fn sync_states(conn: &mut DbConnection) -> StoreResult<Vec<SyncState>> {
     Ok(with_backend!(conn, c => crm_sync_state::table
-        .filter(crm_sync_state::source.eq(source))
-        .order(crm_sync_state::entity)
+        .order((crm_sync_state::source, crm_sync_state::entity))
         .load(c)?))
 }
 

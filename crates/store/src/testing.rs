@@ -263,7 +263,6 @@ pub fn data_snapshot(conn: &mut DbConnection) -> Vec<String> {
 /// same records by different routes (a resumed run, an uninterrupted one) have equal
 /// snapshots.
 #[expect(clippy::expect_used, reason = "test helper")]
-#[expect(clippy::type_complexity, reason = "one tuple per table row, used once")]
 pub fn source_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
     let mut out = Vec::new();
     with_backend!(conn, c => {

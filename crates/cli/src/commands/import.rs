@@ -22,7 +22,102 @@ pub fn run(
         ImportCommand::Fields { kind } => fields(kind),
         ImportCommand::Runs { limit } => runs(settings, limit),
         ImportCommand::Rejects { run, limit } => rejects(settings, run, limit),
+        ImportCommand::Crm { source, full } => crm(settings, &source, full),
+        ImportCommand::Status => status(settings),
     }
+}
+
+fn crm(settings: &Settings, source: &str, full: bool) -> anyhow::Result<ExitCode> {
+    let db = open_database(&settings.database.url, settings.database.pool_size)?;
+    let locale = tierwise_domain::Locale::parse(&settings.import.default_locale)
+        .map_err(|e| anyhow::anyhow!("import.default_locale: {}", e.reason))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime
+        .block_on(tierwise_import::crm::sync_source(
+            &db,
+            &settings.crm,
+            source,
+            full,
+            locale,
+        ))
+        .with_context(|| format!("importing from {source}"))?;
+    let rows: Vec<Vec<String>> = report
+        .entities
+        .iter()
+        .map(|e| {
+            vec![
+                e.entity.to_owned(),
+                e.run.map(|r| r.0.to_string()).unwrap_or_default(),
+                e.pages.to_string(),
+                e.records.to_string(),
+                e.written.to_string(),
+                e.rejected.to_string(),
+                if e.resumed { "resumed" } else { "" }.to_owned(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["entity", "run", "pages", "read", "written", "rejected", ""],
+        &rows,
+    );
+    if report.rejected() > 0 {
+        println!(
+            "{} records were rejected; see them with: tierwise import rejects RUN",
+            report.rejected()
+        );
+        return Ok(ExitCode::from(EXIT_REJECTS));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let db = open_database(&settings.database.url, settings.database.pool_size)?;
+    let states = tierwise_store::crm::sync_states(&mut *db.conn()?)?;
+    if states.is_empty() {
+        println!(
+            "No CRM imports yet. Enabled connectors: {}. Try: tierwise import crm pipedrive",
+            match settings.crm.enabled().join(", ") {
+                list if list.is_empty() => "none".to_owned(),
+                list => list,
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let time = |t: Option<chrono::NaiveDateTime>| {
+        t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|| "—".into())
+    };
+    let rows: Vec<Vec<String>> = states
+        .iter()
+        .map(|s| {
+            vec![
+                s.source.clone(),
+                s.entity.clone(),
+                time(s.watermark),
+                if s.in_progress {
+                    format!("interrupted after {} pages; resumes next run", s.run_pages)
+                } else {
+                    "complete".into()
+                },
+                time(Some(s.updated_at)),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "source",
+            "entity",
+            "changes up to (UTC)",
+            "state",
+            "updated (UTC)",
+        ],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn file(settings: &Settings, args: &ImportFileArgs, progress: bool) -> anyhow::Result<ExitCode> {

@@ -67,6 +67,7 @@ pub fn job_env(settings: &Settings, db: Database) -> anyhow::Result<JobEnv> {
         policy: settings.grading.clone(),
         import: settings.import.clone(),
         mapping,
+        crm: settings.crm.clone(),
         notify: settings.notify.clone(),
         smtp: settings.smtp.clone(),
         templates: super::notify::templates(settings)?,

@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::CrmError;
 
 /// Retry and timeout settings (`[crm.<source>]` in the configuration).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
     /// Seconds before a request without an answer is abandoned (and retried).

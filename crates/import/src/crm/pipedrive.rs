@@ -9,7 +9,7 @@ use std::cell::Cell;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 use tierwise_domain::{
     Contact, Currency, Customer, EmailAddress, ExternalId, Locale, Money, Order, Owner, SourceName,
@@ -19,13 +19,16 @@ use super::http::{Attempt, Http, HttpSettings, header_number, retry_after, trans
 use super::{Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable};
 
 /// `[crm.pipedrive]` settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipedriveSettings {
+    /// Import from Pipedrive when the import job runs.
+    pub enabled: bool,
     /// The company's API address, e.g. `https://acme.pipedrive.com`.
     pub base_url: String,
     /// API token (Settings → Personal preferences → API); from
     /// `TIERWISE__CRM__PIPEDRIVE__API_TOKEN`, never from a file in the repository.
+    #[serde(serialize_with = "masked")]
     pub api_token: SecretString,
     /// Records per page (Pipedrive allows up to 500).
     pub page_size: u32,
@@ -35,9 +38,19 @@ pub struct PipedriveSettings {
     pub http: HttpSettings,
 }
 
+/// A secret as `config show` prints it.
+fn masked<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.expose_secret().is_empty() {
+        ""
+    } else {
+        "***"
+    })
+}
+
 impl Default for PipedriveSettings {
     fn default() -> Self {
         Self {
+            enabled: false,
             base_url: "https://api.pipedrive.com".into(),
             api_token: SecretString::from(String::new()),
             page_size: 500,
@@ -88,7 +101,12 @@ impl Pipedrive {
     }
 
     /// GETs `path` with `query`, retrying what is transient; the parsed JSON body.
-    async fn get(&self, what: &str, path: &str, query: &[(&str, String)]) -> Result<Value, CrmError> {
+    async fn get(
+        &self,
+        what: &str,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Value, CrmError> {
         let url = self.url(path);
         self.http
             .retrying(what, || async {
@@ -226,7 +244,10 @@ impl Connector for Pipedrive {
         // Ordered by id (stable while records change); changed ones by `updated_since`.
         let mut query = vec![("limit", self.settings.page_size.to_string())];
         if let Some(since) = since {
-            query.push(("updated_since", since.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
+            query.push((
+                "updated_since",
+                since.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            ));
         }
         if entity == Entity::Orders {
             query.push(("status", "won".into()));
@@ -282,10 +303,18 @@ fn time(record: &Value, field: &str) -> Result<Option<DateTime<Utc>>, Unmappable
     }
     chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%d %H:%M:%S")
         .map(|t| Some(t.and_utc()))
-        .map_err(|_| Unmappable::field(field, format!("'{raw}' is not a time like 2024-05-02T09:41:12Z")))
+        .map_err(|_| {
+            Unmappable::field(
+                field,
+                format!("'{raw}' is not a time like 2024-05-02T09:41:12Z"),
+            )
+        })
 }
 
-fn map_user(record: &Value, lookups: &Lookups) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+fn map_user(
+    record: &Value,
+    lookups: &Lookups,
+) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
     let id = id_of(record, "id")?;
     let email = EmailAddress::parse(text(record, "email").unwrap_or_default())?;
     let name = text(record, "name").unwrap_or_default();
