@@ -497,8 +497,9 @@ pub enum ImportCommand {
     /// Examples:
     ///   TIERWISE__CRM__PIPEDRIVE__API_TOKEN=… tierwise import crm pipedrive
     ///   tierwise import crm pipedrive --full     # read everything again
+    ///   tierwise import crm zoho
     Crm {
-        /// The CRM: pipedrive.
+        /// The CRM: pipedrive or zoho.
         source: String,
         /// Ignore the watermarks (and any interrupted run) and read everything again.
         #[arg(long)]

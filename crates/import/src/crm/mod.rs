@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod pipedrive;
+pub mod zoho;
 
 use std::collections::HashMap;
 
@@ -87,6 +88,8 @@ pub struct CrmSettings {
     pub overlap_minutes: i64,
     /// `[crm.pipedrive]`
     pub pipedrive: pipedrive::PipedriveSettings,
+    /// `[crm.zoho]`
+    pub zoho: zoho::ZohoSettings,
 }
 
 impl Default for CrmSettings {
@@ -94,6 +97,7 @@ impl Default for CrmSettings {
         Self {
             overlap_minutes: 5,
             pipedrive: pipedrive::PipedriveSettings::default(),
+            zoho: zoho::ZohoSettings::default(),
         }
     }
 }
@@ -105,12 +109,15 @@ impl CrmSettings {
         if self.pipedrive.enabled {
             on.push("pipedrive");
         }
+        if self.zoho.enabled {
+            on.push("zoho");
+        }
         on
     }
 }
 
 /// Sources there is a connector for.
-pub const SOURCES: &[&str] = &["pipedrive"];
+pub const SOURCES: &[&str] = &["pipedrive", "zoho"];
 
 /// Runs the connector of `source` (one of [`SOURCES`]) as `settings` configure it.
 pub async fn sync_source(
@@ -129,6 +136,10 @@ pub async fn sync_source(
     match source {
         "pipedrive" => {
             let connector = pipedrive::Pipedrive::new(settings.pipedrive.clone())?;
+            sync(db, &connector, &options).await
+        }
+        "zoho" => {
+            let connector = zoho::Zoho::new(settings.zoho.clone())?;
             sync(db, &connector, &options).await
         }
         other => Err(CrmError::Setup(format!(
@@ -179,6 +190,8 @@ pub enum Mapped {
     Customer(Customer),
     /// An order of a customer.
     Order(Order),
+    /// Read but not imported (a deal that is not won).
+    Ignored,
 }
 
 /// A record that did not map: the field at fault and why.
@@ -595,6 +608,7 @@ fn load_page(
                 line,
                 record: (o, CustomerRef::default()),
             }),
+            Mapped::Ignored => {}
         }
     }
     let mut written = 0;

@@ -1,0 +1,563 @@
+//! Zoho CRM: users are owners, Accounts are customers and won Deals are orders, through the
+//! REST API (`{api_domain}/crm/v8/...`) with an OAuth refresh token. Access tokens are minted at
+//! the data centre's accounts server, cached for their lifetime (a refresh token may mint only
+//! 10 per 10 minutes), refreshed a minute early, and refreshed once more when the API answers
+//! `INVALID_TOKEN`. Paging follows `page_token` (pages past 2,000 records need it), changes come
+//! from `If-Modified-Since`, and 204/304 mean an empty page. Zoho sends no `Retry-After` on 429,
+//! so throttling waits by back-off.
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+use tierwise_domain::{
+    Currency, Customer, EmailAddress, ExternalId, Locale, Money, Order, Owner, SourceName,
+};
+
+use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
+use super::{Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable};
+
+/// `[crm.zoho]` settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZohoSettings {
+    /// Import from Zoho CRM when the import job runs.
+    pub enabled: bool,
+    /// The data centre's accounts server, e.g. `https://accounts.zoho.com.cn`.
+    pub accounts_url: String,
+    /// API version path segment.
+    pub api_version: String,
+    /// OAuth client id (from the Zoho API console).
+    pub client_id: String,
+    /// OAuth client secret; from `TIERWISE__CRM__ZOHO__CLIENT_SECRET`.
+    #[serde(serialize_with = "masked")]
+    pub client_secret: SecretString,
+    /// Refresh token; from `TIERWISE__CRM__ZOHO__REFRESH_TOKEN`.
+    #[serde(serialize_with = "masked")]
+    pub refresh_token: SecretString,
+    /// Records per page (Zoho allows up to 200).
+    pub page_size: u32,
+    /// The Deals stage that means won.
+    pub won_stage: String,
+    /// Currency of amounts (Zoho returns plain numbers in the org's currency).
+    pub currency: String,
+    /// API name of a currency field on Deals holding the deal's cost, if any.
+    pub cost_field: Option<String>,
+    /// Timeouts and retries.
+    pub http: HttpSettings,
+}
+
+fn masked<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.expose_secret().is_empty() {
+        ""
+    } else {
+        "***"
+    })
+}
+
+impl Default for ZohoSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            accounts_url: "https://accounts.zoho.com".into(),
+            api_version: "v8".into(),
+            client_id: String::new(),
+            client_secret: SecretString::from(String::new()),
+            refresh_token: SecretString::from(String::new()),
+            page_size: 200,
+            won_stage: "Closed Won".into(),
+            currency: "CNY".into(),
+            cost_field: None,
+            // Zoho sends no Retry-After; its own guidance is to back off 30 s → 60 s → 120 s.
+            http: HttpSettings {
+                backoff_ms: 2_000,
+                max_backoff_secs: 120,
+                ..HttpSettings::default()
+            },
+        }
+    }
+}
+
+/// A minted access token.
+struct AccessToken {
+    token: SecretString,
+    api_domain: String,
+    renew_at: Instant,
+}
+
+/// The Zoho CRM connector.
+pub struct Zoho {
+    settings: ZohoSettings,
+    http: Http,
+    source: SourceName,
+    currency: Currency,
+    token: RefCell<Option<AccessToken>>,
+}
+
+impl std::fmt::Debug for Zoho {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Zoho")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+const SOURCE: &str = "zoho";
+const CREDENTIALS: &str = "[crm.zoho] client_id, TIERWISE__CRM__ZOHO__CLIENT_SECRET and \
+     TIERWISE__CRM__ZOHO__REFRESH_TOKEN, and that accounts_url is your data centre's";
+
+impl Zoho {
+    /// A connector for `settings`; fails on missing credentials or bad settings.
+    pub fn new(settings: ZohoSettings) -> Result<Self, CrmError> {
+        if settings.client_id.trim().is_empty()
+            || settings.client_secret.expose_secret().trim().is_empty()
+            || settings.refresh_token.expose_secret().trim().is_empty()
+        {
+            return Err(CrmError::Setup(format!(
+                "zoho: credentials missing; set {CREDENTIALS}"
+            )));
+        }
+        if !(1..=200).contains(&settings.page_size) {
+            return Err(CrmError::Setup(format!(
+                "crm.zoho.page_size: {} is outside 1..=200",
+                settings.page_size
+            )));
+        }
+        let currency = Currency::parse(&settings.currency)
+            .map_err(|e| CrmError::Setup(format!("crm.zoho.currency: {}", e.reason)))?;
+        let http = Http::new(SOURCE, settings.http.clone())?;
+        let source = SourceName::parse(SOURCE).map_err(|e| CrmError::Setup(e.to_string()))?;
+        Ok(Self {
+            settings,
+            http,
+            source,
+            currency,
+            token: RefCell::new(None),
+        })
+    }
+
+    /// A valid access token and its API domain, minting one when none is cached or it is
+    /// about to expire.
+    async fn access(&self) -> Result<(SecretString, String), CrmError> {
+        if let Some(t) = self.token.borrow().as_ref()
+            && Instant::now() < t.renew_at
+        {
+            return Ok((t.token.clone(), t.api_domain.clone()));
+        }
+        let url = format!(
+            "{}/oauth/v2/token",
+            self.settings.accounts_url.trim_end_matches('/')
+        );
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("client_id", self.settings.client_id.as_str()),
+            ("client_secret", self.settings.client_secret.expose_secret()),
+            ("refresh_token", self.settings.refresh_token.expose_secret()),
+        ];
+        let body: Value = self
+            .http
+            .retrying("token", || async {
+                let response = self
+                    .http
+                    .client
+                    .post(&url)
+                    .form(&form)
+                    .send()
+                    .await
+                    .map_err(transport_error)?;
+                let status = response.status().as_u16();
+                let text = response.text().await.map_err(transport_error)?;
+                match (status, serde_json::from_str::<Value>(&text)) {
+                    (500..=599, _) | (429, _) => Err(Attempt::Transient {
+                        what: format!("token endpoint: HTTP {status}"),
+                        retry_after: None,
+                    }),
+                    (_, Ok(v)) => Ok(v),
+                    (_, Err(_)) => Err(Attempt::Transient {
+                        what: format!("token endpoint: HTTP {status}, not JSON"),
+                        retry_after: None,
+                    }),
+                }
+            })
+            .await?;
+        // The token endpoint reports refusals in a 200 body.
+        if let Some(error) = body.get("error").and_then(Value::as_str) {
+            return Err(CrmError::Auth {
+                source_name: SOURCE.into(),
+                status: 200,
+                message: error.to_owned(),
+                hint: CREDENTIALS.into(),
+            });
+        }
+        let token = body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| CrmError::Auth {
+                source_name: SOURCE.into(),
+                status: 200,
+                message: "the token endpoint returned no access_token".into(),
+                hint: CREDENTIALS.into(),
+            })?;
+        let api_domain = body
+            .get("api_domain")
+            .and_then(Value::as_str)
+            .unwrap_or("https://www.zohoapis.com")
+            .trim_end_matches('/')
+            .to_owned();
+        let lifetime = body
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(3600);
+        // Renewed a minute early so a page never starts on a token about to lapse.
+        let renew_at = Instant::now() + Duration::from_secs(lifetime.saturating_sub(60).max(1));
+        let token = SecretString::from(token.to_owned());
+        *self.token.borrow_mut() = Some(AccessToken {
+            token: token.clone(),
+            api_domain: api_domain.clone(),
+            renew_at,
+        });
+        Ok((token, api_domain))
+    }
+
+    /// GETs `path` (under `/crm/<version>`); None for 204/304 (nothing there). An expired token
+    /// is renewed once.
+    async fn get(
+        &self,
+        what: &str,
+        path: &str,
+        query: &[(&str, String)],
+        modified_since: Option<DateTime<Utc>>,
+    ) -> Result<Option<Value>, CrmError> {
+        for renewed in [false, true] {
+            let (token, domain) = self.access().await?;
+            let url = format!("{domain}/crm/{}{path}", self.settings.api_version);
+            let answer = self
+                .http
+                .retrying(what, || async {
+                    let mut request = self
+                        .http
+                        .client
+                        .get(&url)
+                        .header(
+                            "Authorization",
+                            format!("Zoho-oauthtoken {}", token.expose_secret()),
+                        )
+                        .query(query);
+                    if let Some(since) = modified_since {
+                        request = request.header(
+                            "If-Modified-Since",
+                            since.format("%Y-%m-%dT%H:%M:%S+00:00").to_string(),
+                        );
+                    }
+                    let response = request.send().await.map_err(transport_error)?;
+                    let status = response.status().as_u16();
+                    let headers = response.headers().clone();
+                    let body = response.text().await.map_err(transport_error)?;
+                    judge(what, status, &headers, &body)
+                })
+                .await;
+            match answer {
+                Err(CrmError::Auth { .. }) if !renewed => {
+                    // Expired or revoked early: mint a new token and try once more.
+                    *self.token.borrow_mut() = None;
+                }
+                other => return other,
+            }
+        }
+        unreachable_auth()
+    }
+}
+
+fn unreachable_auth() -> Result<Option<Value>, CrmError> {
+    Err(CrmError::Setup(
+        "zoho: authentication loop ended without an answer".into(),
+    ))
+}
+
+/// Sorts an answer into a body, nothing, a wait-and-retry, or a stop.
+fn judge(
+    what: &str,
+    status: u16,
+    headers: &reqwest::header::HeaderMap,
+    body: &str,
+) -> Result<Option<Value>, Attempt> {
+    let parsed = serde_json::from_str::<Value>(body);
+    let code = || {
+        parsed
+            .as_ref()
+            .ok()
+            .and_then(|v| v.get("code").and_then(Value::as_str))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let message = || {
+        parsed
+            .as_ref()
+            .ok()
+            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| body.chars().take(200).collect())
+    };
+    match status {
+        204 | 304 => Ok(None),
+        200..=299 => match parsed {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => Err(Attempt::Transient {
+                what: format!("the body is not JSON ({e})"),
+                retry_after: None,
+            }),
+        },
+        401 => Err(Attempt::Fatal(CrmError::Auth {
+            source_name: SOURCE.into(),
+            status,
+            message: format!("{}: {}", code(), message()),
+            hint: CREDENTIALS.into(),
+        })),
+        429 => Err(Attempt::Transient {
+            what: format!("throttled ({})", code()),
+            retry_after: retry_after(headers),
+        }),
+        500..=599 => Err(Attempt::Transient {
+            what: format!("HTTP {status}: {}", message()),
+            retry_after: None,
+        }),
+        _ => Err(Attempt::Fatal(CrmError::Http {
+            source_name: SOURCE.into(),
+            what: what.to_owned(),
+            status,
+            message: format!("{}: {}", code(), message()),
+        })),
+    }
+}
+
+impl Connector for Zoho {
+    fn source(&self) -> &SourceName {
+        &self.source
+    }
+
+    fn entities(&self) -> Vec<Entity> {
+        vec![Entity::Owners, Entity::Customers, Entity::Orders]
+    }
+
+    async fn page(
+        &self,
+        entity: Entity,
+        since: Option<DateTime<Utc>>,
+        cursor: Option<&str>,
+    ) -> Result<RawPage, CrmError> {
+        let per_page = self.settings.page_size.to_string();
+        if entity == Entity::Owners {
+            // Users page by number (an org has far fewer than 2,000).
+            let page = cursor.unwrap_or("1").to_owned();
+            let query = [
+                ("type", "AllUsers".to_owned()),
+                ("per_page", per_page),
+                ("page", page.clone()),
+            ];
+            let body = self.get("users", "/users", &query, None).await?;
+            let users = body
+                .as_ref()
+                .and_then(|b| b.get("users"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let more = body
+                .as_ref()
+                .and_then(|b| b.pointer("/info/more_records"))
+                .and_then(Value::as_bool)
+                == Some(true);
+            let next = more.then(|| {
+                page.parse::<u64>()
+                    .map(|p| (p + 1).to_string())
+                    .unwrap_or_default()
+            });
+            return Ok(RawPage {
+                records: users,
+                next,
+            });
+        }
+        let (what, path, fields) = match entity {
+            Entity::Customers => (
+                "accounts",
+                "/Accounts",
+                "Account_Name,Owner,Created_Time,Modified_Time".to_owned(),
+            ),
+            _ => {
+                let mut fields =
+                    "Deal_Name,Amount,Closing_Date,Stage,Account_Name,Owner,Modified_Time"
+                        .to_owned();
+                if let Some(cost) = &self.settings.cost_field {
+                    fields.push(',');
+                    fields.push_str(cost);
+                }
+                ("deals", "/Deals", fields)
+            }
+        };
+        let mut query = vec![
+            ("fields", fields),
+            ("per_page", per_page),
+            ("sort_by", "Modified_Time".to_owned()),
+            ("sort_order", "asc".to_owned()),
+        ];
+        if let Some(token) = cursor {
+            query.push(("page_token", token.to_owned()));
+        }
+        let Some(body) = self.get(what, path, &query, since).await? else {
+            return Ok(RawPage::default());
+        };
+        let records = body
+            .get("data")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let more = body.pointer("/info/more_records").and_then(Value::as_bool) == Some(true);
+        let next = match (
+            more,
+            body.pointer("/info/next_page_token")
+                .and_then(Value::as_str),
+        ) {
+            (true, Some(token)) => Some(token.to_owned()),
+            (true, None) => {
+                return Err(CrmError::Http {
+                    source_name: SOURCE.into(),
+                    what: what.into(),
+                    status: 200,
+                    message: "more records announced without a next_page_token".into(),
+                });
+            }
+            (false, _) => None,
+        };
+        Ok(RawPage { records, next })
+    }
+
+    fn map(
+        &self,
+        entity: Entity,
+        record: &Value,
+        lookups: &Lookups,
+    ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+        match entity {
+            Entity::Owners => {
+                let id = id_of(record, "id")?;
+                let email = EmailAddress::parse(text(record, "email").unwrap_or_default())?;
+                let name = text(record, "full_name").unwrap_or_default();
+                let locale = text(record, "locale")
+                    .and_then(|l| Locale::parse(l).ok())
+                    .unwrap_or(lookups.default_locale);
+                Ok((
+                    Mapped::Owner(Owner::new(email, name, locale, Some(id))?),
+                    time(record, "Modified_Time")?,
+                ))
+            }
+            Entity::Customers => {
+                let id = id_of(record, "id")?;
+                let owner = match record.get("Owner") {
+                    Some(Value::Object(o)) => match o.get("email").and_then(Value::as_str) {
+                        Some(email) => Some(EmailAddress::parse(email)?),
+                        None => {
+                            let owner_id =
+                                id_of(record.get("Owner").unwrap_or(&Value::Null), "id")?;
+                            let email =
+                                lookups.owner_emails.get(owner_id.as_str()).ok_or_else(|| {
+                                    Unmappable::field(
+                                        "Owner",
+                                        format!(
+                                            "user {} is not among the imported users",
+                                            owner_id.as_str()
+                                        ),
+                                    )
+                                })?;
+                            Some(EmailAddress::parse(email)?)
+                        }
+                    },
+                    _ => None,
+                };
+                let created_on = time(record, "Created_Time")?.map(|t| t.date_naive());
+                let customer = Customer::new(id, text(record, "Account_Name").unwrap_or_default())?
+                    .with_owner(owner)
+                    .with_created_on(created_on);
+                Ok((Mapped::Customer(customer), time(record, "Modified_Time")?))
+            }
+            Entity::Orders => {
+                let changed = time(record, "Modified_Time")?;
+                if text(record, "Stage") != Some(self.settings.won_stage.as_str()) {
+                    return Ok((Mapped::Ignored, changed));
+                }
+                let id = id_of(record, "id")?;
+                let customer = match record.get("Account_Name") {
+                    Some(Value::Object(_)) => {
+                        id_of(record.get("Account_Name").unwrap_or(&Value::Null), "id")?
+                    }
+                    _ => {
+                        return Err(Unmappable::field(
+                            "Account_Name",
+                            "the won deal has no account; link it to one in Zoho CRM",
+                        ));
+                    }
+                };
+                let amount = number_text(record.get("Amount"))
+                    .ok_or_else(|| Unmappable::field("Amount", "is missing"))?;
+                let amount = Money::parse_decimal("Amount", &amount, self.currency)?;
+                let day = text(record, "Closing_Date")
+                    .ok_or_else(|| Unmappable::field("Closing_Date", "is missing on a won deal"))?;
+                let day = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| {
+                    Unmappable::field(
+                        "Closing_Date",
+                        format!("'{day}' is not a date like 2024-05-02"),
+                    )
+                })?;
+                let cost = match self
+                    .settings
+                    .cost_field
+                    .as_deref()
+                    .and_then(|f| number_text(record.get(f)))
+                {
+                    Some(raw) => Some(Money::parse_decimal("cost", &raw, self.currency)?),
+                    None => None,
+                };
+                Ok((
+                    Mapped::Order(Order::new(id, customer, day, amount, cost, None)?),
+                    changed,
+                ))
+            }
+        }
+    }
+}
+
+fn text<'a>(record: &'a Value, field: &str) -> Option<&'a str> {
+    record.get(field).and_then(Value::as_str)
+}
+
+fn number_text(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Zoho ids are digit strings beyond 2^53: kept as text.
+fn id_of(record: &Value, field: &'static str) -> Result<ExternalId, Unmappable> {
+    match record.get(field) {
+        Some(Value::String(s)) => Ok(ExternalId::parse(field, s)?),
+        Some(Value::Number(n)) => Ok(ExternalId::parse(field, &n.to_string())?),
+        _ => Err(Unmappable::field(field, "is missing")),
+    }
+}
+
+/// An ISO-8601 time with offset, as Zoho writes them.
+fn time(record: &Value, field: &str) -> Result<Option<DateTime<Utc>>, Unmappable> {
+    match text(record, field) {
+        None => Ok(None),
+        Some(raw) => DateTime::parse_from_rfc3339(raw)
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|_| {
+                Unmappable::field(
+                    field,
+                    format!("'{raw}' is not a time like 2024-05-02T17:40:55+08:00"),
+                )
+            }),
+    }
+}
