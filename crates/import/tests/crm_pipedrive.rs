@@ -18,7 +18,7 @@ use tierwise_import::crm::http::HttpSettings;
 use tierwise_import::crm::pipedrive::{Pipedrive, PipedriveSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
-use tierwise_store::testing::{TestDb, source_snapshot};
+use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
 const TOKEN: &str = "pd-test-token-5f0c2a9e";
@@ -348,26 +348,6 @@ fn snapshot(db: &TestDb) -> Vec<String> {
     source_snapshot(&mut db.conn(), "pipedrive")
 }
 
-/// Fails with the rows only one side has (the whole lists are thousands of rows).
-fn assert_same(store: &[String], source: &[String], what: &str) {
-    let missing: Vec<&String> = source
-        .iter()
-        .filter(|r| !store.contains(r))
-        .take(10)
-        .collect();
-    let extra: Vec<&String> = store
-        .iter()
-        .filter(|r| !source.contains(r))
-        .take(10)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty() && store.len() == source.len(),
-        "{what}: {} rows in the store, {} at the source; missing {missing:#?}; extra {extra:#?}",
-        store.len(),
-        source.len()
-    );
-}
-
 backend_tests! {
     fn a_full_run_through_faults_imports_the_source_exactly(db) {
         let harness = Harness::new(seeded());
@@ -382,7 +362,7 @@ backend_tests! {
         let report = harness.sync(&db, &SyncOptions::default()).unwrap();
         assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
         let want = expected(&harness.source.lock().unwrap());
-        assert_same(&snapshot(&db), &want, "the store equals the source");
+        assert_same_rows(&snapshot(&db), &want, "the store equals the source");
         // The two bad records are kept with their JSON and the reason; nothing else is.
         assert_eq!(report.rejected(), 2, "{report:?}");
         let customers = &report.entities[1];
@@ -430,7 +410,7 @@ backend_tests! {
         };
         let report = harness.sync(&db, &SyncOptions::default()).unwrap();
         let s = harness.source.lock().unwrap();
-        assert_same(&snapshot(&db), &expected(&s), "after the incremental run");
+        assert_same_rows(&snapshot(&db), &expected(&s), "after the incremental run");
         assert_eq!(s.since_seen.first().cloned().flatten(), Some(orgs_from.clone()), "{:?}", s.since_seen);
         assert_eq!(s.since_seen.last().cloned().flatten(), Some(deals_from.clone()), "{:?}", s.since_seen);
         // Read: the 4 changed organisations and the 1 changed deal, plus the few whose last
@@ -459,7 +439,7 @@ backend_tests! {
         let customers_left = 1_050 - 300;
         assert_eq!(resumed.entities[1].records, customers_left);
         let s = harness.source.lock().unwrap();
-        assert_same(&snapshot(&db), &expected(&s), "same as an uninterrupted run");
+        assert_same_rows(&snapshot(&db), &expected(&s), "same as an uninterrupted run");
     }
 
     fn a_spent_daily_budget_stops_cleanly_and_the_next_run_resumes(db) {
@@ -472,7 +452,7 @@ backend_tests! {
         assert!(state.in_progress && state.run_pages == 3, "{state:?}");
         let report = harness.sync(&db, &SyncOptions::default()).unwrap();
         assert!(report.entities[1].resumed);
-        assert_same(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "after resuming");
+        assert_same_rows(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "after resuming");
     }
 
     fn a_403_after_throttling_is_a_hard_stop(db) {

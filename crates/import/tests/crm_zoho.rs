@@ -17,7 +17,7 @@ use tierwise_import::crm::http::HttpSettings;
 use tierwise_import::crm::zoho::{Zoho, ZohoSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
-use tierwise_store::testing::{TestDb, source_snapshot};
+use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
 const CLIENT_SECRET: &str = "zoho-client-secret-91a";
@@ -291,25 +291,6 @@ fn expected(s: &Source) -> Vec<String> {
     out
 }
 
-fn assert_same(store: &[String], source: &[String], what: &str) {
-    let missing: Vec<&String> = source
-        .iter()
-        .filter(|r| !store.contains(r))
-        .take(10)
-        .collect();
-    let extra: Vec<&String> = store
-        .iter()
-        .filter(|r| !source.contains(r))
-        .take(10)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty() && store.len() == source.len(),
-        "{what}: {} rows in the store, {} at the source; missing {missing:#?}; extra {extra:#?}",
-        store.len(),
-        source.len()
-    );
-}
-
 struct Harness {
     runtime: tokio::runtime::Runtime,
     server: MockServer,
@@ -382,7 +363,7 @@ backend_tests! {
         let report = harness.sync(&db).unwrap();
         assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
         let s = harness.source.lock().unwrap();
-        assert_same(&snapshot(&db), &expected(&s), "the store equals the source");
+        assert_same_rows(&snapshot(&db), &expected(&s), "the store equals the source");
         assert_eq!(s.minted, 2, "one token, renewed once when it expired");
         assert_eq!(report.rejected(), 2, "{report:?}");
         let customers = &report.entities[1];
@@ -416,7 +397,7 @@ backend_tests! {
         }
         let report = harness.sync(&db).unwrap();
         let s = harness.source.lock().unwrap();
-        assert_same(&snapshot(&db), &expected(&s), "after the incremental run");
+        assert_same_rows(&snapshot(&db), &expected(&s), "after the incremental run");
         assert_eq!(s.since_seen[0].as_deref(), Some(from.as_str()), "{:?}", s.since_seen);
         assert!(report.entities[1].records < 10 && report.entities[1].records >= 1, "{report:?}");
     }

@@ -290,6 +290,27 @@ pub fn source_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
     out
 }
 
+/// Fails unless `store` and `source` hold the same rows, naming up to ten rows only one side
+/// has (whole lists run to thousands of rows).
+pub fn assert_same_rows(store: &[String], source: &[String], what: &str) {
+    let missing: Vec<&String> = source
+        .iter()
+        .filter(|r| !store.contains(r))
+        .take(10)
+        .collect();
+    let extra: Vec<&String> = store
+        .iter()
+        .filter(|r| !source.contains(r))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && store.len() == source.len(),
+        "{what}: {} rows in the store, {} at the source; missing {missing:#?}; extra {extra:#?}",
+        store.len(),
+        source.len()
+    );
+}
+
 /// Defines each test twice, in modules `sqlite` and `postgres`, binding a fresh migrated
 /// [`TestDb`] to the given name:
 ///
