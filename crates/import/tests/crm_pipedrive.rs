@@ -52,6 +52,8 @@ struct Source {
     since_seen: Vec<Option<String>>,
     /// Records served by list requests.
     served: u64,
+    /// Every list answer takes this long (to stop a run mid-way by dropping it).
+    delay: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -119,6 +121,10 @@ impl Respond for FakePipedrive {
             .insert_header("x-ratelimit-limit", "80")
             .insert_header("x-ratelimit-remaining", "79")
             .insert_header("x-ratelimit-reset", "2");
+        let ok = match source.delay {
+            Some(delay) => ok.set_delay(delay),
+            None => ok,
+        };
         match fault {
             None => {
                 source.served += page.len() as u64;
@@ -479,4 +485,25 @@ backend_tests! {
             assert!(!format!("{run:?}").contains("wrong-token-ffe2"));
         }
     }
+
+    fn a_run_dropped_mid_way_and_run_again_ends_with_the_same_store(db) {
+        let harness = Harness::new(seeded());
+        // 50 ms a page: at most 8 of the 11 organisation pages fit before the drop.
+        harness.source.lock().unwrap().delay = Some(Duration::from_millis(50));
+        let connector = harness.connector(TOKEN);
+        // Dropped mid-run, as a process killed between pages or inside one would be.
+        // Two pages per transaction, so that several are stored before the drop.
+        let options = SyncOptions { batch_records: 200, ..SyncOptions::default() };
+        let dropped = harness.runtime.block_on(async {
+            tokio::time::timeout(Duration::from_millis(400), sync(&db.db, &connector, &options)).await
+        });
+        assert!(dropped.is_err(), "the run was still going when dropped");
+        let states = tierwise_store::crm::sync_states(&mut db.conn()).unwrap();
+        assert!(states.iter().any(|s| s.in_progress && s.run_pages >= 2), "{states:?}");
+        harness.source.lock().unwrap().delay = None;
+        let report = harness.sync(&db, &SyncOptions::default()).unwrap();
+        assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
+        assert_same_rows(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "same as an uninterrupted run");
+    }
+
 }

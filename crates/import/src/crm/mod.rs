@@ -132,6 +132,7 @@ pub async fn sync_source(
         overlap: TimeDelta::minutes(settings.overlap_minutes.max(0)),
         default_locale,
         max_pages: None,
+        batch_records: BATCH_RECORDS,
     };
     match source {
         "pipedrive" => {
@@ -268,6 +269,8 @@ pub struct SyncOptions {
     pub default_locale: Locale,
     /// Stop after this many pages in this call (tests simulate a run that dies).
     pub max_pages: Option<u64>,
+    /// Records stored per transaction (with the position after them).
+    pub batch_records: u64,
 }
 
 impl Default for SyncOptions {
@@ -277,6 +280,7 @@ impl Default for SyncOptions {
             overlap: TimeDelta::minutes(5),
             default_locale: Locale::default(),
             max_pages: None,
+            batch_records: BATCH_RECORDS,
         }
     }
 }
@@ -474,7 +478,10 @@ async fn sync_entity<C: Connector>(
             if let Some(left) = pages_left.as_mut() {
                 *left -= 1;
             }
-            if last || batch.read >= COMMIT_RECORDS || pages_left.is_some_and(|left| left == 0) {
+            if last
+                || batch.read >= options.batch_records
+                || pages_left.is_some_and(|left| left == 0)
+            {
                 batch
                     .commit(
                         db,
@@ -517,10 +524,10 @@ async fn sync_entity<C: Connector>(
     result.map(|()| report)
 }
 
-/// Records fetched per transaction: small pages one by one cost PostgreSQL a transaction and
+/// Records stored per transaction by default: small pages one by one cost PostgreSQL a transaction and
 /// a staging round each (PostgreSQL: 10,700 records/s page by page at 200 a page, 27,900 in
 /// batches of 2,000).
-const COMMIT_RECORDS: u64 = 2_000;
+pub const BATCH_RECORDS: u64 = 2_000;
 
 /// Pages fetched and not yet stored.
 #[derive(Default)]
