@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use serde_json::Value;
-use tierwise_domain::{Customer, Locale, Order, Owner, SourceName};
+use tierwise_domain::{Customer, EmailAddress, ExternalId, Locale, Order, Owner, SourceName};
 use tierwise_store::crm::{owner_emails, save_sync_state, sync_state};
 use tierwise_store::load::{
     CustomerRef, LoadContext, LoadedTable, Staged, analyze_after_load, load_customers, load_orders,
@@ -232,6 +232,51 @@ pub struct Lookups {
     pub default_locale: Locale,
 }
 
+impl Lookups {
+    /// The email of user `owner_id` of the source; `field` names the record's owner field in
+    /// the reject.
+    pub fn owner_email(
+        &self,
+        field: &str,
+        owner_id: &ExternalId,
+    ) -> Result<EmailAddress, Unmappable> {
+        let email = self.owner_emails.get(owner_id.as_str()).ok_or_else(|| {
+            Unmappable::field(
+                field,
+                format!("user {} is not among the imported users", owner_id.as_str()),
+            )
+        })?;
+        Ok(EmailAddress::parse(email)?)
+    }
+}
+
+/// A record's field as text, when it is a JSON string.
+pub(crate) fn text<'a>(record: &'a Value, field: &str) -> Option<&'a str> {
+    record.get(field).and_then(Value::as_str)
+}
+
+/// The decimal text of an amount sent as a JSON number or string.
+pub(crate) fn decimal_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A secret as `config show` prints it.
+pub(crate) fn masked<S: serde::Serializer>(
+    secret: &secrecy::SecretString,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use secrecy::ExposeSecret;
+    s.serialize_str(if secret.expose_secret().is_empty() {
+        ""
+    } else {
+        "***"
+    })
+}
+
 /// A CRM API.
 pub trait Connector {
     /// The source name records are stored under (`pipedrive`, ...).
@@ -394,7 +439,13 @@ async fn sync_entity<C: Connector>(
         ..EntityReport::default()
     };
     let mut state = state;
-    let mut totals = RunTotals::default();
+    let target = Target {
+        db,
+        source: &source,
+        entity,
+        run,
+        locale: options.default_locale,
+    };
     let since = state.run_since.map(utc);
     let mut batch = Batch::default();
     let result: Result<(), CrmError> = async {
@@ -410,18 +461,7 @@ async fn sync_entity<C: Connector>(
                 Err(e) => {
                     // Keep what was fetched before stopping: the next run resumes after it.
                     if !matches!(e, CrmError::Store(_)) {
-                        batch
-                            .commit(
-                                db,
-                                &source,
-                                entity,
-                                run,
-                                options.default_locale,
-                                &state,
-                                &mut report,
-                                &mut totals,
-                            )
-                            .await?;
+                        batch.commit(&target, &state, &mut report).await?;
                     }
                     return Err(e);
                 }
@@ -482,18 +522,7 @@ async fn sync_entity<C: Connector>(
                 || batch.read >= options.batch_records
                 || pages_left.is_some_and(|left| left == 0)
             {
-                batch
-                    .commit(
-                        db,
-                        &source,
-                        entity,
-                        run,
-                        options.default_locale,
-                        &state,
-                        &mut report,
-                        &mut totals,
-                    )
-                    .await?;
+                batch.commit(&target, &state, &mut report).await?;
             }
             if last {
                 report.completed = true;
@@ -502,6 +531,13 @@ async fn sync_entity<C: Connector>(
         }
     }
     .await;
+    // The import run's counts are the report's.
+    let totals = RunTotals {
+        rows_read: report.records,
+        rows_written: report.written,
+        rows_rejected: report.rejected,
+        ..RunTotals::default()
+    };
     let (status, error) = match &result {
         Ok(()) if totals.rows_rejected > 0 => (RunStatus::CompletedWithRejects, None),
         Ok(()) => (RunStatus::Succeeded, None),
@@ -529,6 +565,15 @@ async fn sync_entity<C: Connector>(
 /// batches of 2,000).
 pub const BATCH_RECORDS: u64 = 2_000;
 
+/// Where one entity's batches go.
+struct Target<'a> {
+    db: &'a Database,
+    source: &'a SourceName,
+    entity: Entity,
+    run: ImportRunId,
+    locale: Locale,
+}
+
 /// Pages fetched and not yet stored.
 #[derive(Default)]
 struct Batch {
@@ -541,17 +586,11 @@ struct Batch {
 
 impl Batch {
     /// Stores the batch and `state` (the position after its last page) in one transaction.
-    #[allow(clippy::too_many_arguments)]
     async fn commit(
         &mut self,
-        db: &Database,
-        source: &SourceName,
-        entity: Entity,
-        run: ImportRunId,
-        locale: Locale,
+        target: &Target<'_>,
         state: &tierwise_store::crm::SyncState,
         report: &mut EntityReport,
-        totals: &mut RunTotals,
     ) -> Result<(), CrmError> {
         if self.pages == 0 {
             return Ok(());
@@ -563,9 +602,10 @@ impl Batch {
             read,
         } = std::mem::take(self);
         let rejected: u64 = rejects.iter().map(|(_, r)| r.len() as u64).sum();
-        let source = source.clone();
+        let (source, run, locale) = (target.source.clone(), target.run, target.locale);
         let saved = state.clone();
-        let written = db
+        let written = target
+            .db
             .run(move |c| {
                 tierwise_store::transaction(c, |tx| {
                     let written = load_page(tx, &source, run, locale, records)?;
@@ -581,10 +621,7 @@ impl Batch {
         report.records += read;
         report.written += written;
         report.rejected += rejected;
-        totals.rows_read += read;
-        totals.rows_written += written;
-        totals.rows_rejected += rejected;
-        tracing::debug!(entity = entity.as_str(), pages, read, "pages stored");
+        tracing::debug!(entity = target.entity.as_str(), pages, read, "pages stored");
         Ok(())
     }
 }

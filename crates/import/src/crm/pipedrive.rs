@@ -9,14 +9,16 @@ use std::cell::Cell;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tierwise_domain::{
     Contact, Currency, Customer, EmailAddress, ExternalId, Locale, Money, Order, Owner, SourceName,
 };
 
 use super::http::{Attempt, Http, HttpSettings, header_number, retry_after, transport_error};
-use super::{Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable};
+use super::{
+    Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable, decimal_text, masked, text,
+};
 
 /// `[crm.pipedrive]` settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -36,15 +38,6 @@ pub struct PipedriveSettings {
     pub cost_field: Option<String>,
     /// Timeouts and retries.
     pub http: HttpSettings,
-}
-
-/// A secret as `config show` prints it.
-fn masked<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(if secret.expose_secret().is_empty() {
-        ""
-    } else {
-        "***"
-    })
 }
 
 impl Default for PipedriveSettings {
@@ -289,10 +282,6 @@ fn id_of(record: &Value, field: &'static str) -> Result<ExternalId, Unmappable> 
     Ok(ExternalId::parse(field, &raw)?)
 }
 
-fn text<'a>(record: &'a Value, field: &str) -> Option<&'a str> {
-    record.get(field).and_then(Value::as_str)
-}
-
 /// An RFC 3339 time (v2), or `YYYY-MM-DD HH:MM:SS` in UTC (v1).
 fn time(record: &Value, field: &str) -> Result<Option<DateTime<Utc>>, Unmappable> {
     let Some(raw) = text(record, field).filter(|t| !t.trim().is_empty()) else {
@@ -335,13 +324,7 @@ fn map_organization(
         Some(Value::Null) | None => None,
         Some(_) => {
             let owner_id = id_of(record, "owner_id")?;
-            let email = lookups.owner_emails.get(owner_id.as_str()).ok_or_else(|| {
-                Unmappable::field(
-                    "owner_id",
-                    format!("user {} is not among the imported users", owner_id.as_str()),
-                )
-            })?;
-            Some(EmailAddress::parse(email)?)
+            Some(lookups.owner_email("owner_id", &owner_id)?)
         }
     };
     let created_on = time(record, "add_time")?.map(|t| t.date_naive());
@@ -350,15 +333,6 @@ fn map_organization(
         .with_created_on(created_on)
         .with_contact(Contact::default());
     Ok((Mapped::Customer(customer), time(record, "update_time")?))
-}
-
-/// Decimal text of a JSON number or string amount.
-fn amount_text(value: &Value) -> Option<String> {
-    match value {
-        Value::Number(n) => Some(n.to_string()),
-        Value::String(s) => Some(s.clone()),
-        _ => None,
-    }
 }
 
 fn map_deal(
@@ -378,7 +352,7 @@ fn map_deal(
     let currency = Currency::parse(text(record, "currency").unwrap_or_default())?;
     let value = record
         .get("value")
-        .and_then(amount_text)
+        .and_then(decimal_text)
         .ok_or_else(|| Unmappable::field("value", "is missing"))?;
     let amount = Money::parse_decimal("value", &value, currency)?;
     let day = time(record, "won_time")?
@@ -391,8 +365,8 @@ fn map_deal(
         Some(field) => {
             let raw = field
                 .get("value")
-                .and_then(amount_text)
-                .or_else(|| amount_text(field))
+                .and_then(decimal_text)
+                .or_else(|| decimal_text(field))
                 .ok_or_else(|| Unmappable::field("cost", "is not an amount"))?;
             Some(Money::parse_decimal("cost", &raw, currency)?)
         }

@@ -11,14 +11,16 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tierwise_domain::{
     Currency, Customer, EmailAddress, ExternalId, Locale, Money, Order, Owner, SourceName,
 };
 
 use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
-use super::{Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable};
+use super::{
+    Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable, decimal_text, masked, text,
+};
 
 /// `[crm.zoho]` settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -48,14 +50,6 @@ pub struct ZohoSettings {
     pub cost_field: Option<String>,
     /// Timeouts and retries.
     pub http: HttpSettings,
-}
-
-fn masked<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(if secret.expose_secret().is_empty() {
-        ""
-    } else {
-        "***"
-    })
 }
 
 impl Default for ZohoSettings {
@@ -459,17 +453,7 @@ impl Connector for Zoho {
                         None => {
                             let owner_id =
                                 id_of(record.get("Owner").unwrap_or(&Value::Null), "id")?;
-                            let email =
-                                lookups.owner_emails.get(owner_id.as_str()).ok_or_else(|| {
-                                    Unmappable::field(
-                                        "Owner",
-                                        format!(
-                                            "user {} is not among the imported users",
-                                            owner_id.as_str()
-                                        ),
-                                    )
-                                })?;
-                            Some(EmailAddress::parse(email)?)
+                            Some(lookups.owner_email("Owner", &owner_id)?)
                         }
                     },
                     _ => None,
@@ -497,7 +481,9 @@ impl Connector for Zoho {
                         ));
                     }
                 };
-                let amount = number_text(record.get("Amount"))
+                let amount = record
+                    .get("Amount")
+                    .and_then(decimal_text)
                     .ok_or_else(|| Unmappable::field("Amount", "is missing"))?;
                 let amount = Money::parse_decimal("Amount", &amount, self.currency)?;
                 let day = text(record, "Closing_Date")
@@ -512,7 +498,7 @@ impl Connector for Zoho {
                     .settings
                     .cost_field
                     .as_deref()
-                    .and_then(|f| number_text(record.get(f)))
+                    .and_then(|f| record.get(f).and_then(decimal_text))
                 {
                     Some(raw) => Some(Money::parse_decimal("cost", &raw, self.currency)?),
                     None => None,
@@ -523,18 +509,6 @@ impl Connector for Zoho {
                 ))
             }
         }
-    }
-}
-
-fn text<'a>(record: &'a Value, field: &str) -> Option<&'a str> {
-    record.get(field).and_then(Value::as_str)
-}
-
-fn number_text(value: Option<&Value>) -> Option<String> {
-    match value? {
-        Value::Number(n) => Some(n.to_string()),
-        Value::String(s) => Some(s.clone()),
-        _ => None,
     }
 }
 
