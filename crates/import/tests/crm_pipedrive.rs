@@ -19,7 +19,10 @@ use tierwise_import::crm::pipedrive::{Pipedrive, PipedriveSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
 use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
+use wiremock::{MockServer, Request, Respond, ResponseTemplate};
+
+mod support;
+use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, owner_row, serve};
 
 const TOKEN: &str = "pd-test-token-5f0c2a9e";
 
@@ -210,9 +213,6 @@ fn seeded() -> Source {
     s
 }
 
-/// An order as the snapshot renders it: id, customer id, day, amount, cost, currency.
-type OrderRow = (String, String, chrono::NaiveDate, i64, Option<i64>, String);
-
 /// What the store must hold after importing `source`: the same snapshot rows the store renders.
 fn expected(source: &Source) -> Vec<String> {
     let emails: BTreeMap<i64, String> = source
@@ -225,30 +225,12 @@ fn expected(source: &Source) -> Vec<String> {
             )
         })
         .collect();
-    let mut out = Vec::new();
-    let mut owners: Vec<(String, String, String, Option<String>)> = source
+    let owners: Vec<OwnerRow> = source
         .users
         .iter()
-        .map(|u| {
-            let locale = if u["locale"] == "en_US" {
-                "en"
-            } else {
-                "zh-CN"
-            };
-            (
-                u["email"].as_str().unwrap().to_owned(),
-                u["name"].as_str().unwrap().to_owned(),
-                locale.to_owned(),
-                Some(u["id"].to_string()),
-            )
-        })
+        .map(|u| owner_row(u, u["id"].to_string(), "name"))
         .collect();
-    owners.sort();
-    out.extend(owners.iter().map(|r| format!("owner {r:?}")));
-    let mut customers: BTreeMap<
-        String,
-        (String, String, Option<String>, Option<chrono::NaiveDate>),
-    > = BTreeMap::new();
+    let mut customers: BTreeMap<String, CustomerRow> = BTreeMap::new();
     for o in source.organizations.values().filter(|o| o["name"] != "") {
         let id = o["id"].to_string();
         customers.insert(
@@ -283,16 +265,7 @@ fn expected(source: &Source) -> Vec<String> {
             ),
         );
     }
-    // A won deal of a rejected organisation keeps its order: the customer is created from the
-    // order, named by its id, until the organisation imports.
-    for (_, org, ..) in orders.values() {
-        customers
-            .entry(org.clone())
-            .or_insert_with(|| (org.clone(), org.clone(), None, None));
-    }
-    out.extend(customers.values().map(|r| format!("customer {r:?}")));
-    out.extend(orders.values().map(|r| format!("order {r:?}")));
-    out
+    expected_rows(owners, customers, &orders)
 }
 
 struct Harness {
@@ -303,19 +276,8 @@ struct Harness {
 
 impl Harness {
     fn new(source: Source) -> Self {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let source = Arc::new(Mutex::new(source));
-        let server = runtime.block_on(async {
-            let server = MockServer::start().await;
-            Mock::given(matchers::method("GET"))
-                .respond_with(FakePipedrive(source.clone()))
-                .mount(&server)
-                .await;
-            server
-        });
+        let (runtime, server) = serve(FakePipedrive(source.clone()));
         Self {
             runtime,
             server,

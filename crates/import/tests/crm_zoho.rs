@@ -18,7 +18,10 @@ use tierwise_import::crm::zoho::{Zoho, ZohoSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
 use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
+use wiremock::{MockServer, Request, Respond, ResponseTemplate};
+
+mod support;
+use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, owner_row, serve};
 
 const CLIENT_SECRET: &str = "zoho-client-secret-91a";
 const REFRESH: &str = "1000.refresh.77c0";
@@ -215,9 +218,6 @@ fn seeded() -> Source {
     s
 }
 
-type CustomerRow = (String, String, Option<String>, Option<chrono::NaiveDate>);
-type OrderRow = (String, String, chrono::NaiveDate, i64, Option<i64>, String);
-
 fn expected(s: &Source) -> Vec<String> {
     let email_of = |id: &Value| {
         s.users
@@ -225,26 +225,11 @@ fn expected(s: &Source) -> Vec<String> {
             .find(|u| u["id"] == *id)
             .map(|u| u["email"].as_str().unwrap().to_owned())
     };
-    let mut out = Vec::new();
-    let mut owners: Vec<(String, String, String, Option<String>)> = s
+    let owners: Vec<OwnerRow> = s
         .users
         .iter()
-        .map(|u| {
-            let locale = if u["locale"] == "en_US" {
-                "en"
-            } else {
-                "zh-CN"
-            };
-            (
-                u["email"].as_str().unwrap().to_owned(),
-                u["full_name"].as_str().unwrap().to_owned(),
-                locale.to_owned(),
-                Some(u["id"].as_str().unwrap().to_owned()),
-            )
-        })
+        .map(|u| owner_row(u, u["id"].as_str().unwrap().to_owned(), "full_name"))
         .collect();
-    owners.sort();
-    out.extend(owners.iter().map(|r| format!("owner {r:?}")));
     let mut customers: BTreeMap<String, CustomerRow> = BTreeMap::new();
     for a in s.accounts.iter().filter(|a| !a["Account_Name"].is_null()) {
         let id = a["id"].as_str().unwrap().to_owned();
@@ -281,14 +266,7 @@ fn expected(s: &Source) -> Vec<String> {
             ),
         );
     }
-    for (_, account, ..) in orders.values() {
-        customers
-            .entry(account.clone())
-            .or_insert_with(|| (account.clone(), account.clone(), None, None));
-    }
-    out.extend(customers.values().map(|r| format!("customer {r:?}")));
-    out.extend(orders.values().map(|r| format!("order {r:?}")));
-    out
+    expected_rows(owners, customers, &orders)
 }
 
 struct Harness {
@@ -299,19 +277,8 @@ struct Harness {
 
 impl Harness {
     fn new(source: Source) -> Self {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let source = Arc::new(Mutex::new(source));
-        let server = runtime.block_on(async {
-            let server = MockServer::start().await;
-            Mock::given(matchers::any())
-                .respond_with(FakeZoho(source.clone()))
-                .mount(&server)
-                .await;
-            server
-        });
+        let (runtime, server) = serve(FakeZoho(source.clone()));
         source.lock().unwrap().uri = server.uri();
         Self {
             runtime,
