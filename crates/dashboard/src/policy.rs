@@ -110,14 +110,7 @@ fn pct(fraction: f64) -> f64 {
 impl Knobs {
     fn of(p: &Policy) -> Self {
         let c = &p.components;
-        let builtin = [
-            c.value,
-            c.credit,
-            c.frequency,
-            c.recency,
-            c.profit,
-            c.prospect,
-        ];
+        let builtin = c.builtin_weights();
         let last = p.tiers.levels.len().saturating_sub(1);
         Self {
             weights: BUILTIN_COMPONENTS

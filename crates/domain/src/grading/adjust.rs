@@ -102,14 +102,7 @@ impl PolicyAdjustment {
     pub fn between(base: &Policy, target: &Policy) -> Self {
         let mut adjustment = Self::default();
         let (b, t) = (&base.components, &target.components);
-        let builtin = [
-            (b.value, t.value),
-            (b.credit, t.credit),
-            (b.frequency, t.frequency),
-            (b.recency, t.recency),
-            (b.profit, t.profit),
-            (b.prospect, t.prospect),
-        ];
+        let builtin = b.builtin_weights().into_iter().zip(t.builtin_weights());
         for (name, (before, after)) in BUILTIN_COMPONENTS.iter().zip(builtin) {
             if before != after {
                 adjustment.weights.insert((*name).to_owned(), after);

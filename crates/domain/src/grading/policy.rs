@@ -526,14 +526,7 @@ impl Policy {
             );
         }
         let c = &self.components;
-        let builtin = [
-            c.value,
-            c.credit,
-            c.frequency,
-            c.recency,
-            c.profit,
-            c.prospect,
-        ];
+        let builtin = c.builtin_weights();
         let custom = c.custom.values().map(|x| x.weight);
         if builtin
             .iter()
@@ -629,8 +622,9 @@ impl Policy {
 }
 
 impl ComponentPolicy {
-    /// Weights in storage order: the built-in components, then the custom ones by name.
-    pub fn weights(&self) -> Vec<f64> {
+    /// The built-in components' weights, in [`BUILTIN_COMPONENTS`](super::engine::BUILTIN_COMPONENTS)
+    /// order: value, credit, frequency, recency, profit, prospect.
+    pub fn builtin_weights(&self) -> [f64; 6] {
         [
             self.value,
             self.credit,
@@ -639,8 +633,13 @@ impl ComponentPolicy {
             self.profit,
             self.prospect,
         ]
-        .into_iter()
-        .chain(self.custom.values().map(|c| c.weight))
-        .collect()
+    }
+
+    /// Weights in storage order: the built-in components, then the custom ones by name.
+    pub fn weights(&self) -> Vec<f64> {
+        self.builtin_weights()
+            .into_iter()
+            .chain(self.custom.values().map(|c| c.weight))
+            .collect()
     }
 }
