@@ -1,9 +1,11 @@
 //! Bulk loading of imported records, keyed by `(source, external_id)` (owners by email).
 //!
-//! Every `load_*` function takes one chunk of validated records, stages it (binary `COPY` on
-//! PostgreSQL, multi-row `INSERT` on SQLite) and merges it with one `INSERT … SELECT … ON
-//! CONFLICT DO UPDATE … WHERE <changed>` whose SQL is shared by both backends. Loading the same
-//! data twice therefore writes nothing the second time. The caller owns the transaction: wrap a
+//! Every `load_*` function takes one chunk of validated records and upserts it with `INSERT …
+//! ON CONFLICT DO UPDATE … WHERE <changed>`, so loading the same data twice writes nothing the
+//! second time. On PostgreSQL the chunk is staged by binary `COPY` and merged by one `INSERT …
+//! SELECT`; on SQLite owners and customers are staged by multi-row `INSERT` and merged the same
+//! way, while orders, invoices and activities go row by row through prepared statements
+//! ([`sqlite`] says why). The caller owns the transaction: wrap a
 //! whole file in [`transaction`](crate::transaction) so a failed import leaves nothing behind.
 
 use std::collections::{BTreeSet, HashMap};
@@ -22,6 +24,8 @@ use crate::staging::{
     orders_staging, owners_staging, staging_ddl,
 };
 use crate::{DbConnection, ImportRunId, StoreResult, with_backend};
+
+mod sqlite;
 
 /// What a chunk is loaded for: which source it comes from, which run writes it, and the
 /// import policy.
@@ -44,25 +48,45 @@ pub struct LoadContext {
 /// memory stays bounded however many customers a file names.
 const MAX_KNOWN_CUSTOMERS: usize = 500_000;
 
-/// Customer ids (of the context's source) known to exist, remembered across the chunks of one
-/// import so that later chunks look up only ids they have not seen. Belongs to one import, inside
-/// its transaction: a rollback discards both the customers and this memory of them.
+/// Customers (of the context's source) known to exist, remembered across the chunks of one
+/// import so that later chunks look up only customers they have not seen; with their row id
+/// where the loader learned it (the SQLite path does). Belongs to one import, inside its
+/// transaction: a rollback discards both the customers and this memory of them.
 #[derive(Debug, Clone, Default)]
-pub struct KnownCustomers(std::cell::RefCell<std::collections::HashSet<String>>);
+pub struct KnownCustomers(std::cell::RefCell<HashMap<String, Option<i64>>>);
 
 impl KnownCustomers {
     fn contains(&self, external_id: &str) -> bool {
-        self.0.borrow().contains(external_id)
+        self.0.borrow().contains_key(external_id)
+    }
+
+    /// The remembered row id of each customer, in order (`None` when not remembered).
+    fn ids<'a>(&self, external_ids: impl Iterator<Item = &'a str>) -> Vec<Option<i64>> {
+        let known = self.0.borrow();
+        external_ids
+            .map(|key| known.get(key).copied().flatten())
+            .collect()
     }
 
     fn remember<'a>(&self, ids: impl Iterator<Item = &'a str>) {
+        self.remember_entries(ids.map(|id| (id, None)));
+    }
+
+    fn remember_ids<'a>(&self, ids: impl Iterator<Item = (&'a str, i64)>) {
+        self.remember_entries(ids.map(|(key, id)| (key, Some(id))));
+    }
+
+    fn remember_entries<'a>(&self, entries: impl Iterator<Item = (&'a str, Option<i64>)>) {
         let mut known = self.0.borrow_mut();
         if known.len() > MAX_KNOWN_CUSTOMERS {
             known.clear();
         }
-        for id in ids {
-            if !known.contains(id) {
-                known.insert(id.to_string());
+        for (key, id) in entries {
+            match known.get_mut(key) {
+                Some(known_id) => *known_id = known_id.or(id),
+                None => {
+                    known.insert(key.to_string(), id);
+                }
             }
         }
     }
@@ -540,23 +564,34 @@ pub fn load_orders(
     if staged.is_empty() {
         return Ok(outcome);
     }
+    if let DbConnection::Sqlite(c) = conn {
+        let ids =
+            sqlite::customer_ids(c, ctx, ctx.create_missing_customers, &staged, &mut outcome)?;
+        outcome.written = sqlite::upsert_each(c, &staged, &ids, |c, r, customer_id| {
+            sqlite::OrderUpsert {
+                source: r.source,
+                external_id: r.external_id,
+                customer_id,
+                order_date: sqlite::DateText::new(r.order_date).as_str(),
+                amount_minor: r.amount_minor,
+                cost_minor: r.cost_minor,
+                currency: r.currency,
+                quantity: r.quantity,
+                import_run_id: r.import_run_id,
+            }
+            .execute(c)
+        })?;
+        return Ok(outcome);
+    }
     let merge = merge_sql(
         "orders",
-        "source, external_id, customer_id, order_date, amount_minor, cost_minor, currency, \
-             quantity, import_run_id",
+        ORDER_COLUMNS,
         "SELECT s.source, s.external_id, c.id, s.order_date, s.amount_minor, s.cost_minor, \
              s.currency, s.quantity, s.import_run_id FROM orders_staging s \
              JOIN customers c ON c.source = s.source AND c.external_id = s.customer_external_id \
              WHERE true",
         "source, external_id",
-        &[
-            OnUpdate::Replace("customer_id"),
-            OnUpdate::Replace("order_date"),
-            OnUpdate::Replace("amount_minor"),
-            OnUpdate::KeepIfNull("cost_minor"),
-            OnUpdate::Replace("currency"),
-            OnUpdate::KeepIfNull("quantity"),
-        ],
+        ORDER_UPDATES,
     );
     stage_resolve_merge(
         conn,
@@ -613,24 +648,39 @@ pub fn load_invoices(
     if staged.is_empty() {
         return Ok(outcome);
     }
+    if let DbConnection::Sqlite(c) = conn {
+        let ids =
+            sqlite::customer_ids(c, ctx, ctx.create_missing_customers, &staged, &mut outcome)?;
+        outcome.written = sqlite::upsert_each(c, &staged, &ids, |c, r, customer_id| {
+            sqlite::InvoiceUpsert {
+                source: r.source,
+                external_id: r.external_id,
+                customer_id,
+                order_external_id: r.order_external_id,
+                issued_on: sqlite::DateText::new(r.issued_on).as_str(),
+                due_on: sqlite::DateText::new(r.due_on).as_str(),
+                amount_minor: r.amount_minor,
+                currency: r.currency,
+                paid_on: r
+                    .paid_on
+                    .map(sqlite::DateText::new)
+                    .as_ref()
+                    .map(sqlite::DateText::as_str),
+                import_run_id: r.import_run_id,
+            }
+            .execute(c)
+        })?;
+        return Ok(outcome);
+    }
     let merge = merge_sql(
         "invoices",
-        "source, external_id, customer_id, order_external_id, issued_on, due_on, amount_minor, \
-             currency, paid_on, import_run_id",
+        INVOICE_COLUMNS,
         "SELECT s.source, s.external_id, c.id, s.order_external_id, s.issued_on, s.due_on, \
              s.amount_minor, s.currency, s.paid_on, s.import_run_id FROM invoices_staging s \
              JOIN customers c ON c.source = s.source AND c.external_id = s.customer_external_id \
              WHERE true",
         "source, external_id",
-        &[
-            OnUpdate::Replace("customer_id"),
-            OnUpdate::KeepIfNull("order_external_id"),
-            OnUpdate::Replace("issued_on"),
-            OnUpdate::Replace("due_on"),
-            OnUpdate::Replace("amount_minor"),
-            OnUpdate::Replace("currency"),
-            OnUpdate::KeepIfNull("paid_on"),
-        ],
+        INVOICE_UPDATES,
     );
     stage_resolve_merge(
         conn,
@@ -682,21 +732,32 @@ pub fn load_activities(
     if staged.is_empty() {
         return Ok(outcome);
     }
+    if let DbConnection::Sqlite(c) = conn {
+        let ids = sqlite::customer_ids(c, ctx, false, &staged, &mut outcome)?;
+        outcome.written = sqlite::upsert_each(c, &staged, &ids, |c, r, customer_id| {
+            sqlite::ActivityUpsert {
+                source: r.source,
+                external_id: r.external_id,
+                customer_id,
+                owner_email: r.owner_email,
+                kind: r.kind,
+                occurred_at: r.occurred_at,
+                note: r.note,
+                import_run_id: r.import_run_id,
+            }
+            .execute(c)
+        })?;
+        return Ok(outcome);
+    }
     let merge = merge_sql(
         "activities",
-        "source, external_id, customer_id, owner_id, kind, occurred_at, note, import_run_id",
+        ACTIVITY_COLUMNS,
         "SELECT s.source, s.external_id, c.id, o.id, s.kind, s.occurred_at, s.note, \
              s.import_run_id FROM activities_staging s \
              JOIN customers c ON c.source = s.source AND c.external_id = s.customer_external_id \
              LEFT JOIN owners o ON o.email = s.owner_email WHERE true",
         "source, external_id",
-        &[
-            OnUpdate::Replace("customer_id"),
-            OnUpdate::KeepIfNull("owner_id"),
-            OnUpdate::Replace("kind"),
-            OnUpdate::Replace("occurred_at"),
-            OnUpdate::KeepIfNull("note"),
-        ],
+        ACTIVITY_UPDATES,
     );
     stage_resolve_merge(
         conn,
@@ -713,6 +774,43 @@ pub fn load_activities(
     )?;
     Ok(outcome)
 }
+
+/// Columns an order upsert writes, and how each updates an existing order.
+const ORDER_COLUMNS: &str = "source, external_id, customer_id, order_date, amount_minor, \
+     cost_minor, currency, quantity, import_run_id";
+const ORDER_UPDATES: &[OnUpdate] = &[
+    OnUpdate::Replace("customer_id"),
+    OnUpdate::Replace("order_date"),
+    OnUpdate::Replace("amount_minor"),
+    OnUpdate::KeepIfNull("cost_minor"),
+    OnUpdate::Replace("currency"),
+    OnUpdate::KeepIfNull("quantity"),
+];
+
+/// Columns an invoice upsert writes; a paid date, once known, is kept when a later row leaves
+/// it empty.
+const INVOICE_COLUMNS: &str = "source, external_id, customer_id, order_external_id, issued_on, \
+     due_on, amount_minor, currency, paid_on, import_run_id";
+const INVOICE_UPDATES: &[OnUpdate] = &[
+    OnUpdate::Replace("customer_id"),
+    OnUpdate::KeepIfNull("order_external_id"),
+    OnUpdate::Replace("issued_on"),
+    OnUpdate::Replace("due_on"),
+    OnUpdate::Replace("amount_minor"),
+    OnUpdate::Replace("currency"),
+    OnUpdate::KeepIfNull("paid_on"),
+];
+
+/// Columns an activity upsert writes.
+const ACTIVITY_COLUMNS: &str =
+    "source, external_id, customer_id, owner_id, kind, occurred_at, note, import_run_id";
+const ACTIVITY_UPDATES: &[OnUpdate] = &[
+    OnUpdate::Replace("customer_id"),
+    OnUpdate::KeepIfNull("owner_id"),
+    OnUpdate::Replace("kind"),
+    OnUpdate::Replace("occurred_at"),
+    OnUpdate::KeepIfNull("note"),
+];
 
 #[cfg(test)]
 mod tests {

@@ -187,6 +187,37 @@ backend_tests! {
         assert_eq!(customer.owner_email.as_deref(), Some("han@example.com"));
     }
 
+    fn a_customer_named_by_several_rows_takes_the_least_name_and_owner(db) {
+        let mut conn = db.conn();
+        let c = ctx(&mut conn, true);
+        let named = |ext: &str, line: u64, name: Option<&str>, owner: Option<&str>| {
+            let mut row = order(ext, "NEW2", "2026-01-05", 100);
+            row.line = line;
+            row.record.1 = CustomerRef { name: name.map(Into::into), owner_email: owner.map(email) };
+            row
+        };
+        let chunk = vec![
+            named("O1", 2, Some("Zeta 公司"), Some("zhao@example.com")),
+            named("O2", 3, None, None),
+            named("O3", 4, Some("Alpha 公司"), Some("qian@example.com")),
+        ];
+        let outcome = load_orders(&mut conn, &c, &chunk).unwrap();
+        assert_eq!((outcome.written, outcome.customers_created, outcome.owners_created), (3, 1, 2));
+        let customer = find_customer(&mut conn, "file", "NEW2").unwrap().unwrap();
+        // "Alpha 公司" < "NEW2" (the id stands in for the unnamed row) < "Zeta 公司".
+        assert_eq!(customer.name, "Alpha 公司");
+        assert_eq!(customer.owner_email.as_deref(), Some("qian@example.com"));
+        // A later chunk of the same import finds the customer it created.
+        let outcome = load_orders(&mut conn, &c, &[named("O4", 5, Some("Other"), None)]).unwrap();
+        assert_eq!((outcome.written, outcome.customers_created), (1, 0));
+        assert_eq!(orders_of_customer(&mut conn, customer.id).unwrap().len(), 4);
+        // A new import (nothing remembered) of a strict kind finds it too.
+        let strict = ctx(&mut conn, false);
+        let outcome = load_orders(&mut conn, &strict, &[named("O5", 6, None, None)]).unwrap();
+        assert_eq!((outcome.written, outcome.unknown_customer_lines.len()), (1, 0));
+        assert_eq!(find_customer(&mut conn, "file", "NEW2").unwrap().unwrap().name, "Alpha 公司");
+    }
+
     fn invoices_and_activities_load_and_keep_paid_dates(db) {
         let mut conn = db.conn();
         let c = ctx(&mut conn, true);
