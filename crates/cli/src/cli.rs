@@ -498,8 +498,9 @@ pub enum ImportCommand {
     ///   TIERWISE__CRM__PIPEDRIVE__API_TOKEN=… tierwise import crm pipedrive
     ///   tierwise import crm pipedrive --full     # read everything again
     ///   tierwise import crm zoho
+    ///   tierwise import crm salesforce
     Crm {
-        /// The CRM: pipedrive or zoho.
+        /// The CRM: pipedrive, salesforce or zoho.
         source: String,
         /// Ignore the watermarks (and any interrupted run) and read everything again.
         #[arg(long)]

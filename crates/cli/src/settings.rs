@@ -450,13 +450,18 @@ mod tests {
         s.smtp.password = SecretString::from("hunter2".to_string());
         s.database.url = "postgres://app:s3cret@db/tw".into();
         s.crm.pipedrive.api_token = SecretString::from("pd-t0ken".to_string());
+        s.crm.salesforce.refresh_token = SecretString::from("sf-r3fresh".to_string());
         let shown = s.to_masked_toml().unwrap();
         assert!(
-            !shown.contains("hunter2") && !shown.contains("s3cret") && !shown.contains("pd-t0ken"),
+            !shown.contains("hunter2")
+                && !shown.contains("s3cret")
+                && !shown.contains("pd-t0ken")
+                && !shown.contains("sf-r3fresh"),
             "{shown}"
         );
         assert!(shown.contains("password = \"***\""), "{shown}");
         assert!(shown.contains("api_token = \"***\""), "{shown}");
+        assert!(shown.contains("refresh_token = \"***\""), "{shown}");
         let debug = format!("{s:?}");
         assert!(
             debug.contains("[REDACTED]")

@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod pipedrive;
+pub mod salesforce;
 pub mod zoho;
 
 use std::collections::HashMap;
@@ -88,6 +89,8 @@ pub struct CrmSettings {
     pub overlap_minutes: i64,
     /// `[crm.pipedrive]`
     pub pipedrive: pipedrive::PipedriveSettings,
+    /// `[crm.salesforce]`
+    pub salesforce: salesforce::SalesforceSettings,
     /// `[crm.zoho]`
     pub zoho: zoho::ZohoSettings,
 }
@@ -97,6 +100,7 @@ impl Default for CrmSettings {
         Self {
             overlap_minutes: 5,
             pipedrive: pipedrive::PipedriveSettings::default(),
+            salesforce: salesforce::SalesforceSettings::default(),
             zoho: zoho::ZohoSettings::default(),
         }
     }
@@ -109,6 +113,9 @@ impl CrmSettings {
         if self.pipedrive.enabled {
             on.push("pipedrive");
         }
+        if self.salesforce.enabled {
+            on.push("salesforce");
+        }
         if self.zoho.enabled {
             on.push("zoho");
         }
@@ -117,7 +124,7 @@ impl CrmSettings {
 }
 
 /// Sources there is a connector for.
-pub const SOURCES: &[&str] = &["pipedrive", "zoho"];
+pub const SOURCES: &[&str] = &["pipedrive", "salesforce", "zoho"];
 
 /// Runs the connector of `source` (one of [`SOURCES`]) as `settings` configure it.
 pub async fn sync_source(
@@ -137,6 +144,10 @@ pub async fn sync_source(
     match source {
         "pipedrive" => {
             let connector = pipedrive::Pipedrive::new(settings.pipedrive.clone())?;
+            sync(db, &connector, &options).await
+        }
+        "salesforce" => {
+            let connector = salesforce::Salesforce::new(settings.salesforce.clone())?;
             sync(db, &connector, &options).await
         }
         "zoho" => {

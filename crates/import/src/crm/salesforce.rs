@@ -1,0 +1,637 @@
+//! Salesforce: Users are owners, Accounts are customers and won Opportunities are orders, read
+//! with SOQL through the REST query resource (`{instance_url}/services/data/vXX.X/query`).
+//! Access comes from the OAuth token endpoint (refresh-token flow, or client credentials when no
+//! refresh token is configured). Salesforce gives no token lifetime, so a token is kept until
+//! the API answers `INVALID_SESSION_ID`, then renewed once. Changes are read with `WHERE
+//! SystemModstamp >= <since> ORDER BY SystemModstamp, Id`, paging follows `nextRecordsUrl`, and
+//! an expired query locator (`INVALID_QUERY_LOCATOR`) restarts the query from the run's start
+//! time (re-read records are deduplicated by the upsert). Salesforce never answers 429: a spent
+//! daily allocation is a 403 `REQUEST_LIMIT_EXCEEDED`, and the run also stops cleanly when
+//! `Sforce-Limit-Info` shows the org's allocation used past the configured share, leaving room
+//! for the company's other integrations.
+
+use std::cell::{Cell, RefCell};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tierwise_domain::{
+    Currency, Customer, EmailAddress, ExternalId, Locale, Money, Order, Owner, SourceName,
+};
+
+use super::http::{Attempt, Http, HttpSettings, transport_error};
+use super::{
+    Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable, decimal_text, masked, text,
+};
+
+/// `[crm.salesforce]` settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SalesforceSettings {
+    /// Import from Salesforce when the import job runs.
+    pub enabled: bool,
+    /// Where tokens are minted: `https://login.salesforce.com`, `https://test.salesforce.com`
+    /// for a sandbox, or the org's My Domain for client credentials.
+    pub login_url: String,
+    /// REST API version; v56.0 or later keeps query locators for 2 days.
+    pub api_version: String,
+    /// Consumer key of the connected app.
+    pub client_id: String,
+    /// Consumer secret; from `TIERWISE__CRM__SALESFORCE__CLIENT_SECRET`.
+    #[serde(serialize_with = "masked")]
+    pub client_secret: SecretString,
+    /// Refresh token; from `TIERWISE__CRM__SALESFORCE__REFRESH_TOKEN`. Empty: the client
+    /// credentials flow (the app's run-as user).
+    #[serde(serialize_with = "masked")]
+    pub refresh_token: SecretString,
+    /// Records per batch asked of the query resource (Salesforce allows 200..=2000).
+    pub batch_size: u32,
+    /// Currency of amounts in a single-currency org.
+    pub currency: String,
+    /// The org has multiple currencies: read each opportunity's `CurrencyIsoCode`.
+    pub multi_currency: bool,
+    /// API name of a currency field on Opportunity holding its cost (e.g. `Cost__c`), if any.
+    pub cost_field: Option<String>,
+    /// Stop the run (cleanly, resumed next time) once the org's daily API allocation is used
+    /// past this percentage.
+    pub max_api_usage_percent: f64,
+    /// Timeouts and retries.
+    pub http: HttpSettings,
+}
+
+impl Default for SalesforceSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            login_url: "https://login.salesforce.com".into(),
+            api_version: "v60.0".into(),
+            client_id: String::new(),
+            client_secret: SecretString::from(String::new()),
+            refresh_token: SecretString::from(String::new()),
+            batch_size: 2000,
+            currency: "CNY".into(),
+            multi_currency: false,
+            cost_field: None,
+            max_api_usage_percent: 80.0,
+            http: HttpSettings::default(),
+        }
+    }
+}
+
+/// A minted access token and the org's instance.
+struct Session {
+    token: SecretString,
+    instance_url: String,
+}
+
+/// The Salesforce connector.
+pub struct Salesforce {
+    settings: SalesforceSettings,
+    http: Http,
+    source: SourceName,
+    currency: Currency,
+    session: RefCell<Option<Session>>,
+    /// The last answer showed the allocation used past the configured share.
+    over_budget: Cell<bool>,
+}
+
+impl std::fmt::Debug for Salesforce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Salesforce")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+const SOURCE: &str = "salesforce";
+const CREDENTIALS: &str = "[crm.salesforce] client_id and login_url, \
+     TIERWISE__CRM__SALESFORCE__CLIENT_SECRET and TIERWISE__CRM__SALESFORCE__REFRESH_TOKEN";
+
+/// What a failed query answer means beyond its HTTP status.
+enum QueryFailure {
+    /// The query locator expired: start the query again.
+    ExpiredLocator,
+    /// Anything else.
+    Stop(CrmError),
+}
+
+impl Salesforce {
+    /// A connector for `settings`; fails on missing credentials or bad settings.
+    pub fn new(settings: SalesforceSettings) -> Result<Self, CrmError> {
+        if settings.client_id.trim().is_empty()
+            || settings.client_secret.expose_secret().trim().is_empty()
+        {
+            return Err(CrmError::Setup(format!(
+                "salesforce: credentials missing; set {CREDENTIALS}"
+            )));
+        }
+        if !(200..=2000).contains(&settings.batch_size) {
+            return Err(CrmError::Setup(format!(
+                "crm.salesforce.batch_size: {} is outside 200..=2000",
+                settings.batch_size
+            )));
+        }
+        if !(settings.max_api_usage_percent > 0.0 && settings.max_api_usage_percent <= 100.0) {
+            return Err(CrmError::Setup(format!(
+                "crm.salesforce.max_api_usage_percent: {} is outside (0, 100]",
+                settings.max_api_usage_percent
+            )));
+        }
+        if let Some(field) = &settings.cost_field
+            && !is_api_name(field)
+        {
+            return Err(CrmError::Setup(format!(
+                "crm.salesforce.cost_field: '{field}' is not a field API name like Cost__c"
+            )));
+        }
+        let currency = Currency::parse(&settings.currency)
+            .map_err(|e| CrmError::Setup(format!("crm.salesforce.currency: {}", e.reason)))?;
+        let http = Http::new(SOURCE, settings.http.clone())?;
+        let source = SourceName::parse(SOURCE).map_err(|e| CrmError::Setup(e.to_string()))?;
+        Ok(Self {
+            settings,
+            http,
+            source,
+            currency,
+            session: RefCell::new(None),
+            over_budget: Cell::new(false),
+        })
+    }
+
+    /// The cached session, or a new one from the token endpoint.
+    async fn session(&self) -> Result<(SecretString, String), CrmError> {
+        if let Some(s) = self.session.borrow().as_ref() {
+            return Ok((s.token.clone(), s.instance_url.clone()));
+        }
+        let url = format!(
+            "{}/services/oauth2/token",
+            self.settings.login_url.trim_end_matches('/')
+        );
+        let refresh = self.settings.refresh_token.expose_secret();
+        let mut form = vec![
+            ("client_id", self.settings.client_id.as_str()),
+            ("client_secret", self.settings.client_secret.expose_secret()),
+        ];
+        if refresh.trim().is_empty() {
+            form.push(("grant_type", "client_credentials"));
+        } else {
+            form.push(("grant_type", "refresh_token"));
+            form.push(("refresh_token", refresh));
+        }
+        let (status, body): (u16, Value) = self
+            .http
+            .retrying("token", || async {
+                let response = self
+                    .http
+                    .client
+                    .post(&url)
+                    .form(&form)
+                    .send()
+                    .await
+                    .map_err(transport_error)?;
+                let status = response.status().as_u16();
+                let text = response.text().await.map_err(transport_error)?;
+                match (status, serde_json::from_str::<Value>(&text)) {
+                    (500..=599, _) => Err(Attempt::Transient {
+                        what: format!("token endpoint: HTTP {status}"),
+                        retry_after: None,
+                    }),
+                    (_, Ok(v)) => Ok((status, v)),
+                    (_, Err(_)) => Err(Attempt::Transient {
+                        what: format!("token endpoint: HTTP {status}, not JSON"),
+                        retry_after: None,
+                    }),
+                }
+            })
+            .await?;
+        let refused = |message: String| CrmError::Auth {
+            source_name: SOURCE.into(),
+            status,
+            message,
+            hint: CREDENTIALS.into(),
+        };
+        if let Some(error) = body.get("error").and_then(Value::as_str) {
+            let description = body
+                .get("error_description")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            return Err(refused(format!("{error}: {description}")));
+        }
+        let token = body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| refused("the token endpoint returned no access_token".into()))?;
+        let instance_url = body
+            .get("instance_url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| refused("the token endpoint returned no instance_url".into()))?
+            .trim_end_matches('/')
+            .to_owned();
+        let token = SecretString::from(token.to_owned());
+        *self.session.borrow_mut() = Some(Session {
+            token: token.clone(),
+            instance_url: instance_url.clone(),
+        });
+        Ok((token, instance_url))
+    }
+
+    /// GETs `path_and_query` under the instance; an expired session is renewed once.
+    async fn get(&self, what: &str, path_and_query: &str) -> Result<Value, QueryFailure> {
+        for renewed in [false, true] {
+            let (token, instance) = self.session().await.map_err(QueryFailure::Stop)?;
+            let url = format!("{instance}{path_and_query}");
+            let answer = self
+                .http
+                .retrying(what, || async {
+                    let response = self
+                        .http
+                        .client
+                        .get(&url)
+                        .bearer_auth(token.expose_secret())
+                        .header(
+                            "Sforce-Query-Options",
+                            format!("batchSize={}", self.settings.batch_size),
+                        )
+                        .send()
+                        .await
+                        .map_err(transport_error)?;
+                    let status = response.status().as_u16();
+                    let usage = response
+                        .headers()
+                        .get("sforce-limit-info")
+                        .and_then(|h| h.to_str().ok())
+                        .and_then(api_usage_percent);
+                    let body = response.text().await.map_err(transport_error)?;
+                    if let Some(used) = usage {
+                        self.over_budget
+                            .set(used >= self.settings.max_api_usage_percent);
+                    }
+                    judge(what, status, &body)
+                })
+                .await;
+            match answer {
+                Ok(Ok(body)) => return Ok(body),
+                Ok(Err(failure)) => return Err(failure),
+                Err(CrmError::Auth { .. }) if !renewed => {
+                    // The session ended (timeout or revoked): mint a new one, try once more.
+                    *self.session.borrow_mut() = None;
+                }
+                Err(other) => return Err(QueryFailure::Stop(other)),
+            }
+        }
+        Err(QueryFailure::Stop(CrmError::Setup(
+            "salesforce: authentication loop ended without an answer".into(),
+        )))
+    }
+
+    /// The SOQL reading `entity`'s records changed at or after `since`, oldest change first.
+    fn soql(&self, entity: Entity, since: Option<DateTime<Utc>>) -> String {
+        let (fields, object, filter) = match entity {
+            Entity::Owners => (
+                "Id, Name, Email, LanguageLocaleKey, SystemModstamp".to_owned(),
+                "User",
+                None,
+            ),
+            Entity::Customers => (
+                "Id, Name, OwnerId, Owner.Email, CreatedDate, SystemModstamp".to_owned(),
+                "Account",
+                None,
+            ),
+            Entity::Orders => {
+                let mut fields =
+                    "Id, AccountId, Amount, CloseDate, IsWon, SystemModstamp".to_owned();
+                if self.settings.multi_currency {
+                    fields.push_str(", CurrencyIsoCode");
+                }
+                if let Some(cost) = &self.settings.cost_field {
+                    fields.push_str(", ");
+                    fields.push_str(cost);
+                }
+                (fields, "Opportunity", Some("IsWon = true"))
+            }
+        };
+        let mut conditions: Vec<String> = filter.into_iter().map(str::to_owned).collect();
+        if let Some(since) = since {
+            // Datetime literals are unquoted ISO-8601 in UTC.
+            conditions.push(format!(
+                "SystemModstamp >= {}",
+                since.format("%Y-%m-%dT%H:%M:%SZ")
+            ));
+        }
+        let mut soql = format!("SELECT {fields} FROM {object}");
+        if !conditions.is_empty() {
+            soql.push_str(" WHERE ");
+            soql.push_str(&conditions.join(" AND "));
+        }
+        soql.push_str(" ORDER BY SystemModstamp, Id");
+        soql
+    }
+
+    fn first_page_path(&self, entity: Entity, since: Option<DateTime<Utc>>) -> String {
+        let query: String =
+            url::form_urlencoded::byte_serialize(self.soql(entity, since).as_bytes()).collect();
+        format!(
+            "/services/data/{}/query?q={query}",
+            self.settings.api_version
+        )
+    }
+}
+
+/// A custom or standard field API name: letters, digits and underscores, starting with a letter.
+fn is_api_name(field: &str) -> bool {
+    field
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+        && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `api-usage=18/100000` → 0.018 %.
+fn api_usage_percent(header: &str) -> Option<f64> {
+    let usage = header
+        .split(',')
+        .find_map(|part| part.trim().strip_prefix("api-usage="))?;
+    let (used, limit) = usage.split_once('/')?;
+    let used: f64 = used.trim().parse().ok()?;
+    let limit: f64 = limit.trim().parse().ok()?;
+    (limit > 0.0).then(|| used * 100.0 / limit)
+}
+
+/// Sorts an answer into a body, an expired locator, a wait-and-retry, or a stop. Salesforce
+/// errors are a JSON array of `{message, errorCode}`.
+fn judge(what: &str, status: u16, body: &str) -> Result<Result<Value, QueryFailure>, Attempt> {
+    let parsed = serde_json::from_str::<Value>(body);
+    let first_error = parsed
+        .as_ref()
+        .ok()
+        .and_then(|v| v.get(0))
+        .map(|e| {
+            (
+                e.get("errorCode")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                e.get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .unwrap_or_else(|| (String::new(), body.chars().take(200).collect()));
+    let (code, message) = first_error;
+    match status {
+        200..=299 => match parsed {
+            Ok(v) => Ok(Ok(v)),
+            Err(e) => Err(Attempt::Transient {
+                what: format!("the body is not JSON ({e})"),
+                retry_after: None,
+            }),
+        },
+        401 => Err(Attempt::Fatal(CrmError::Auth {
+            source_name: SOURCE.into(),
+            status,
+            message: format!("{code}: {message}"),
+            hint: CREDENTIALS.into(),
+        })),
+        403 if code == "REQUEST_LIMIT_EXCEEDED" => {
+            Err(Attempt::Fatal(CrmError::QuotaExhausted(SOURCE.into())))
+        }
+        400 | 404 if code == "INVALID_QUERY_LOCATOR" => Ok(Err(QueryFailure::ExpiredLocator)),
+        500..=599 => Err(Attempt::Transient {
+            what: format!("HTTP {status}: {code} {message}"),
+            retry_after: None,
+        }),
+        _ => Err(Attempt::Fatal(CrmError::Http {
+            source_name: SOURCE.into(),
+            what: what.to_owned(),
+            status,
+            message: format!("{code}: {message}"),
+        })),
+    }
+}
+
+impl Connector for Salesforce {
+    fn source(&self) -> &SourceName {
+        &self.source
+    }
+
+    fn entities(&self) -> Vec<Entity> {
+        vec![Entity::Owners, Entity::Customers, Entity::Orders]
+    }
+
+    async fn page(
+        &self,
+        entity: Entity,
+        since: Option<DateTime<Utc>>,
+        cursor: Option<&str>,
+    ) -> Result<RawPage, CrmError> {
+        if self.over_budget.get() {
+            return Err(CrmError::QuotaExhausted(SOURCE.into()));
+        }
+        let what = match entity {
+            Entity::Owners => "users",
+            Entity::Customers => "accounts",
+            Entity::Orders => "opportunities",
+        };
+        let first = self.first_page_path(entity, since);
+        // A cursor is the `nextRecordsUrl` Salesforce gave; only a path on the instance.
+        let path = match cursor {
+            Some(next) if next.starts_with("/services/data/") => next.to_owned(),
+            Some(other) => {
+                return Err(CrmError::Setup(format!(
+                    "salesforce: stored position '{other}' is not a query locator; run with --full"
+                )));
+            }
+            None => first.clone(),
+        };
+        let body = match self.get(what, &path).await {
+            Ok(body) => body,
+            Err(QueryFailure::ExpiredLocator) if cursor.is_some() => {
+                tracing::warn!(
+                    entity = entity.as_str(),
+                    "salesforce: the query locator expired; reading again from the run's start"
+                );
+                match self.get(what, &first).await {
+                    Ok(body) => body,
+                    Err(QueryFailure::ExpiredLocator) => {
+                        return Err(CrmError::Http {
+                            source_name: SOURCE.into(),
+                            what: what.into(),
+                            status: 400,
+                            message: "INVALID_QUERY_LOCATOR on a new query".into(),
+                        });
+                    }
+                    Err(QueryFailure::Stop(e)) => return Err(e),
+                }
+            }
+            Err(QueryFailure::ExpiredLocator) => {
+                return Err(CrmError::Http {
+                    source_name: SOURCE.into(),
+                    what: what.into(),
+                    status: 400,
+                    message: "INVALID_QUERY_LOCATOR on a new query".into(),
+                });
+            }
+            Err(QueryFailure::Stop(e)) => return Err(e),
+        };
+        let records = body
+            .get("records")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let done = body.get("done").and_then(Value::as_bool).unwrap_or(true);
+        let next = match (done, body.get("nextRecordsUrl").and_then(Value::as_str)) {
+            (true, _) => None,
+            (false, Some(url)) => Some(url.to_owned()),
+            (false, None) => {
+                return Err(CrmError::Http {
+                    source_name: SOURCE.into(),
+                    what: what.into(),
+                    status: 200,
+                    message: "done is false but there is no nextRecordsUrl".into(),
+                });
+            }
+        };
+        Ok(RawPage { records, next })
+    }
+
+    fn map(
+        &self,
+        entity: Entity,
+        record: &Value,
+        lookups: &Lookups,
+    ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+        let changed = time(record, "SystemModstamp")?;
+        match entity {
+            Entity::Owners => {
+                let id = id_of(record, "Id")?;
+                let email = EmailAddress::parse(text(record, "Email").unwrap_or_default())?;
+                let name = text(record, "Name").unwrap_or_default();
+                // LanguageLocaleKey is like en_US or zh_CN.
+                let locale = text(record, "LanguageLocaleKey")
+                    .and_then(|l| Locale::parse(l).ok())
+                    .unwrap_or(lookups.default_locale);
+                Ok((
+                    Mapped::Owner(Owner::new(email, name, locale, Some(id))?),
+                    changed,
+                ))
+            }
+            Entity::Customers => {
+                let id = id_of(record, "Id")?;
+                let owner = match record.pointer("/Owner/Email").and_then(Value::as_str) {
+                    Some(email) => Some(EmailAddress::parse(email)?),
+                    None => match record.get("OwnerId") {
+                        Some(Value::String(_)) => {
+                            Some(lookups.owner_email("OwnerId", &id_of(record, "OwnerId")?)?)
+                        }
+                        _ => None,
+                    },
+                };
+                let created_on = time(record, "CreatedDate")?.map(|t| t.date_naive());
+                let customer = Customer::new(id, text(record, "Name").unwrap_or_default())?
+                    .with_owner(owner)
+                    .with_created_on(created_on);
+                Ok((Mapped::Customer(customer), changed))
+            }
+            Entity::Orders => {
+                if record.get("IsWon").and_then(Value::as_bool) != Some(true) {
+                    return Ok((Mapped::Ignored, changed));
+                }
+                let id = id_of(record, "Id")?;
+                let customer = match record.get("AccountId") {
+                    Some(Value::String(_)) => id_of(record, "AccountId")?,
+                    _ => {
+                        return Err(Unmappable::field(
+                            "AccountId",
+                            "the won opportunity has no account; link it to one in Salesforce",
+                        ));
+                    }
+                };
+                let currency = if self.settings.multi_currency {
+                    Currency::parse(text(record, "CurrencyIsoCode").unwrap_or_default())?
+                } else {
+                    self.currency
+                };
+                let amount = record
+                    .get("Amount")
+                    .and_then(decimal_text)
+                    .ok_or_else(|| Unmappable::field("Amount", "is missing"))?;
+                let amount = Money::parse_decimal("Amount", &amount, currency)?;
+                let day = text(record, "CloseDate")
+                    .ok_or_else(|| Unmappable::field("CloseDate", "is missing on a won deal"))?;
+                let day = NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| {
+                    Unmappable::field(
+                        "CloseDate",
+                        format!("'{day}' is not a date like 2024-05-02"),
+                    )
+                })?;
+                let cost = match self
+                    .settings
+                    .cost_field
+                    .as_deref()
+                    .and_then(|f| record.get(f).and_then(decimal_text))
+                {
+                    Some(raw) => Some(Money::parse_decimal("cost", &raw, currency)?),
+                    None => None,
+                };
+                Ok((
+                    Mapped::Order(Order::new(id, customer, day, amount, cost, None)?),
+                    changed,
+                ))
+            }
+        }
+    }
+}
+
+/// A Salesforce id (15 or 18 characters), kept as sent.
+fn id_of(record: &Value, field: &'static str) -> Result<ExternalId, Unmappable> {
+    match record.get(field) {
+        Some(Value::String(s)) => Ok(ExternalId::parse(field, s)?),
+        _ => Err(Unmappable::field(field, "is missing")),
+    }
+}
+
+/// A Salesforce datetime: `2024-05-02T09:41:12.000+0000` (also accepts RFC 3339).
+fn time(record: &Value, field: &str) -> Result<Option<DateTime<Utc>>, Unmappable> {
+    let Some(raw) = text(record, field) else {
+        return Ok(None);
+    };
+    DateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .or_else(|_| DateTime::parse_from_rfc3339(raw))
+        .map(|t| Some(t.with_timezone(&Utc)))
+        .map_err(|_| {
+            Unmappable::field(
+                field,
+                format!("'{raw}' is not a time like 2024-05-02T09:41:12.000+0000"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_usage_is_read_from_the_limit_header() {
+        assert_eq!(api_usage_percent("api-usage=18/100000"), Some(0.018));
+        assert_eq!(
+            api_usage_percent("api-usage=80000/100000, per-app-api-usage=1/10(appName=x)"),
+            Some(80.0)
+        );
+        assert_eq!(api_usage_percent("api-usage=5/0"), None);
+        assert_eq!(api_usage_percent("nonsense"), None);
+    }
+
+    #[test]
+    fn times_parse_in_salesforce_form() {
+        let record = serde_json::json!({"SystemModstamp": "2024-05-02T09:41:12.000+0800"});
+        let t = time(&record, "SystemModstamp").unwrap_or_default();
+        assert_eq!(
+            t.map(|t| t.to_rfc3339()).as_deref(),
+            Some("2024-05-02T01:41:12+00:00")
+        );
+        let bad = serde_json::json!({"SystemModstamp": "yesterday"});
+        assert!(time(&bad, "SystemModstamp").is_err());
+    }
+}

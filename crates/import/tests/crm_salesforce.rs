@@ -1,0 +1,467 @@
+//! The Salesforce connector against a local server that behaves like Salesforce: an OAuth token
+//! endpoint (refusals as HTTP 400 `invalid_grant`), sessions that end mid-run (401
+//! `INVALID_SESSION_ID` as a JSON array), SOQL over the query resource with `batchSize`,
+//! `nextRecordsUrl` locators holding the result fixed at query time, locators that expire
+//! (`INVALID_QUERY_LOCATOR`), `Sforce-Limit-Info`, 403 `REQUEST_LIMIT_EXCEEDED`, 5xx and a
+//! malformed page. Every test runs on SQLite and PostgreSQL and compares the store with the
+//! source.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed setup step must fail the test"
+)]
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tierwise_import::crm::http::HttpSettings;
+use tierwise_import::crm::salesforce::{Salesforce, SalesforceSettings};
+use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
+use tierwise_store::backend_tests;
+use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
+use wiremock::{MockServer, Request, Respond, ResponseTemplate};
+
+mod support;
+use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, owner_row, serve};
+
+const CLIENT_SECRET: &str = "sf-consumer-secret-5d1";
+const REFRESH: &str = "5Aep861refresh.token.c0ffee";
+const QUERY: &str = "/services/data/v60.0/query";
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    ServerError,
+    Malformed,
+    LimitExceeded,
+}
+
+#[derive(Debug, Default)]
+struct Source {
+    /// The server's address: the instance URL tokens come with.
+    uri: String,
+    users: Vec<Value>,
+    accounts: Vec<Value>,
+    opportunities: Vec<Value>,
+    live_tokens: Vec<String>,
+    minted: u32,
+    /// End every live session after this many more query calls.
+    expire_after: Option<u32>,
+    /// Faults for the coming query calls; None = serve.
+    faults: VecDeque<Option<Fault>>,
+    /// Open query locators: the result as of the query, by locator id.
+    locators: HashMap<String, Vec<Value>>,
+    /// The SOQL of every new query.
+    soql_seen: Vec<String>,
+    /// Query calls served, and the org's daily allocation (for `Sforce-Limit-Info`).
+    calls: u32,
+    daily_limit: u32,
+}
+
+#[derive(Clone)]
+struct FakeSalesforce(Arc<Mutex<Source>>);
+
+fn sf_error(status: u16, code: &str, message: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(json!([{"message": message, "errorCode": code}]))
+}
+
+/// The tiny SOQL subset the connector sends: `SELECT … FROM <object> [WHERE [IsWon = true AND]
+/// [SystemModstamp >= <datetime>]] ORDER BY SystemModstamp, Id`.
+fn run_soql(s: &Source, soql: &str) -> Vec<Value> {
+    let object = soql
+        .split(" FROM ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let since = soql
+        .split("SystemModstamp >= ")
+        .nth(1)
+        .map(|rest| chrono::DateTime::parse_from_rfc3339(rest.split(' ').next().unwrap()).unwrap());
+    let records = match object {
+        "User" => &s.users,
+        "Account" => &s.accounts,
+        "Opportunity" => &s.opportunities,
+        other => panic!("unexpected object {other}"),
+    };
+    let stamp = |r: &Value| {
+        chrono::DateTime::parse_from_str(
+            r["SystemModstamp"].as_str().unwrap(),
+            "%Y-%m-%dT%H:%M:%S%.f%z",
+        )
+        .unwrap()
+    };
+    let mut matching: Vec<Value> = records
+        .iter()
+        .filter(|r| since.is_none_or(|since| stamp(r) >= since))
+        .filter(|r| !soql.contains("IsWon = true") || r["IsWon"] == true)
+        .cloned()
+        .collect();
+    matching.sort_by_key(|r| (stamp(r), r["Id"].as_str().unwrap().to_owned()));
+    matching
+}
+
+impl Respond for FakeSalesforce {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let mut s = self.0.lock().unwrap();
+        let path = request.url.path().to_owned();
+        if path == "/services/oauth2/token" {
+            let form: BTreeMap<String, String> = url::form_urlencoded::parse(&request.body)
+                .into_owned()
+                .collect();
+            if form.get("grant_type").map(String::as_str) != Some("refresh_token")
+                || form.get("refresh_token").map(String::as_str) != Some(REFRESH)
+                || form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
+            {
+                return ResponseTemplate::new(400).set_body_json(
+                    json!({"error": "invalid_grant", "error_description": "expired access/refresh token"}),
+                );
+            }
+            s.minted += 1;
+            let token = format!("00Dxx0000001gPL!AR8AQ.{}", s.minted);
+            s.live_tokens.push(token.clone());
+            return ResponseTemplate::new(200).set_body_json(json!({"access_token": token,
+                "instance_url": s.uri, "id": "https://login.salesforce.com/id/00Dxx/005xx",
+                "token_type": "Bearer", "issued_at": "1714560000000", "signature": "x"}));
+        }
+        if let Some(n) = s.expire_after.as_mut() {
+            if *n == 0 {
+                s.live_tokens.clear();
+                s.expire_after = None;
+            } else {
+                *n -= 1;
+            }
+        }
+        let token = request
+            .headers
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        if !token.is_some_and(|t| s.live_tokens.contains(&t)) {
+            return sf_error(401, "INVALID_SESSION_ID", "Session expired or invalid");
+        }
+        s.calls += 1;
+        let usage = format!("api-usage={}/{}", s.calls, s.daily_limit);
+        match s.faults.pop_front().flatten() {
+            Some(Fault::ServerError) => return sf_error(503, "SERVER_UNAVAILABLE", "try later"),
+            Some(Fault::Malformed) => {
+                return ResponseTemplate::new(200)
+                    .set_body_string("{\"totalSize\": 3, \"done\": fa");
+            }
+            Some(Fault::LimitExceeded) => {
+                return sf_error(
+                    403,
+                    "REQUEST_LIMIT_EXCEEDED",
+                    "TotalRequests Limit exceeded.",
+                );
+            }
+            None => {}
+        }
+        let batch: usize = request
+            .headers
+            .get("sforce-query-options")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("batchSize="))
+            .map_or(2000, |n| n.parse().unwrap());
+        let (locator, offset) = if path == QUERY {
+            let soql = request
+                .url
+                .query_pairs()
+                .find(|(k, _)| k == "q")
+                .unwrap()
+                .1
+                .into_owned();
+            s.soql_seen.push(soql.clone());
+            let result = run_soql(&s, &soql);
+            let locator = format!("01gRO00000{:08}", s.locators.len() + 1);
+            s.locators.insert(locator.clone(), result);
+            (locator, 0)
+        } else if let Some(rest) = path.strip_prefix(&format!("{QUERY}/")) {
+            let (locator, offset) = rest.split_once('-').unwrap();
+            if !s.locators.contains_key(locator) {
+                return sf_error(400, "INVALID_QUERY_LOCATOR", "invalid query locator");
+            }
+            (locator.to_owned(), offset.parse().unwrap())
+        } else {
+            return sf_error(404, "NOT_FOUND", "The requested resource does not exist");
+        };
+        let result = &s.locators[&locator];
+        let page: Vec<&Value> = result.iter().skip(offset).take(batch).collect();
+        let done = offset + batch >= result.len();
+        let mut body = json!({"totalSize": result.len(), "done": done, "records": page});
+        if !done {
+            body["nextRecordsUrl"] = json!(format!("{QUERY}/{locator}-{}", offset + batch));
+        }
+        ResponseTemplate::new(200)
+            .insert_header("Sforce-Limit-Info", usage.as_str())
+            .set_body_json(body)
+    }
+}
+
+/// A Salesforce datetime on 2024-05-DD at HH:MM UTC.
+fn at(day: u32, minute: u32) -> String {
+    format!(
+        "2024-05-{day:02}T{:02}:{:02}:00.000+0000",
+        minute / 60,
+        minute % 60
+    )
+}
+
+fn user_id(n: u32) -> String {
+    format!("005xx00000000{n:02}AAA")
+}
+
+/// 3 users; 450 accounts (120 sharing one SystemModstamp across a batch boundary; every fifth
+/// without the Owner relationship, looked up by OwnerId); 600 opportunities, two in three won.
+/// One account has no name and one won opportunity no account: both must be rejected.
+fn seeded() -> Source {
+    let mut s = Source {
+        daily_limit: 100_000,
+        ..Source::default()
+    };
+    for (n, email, locale) in [
+        (1, "li.wei@example.com", "zh_CN"),
+        (2, "wang.fang@example.com", "zh_CN"),
+        (3, "amy@example.com", "en_US"),
+    ] {
+        s.users
+            .push(json!({"attributes": {"type": "User"}, "Id": user_id(n),
+            "Name": email.split('@').next().unwrap(), "Email": email, "LanguageLocaleKey": locale,
+            "SystemModstamp": at(1, n * 7)}));
+    }
+    for i in 1..=450_u32 {
+        let owner = 1 + i % 3;
+        let email = s.users[owner as usize - 1]["Email"].clone();
+        let name = if i == 77 {
+            Value::Null
+        } else {
+            json!(format!("Acme {i} Ltd"))
+        };
+        let modstamp = if (150..270).contains(&i) {
+            at(3, 0)
+        } else {
+            at(1 + i % 20, i % 600)
+        };
+        let relationship = if i % 5 == 0 {
+            Value::Null
+        } else {
+            json!({"attributes": {"type": "User"}, "Email": email})
+        };
+        s.accounts.push(
+            json!({"attributes": {"type": "Account"}, "Id": format!("001xx{i:013}"),
+            "Name": name, "OwnerId": user_id(owner), "Owner": relationship,
+            "CreatedDate": "2023-02-11T01:14:03.000+0000", "SystemModstamp": modstamp}),
+        );
+    }
+    for i in 1..=600_u32 {
+        let account = if i == 301 {
+            Value::Null
+        } else {
+            json!(format!("001xx{:013}", 1 + i % 450))
+        };
+        s.opportunities
+            .push(json!({"attributes": {"type": "Opportunity"},
+            "Id": format!("006xx{i:013}"), "AccountId": account, "Amount": 1000.5 + f64::from(i),
+            "CloseDate": format!("2024-04-{:02}", 1 + i % 28), "IsWon": i % 3 != 0,
+            "SystemModstamp": at(2 + i % 9, i % 500), "Cost__c": 200 + i}));
+    }
+    s
+}
+
+fn expected(s: &Source) -> Vec<String> {
+    let owners: Vec<OwnerRow> = s
+        .users
+        .iter()
+        .map(|u| {
+            let user =
+                json!({"email": u["Email"], "locale": u["LanguageLocaleKey"], "Name": u["Name"]});
+            owner_row(&user, u["Id"].as_str().unwrap().to_owned(), "Name")
+        })
+        .collect();
+    let email_of = |owner_id: &Value| {
+        s.users
+            .iter()
+            .find(|u| u["Id"] == *owner_id)
+            .map(|u| u["Email"].as_str().unwrap().to_owned())
+    };
+    let mut customers: BTreeMap<String, CustomerRow> = BTreeMap::new();
+    for a in s.accounts.iter().filter(|a| !a["Name"].is_null()) {
+        let id = a["Id"].as_str().unwrap().to_owned();
+        customers.insert(
+            id.clone(),
+            (
+                id,
+                a["Name"].as_str().unwrap().to_owned(),
+                email_of(&a["OwnerId"]),
+                chrono::NaiveDate::from_ymd_opt(2023, 2, 11),
+            ),
+        );
+    }
+    let mut orders: BTreeMap<String, OrderRow> = BTreeMap::new();
+    for o in s
+        .opportunities
+        .iter()
+        .filter(|o| o["IsWon"] == true && !o["AccountId"].is_null())
+    {
+        let id = o["Id"].as_str().unwrap().to_owned();
+        orders.insert(
+            id.clone(),
+            (
+                id,
+                o["AccountId"].as_str().unwrap().to_owned(),
+                chrono::NaiveDate::parse_from_str(o["CloseDate"].as_str().unwrap(), "%Y-%m-%d")
+                    .unwrap(),
+                (o["Amount"].as_f64().unwrap() * 100.0).round() as i64,
+                Some(o["Cost__c"].as_i64().unwrap() * 100),
+                "CNY".into(),
+            ),
+        );
+    }
+    expected_rows(owners, customers, &orders)
+}
+
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    server: MockServer,
+    source: Arc<Mutex<Source>>,
+}
+
+impl Harness {
+    fn new(source: Source) -> Self {
+        let source = Arc::new(Mutex::new(source));
+        let (runtime, server) = serve(FakeSalesforce(source.clone()));
+        source.lock().unwrap().uri = server.uri();
+        Self {
+            runtime,
+            server,
+            source,
+        }
+    }
+
+    fn connector(&self, refresh: &str) -> Salesforce {
+        Salesforce::new(SalesforceSettings {
+            enabled: true,
+            login_url: self.server.uri(),
+            client_id: "3MVG9consumer.key".into(),
+            client_secret: SecretString::from(CLIENT_SECRET.to_owned()),
+            refresh_token: SecretString::from(refresh.to_owned()),
+            batch_size: 200,
+            cost_field: Some("Cost__c".into()),
+            http: HttpSettings {
+                timeout_secs: 2.0,
+                max_attempts: 5,
+                backoff_ms: 10,
+                max_backoff_secs: 1,
+            },
+            ..SalesforceSettings::default()
+        })
+        .unwrap()
+    }
+
+    fn sync(&self, db: &TestDb, options: &SyncOptions) -> Result<SyncReport, CrmError> {
+        let connector = self.connector(REFRESH);
+        self.runtime.block_on(sync(&db.db, &connector, options))
+    }
+}
+
+fn snapshot(db: &TestDb) -> Vec<String> {
+    source_snapshot(&mut db.conn(), "salesforce")
+}
+
+backend_tests! {
+    fn a_full_run_with_an_ending_session_and_faults_imports_the_source(db) {
+        let harness = Harness::new(seeded());
+        {
+            let mut s = harness.source.lock().unwrap();
+            // The session ends after 2 calls; a 503 and a cut-off body hit the accounts.
+            s.expire_after = Some(2);
+            s.faults = vec![None, None, Some(Fault::ServerError), Some(Fault::Malformed)].into();
+        }
+        let report = harness.sync(&db, &SyncOptions::default()).unwrap();
+        assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
+        let s = harness.source.lock().unwrap();
+        assert_same_rows(&snapshot(&db), &expected(&s), "the store equals the source");
+        assert_eq!(s.minted, 2, "one session, renewed once when it ended");
+        assert_eq!(report.rejected(), 2, "{report:?}");
+        let customers = &report.entities[1];
+        let rejects = tierwise_store::runs::rejects_of_run(&mut db.conn(), customers.run.unwrap(), 10).unwrap();
+        assert_eq!(rejects[0].field.as_deref(), Some("name"), "{rejects:?}");
+        assert!(rejects[0].raw_record.contains("001xx0000000000077"), "{rejects:?}");
+        // 450 accounts in batches of 200; a full run sends no SystemModstamp condition.
+        assert_eq!((customers.pages, customers.records), (3, 450));
+        assert!(s.soql_seen.iter().all(|q| !q.contains("SystemModstamp >=")), "{:?}", s.soql_seen);
+        assert!(s.soql_seen.iter().any(|q| q.contains("FROM Opportunity WHERE IsWon = true")));
+    }
+
+    fn an_incremental_run_asks_from_the_watermark_and_reads_the_changes(db) {
+        let harness = Harness::new(seeded());
+        harness.sync(&db, &SyncOptions::default()).unwrap();
+        {
+            let mut s = harness.source.lock().unwrap();
+            s.accounts[9]["Name"] = json!("Renamed 10");
+            s.accounts[9]["SystemModstamp"] = json!(at(25, 10));
+            let lost = s.opportunities.iter_mut().find(|o| o["IsWon"] == false).unwrap();
+            lost["IsWon"] = json!(true);
+            lost["SystemModstamp"] = json!(at(25, 11));
+            s.soql_seen.clear();
+        }
+        let report = harness.sync(&db, &SyncOptions::default()).unwrap();
+        let s = harness.source.lock().unwrap();
+        assert_same_rows(&snapshot(&db), &expected(&s), "after the incremental run");
+        // The newest account change of the first run, less the 5-minute overlap.
+        let accounts_soql = s.soql_seen.iter().find(|q| q.contains("FROM Account")).unwrap();
+        let newest = seeded().accounts.iter().map(|a| a["SystemModstamp"].as_str().unwrap().to_owned()).max().unwrap();
+        let newest = chrono::DateTime::parse_from_str(&newest, "%Y-%m-%dT%H:%M:%S%.f%z").unwrap();
+        let from = (newest - chrono::TimeDelta::minutes(5)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        assert!(accounts_soql.contains(&format!("SystemModstamp >= {from}")), "{accounts_soql}");
+        assert!(report.entities[1].records >= 1 && report.entities[1].records < 10, "{report:?}");
+        assert!(report.entities[2].records >= 1 && report.entities[2].records < 10, "{report:?}");
+    }
+
+    fn a_resumed_run_whose_locator_expired_reads_again_and_ends_the_same(db) {
+        let harness = Harness::new(seeded());
+        // Stops after the users page and one page of accounts, holding a locator.
+        let stopped = harness.sync(&db, &SyncOptions { max_pages: Some(2), ..SyncOptions::default() }).unwrap();
+        assert!(!stopped.entities[1].completed, "{stopped:?}");
+        let state = tierwise_store::crm::sync_state(&mut db.conn(), "salesforce", "customers").unwrap();
+        assert!(state.run_cursor.as_deref().is_some_and(|c| c.contains("/query/01gRO")), "{state:?}");
+        // Two days later the locator is gone.
+        harness.source.lock().unwrap().locators.clear();
+        let resumed = harness.sync(&db, &SyncOptions::default()).unwrap();
+        assert!(resumed.entities[1].resumed && resumed.entities[1].completed, "{resumed:?}");
+        assert_same_rows(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "same as an uninterrupted run");
+    }
+
+    fn a_spent_or_nearly_spent_allocation_stops_cleanly_and_the_next_run_resumes(db) {
+        let harness = Harness::new(seeded());
+        harness.source.lock().unwrap().faults = vec![None, None, Some(Fault::LimitExceeded)].into();
+        let err = harness.sync(&db, &SyncOptions::default()).unwrap_err();
+        assert!(matches!(err, CrmError::QuotaExhausted(_)), "{err}");
+        let state = tierwise_store::crm::sync_state(&mut db.conn(), "salesforce", "customers").unwrap();
+        assert!(state.in_progress && state.run_pages == 1, "{state:?}");
+        // Past 80 % of the allocation the connector stops by itself after the page it has.
+        harness.source.lock().unwrap().daily_limit = 5;
+        let err = harness.sync(&db, &SyncOptions::default()).unwrap_err();
+        assert!(matches!(err, CrmError::QuotaExhausted(_)), "{err}");
+        let calls = harness.source.lock().unwrap().calls;
+        assert_eq!(calls, 3 + 1, "one call past the threshold, none after it");
+        harness.source.lock().unwrap().daily_limit = 100_000;
+        let report = harness.sync(&db, &SyncOptions::default()).unwrap();
+        assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
+        assert_same_rows(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "after resuming");
+    }
+
+    fn a_refused_refresh_token_says_what_to_fix_and_shows_no_secret(db) {
+        let harness = Harness::new(seeded());
+        let connector = harness.connector("5Aep861revoked.0000");
+        let err = harness.runtime.block_on(sync(&db.db, &connector, &SyncOptions::default())).unwrap_err();
+        assert!(matches!(err, CrmError::Auth { status: 400, .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("invalid_grant") && text.contains("TIERWISE__CRM__SALESFORCE__REFRESH_TOKEN"), "{text}");
+        for shown in [text, format!("{err:?}"), format!("{connector:?}")] {
+            assert!(!shown.contains("5Aep861revoked.0000") && !shown.contains(CLIENT_SECRET), "{shown}");
+        }
+    }
+}
