@@ -499,8 +499,9 @@ pub enum ImportCommand {
     ///   tierwise import crm pipedrive --full     # read everything again
     ///   tierwise import crm zoho
     ///   tierwise import crm salesforce
+    ///   tierwise import crm fxiaoke
     Crm {
-        /// The CRM: pipedrive, salesforce or zoho.
+        /// The CRM: fxiaoke, pipedrive, salesforce or zoho.
         source: String,
         /// Ignore the watermarks (and any interrupted run) and read everything again.
         #[arg(long)]

@@ -5,6 +5,7 @@
 //! upsert on `(source, external_id)`). Records that do not map go to import_rejects with their
 //! raw JSON and the reason; the run goes on.
 
+pub mod fxiaoke;
 pub mod http;
 pub mod pipedrive;
 pub mod salesforce;
@@ -87,6 +88,8 @@ pub enum CrmError {
 pub struct CrmSettings {
     /// Minutes re-read before each watermark (late-visible writes, equal timestamps).
     pub overlap_minutes: i64,
+    /// `[crm.fxiaoke]`
+    pub fxiaoke: fxiaoke::FxiaokeSettings,
     /// `[crm.pipedrive]`
     pub pipedrive: pipedrive::PipedriveSettings,
     /// `[crm.salesforce]`
@@ -99,6 +102,7 @@ impl Default for CrmSettings {
     fn default() -> Self {
         Self {
             overlap_minutes: 5,
+            fxiaoke: fxiaoke::FxiaokeSettings::default(),
             pipedrive: pipedrive::PipedriveSettings::default(),
             salesforce: salesforce::SalesforceSettings::default(),
             zoho: zoho::ZohoSettings::default(),
@@ -110,6 +114,9 @@ impl CrmSettings {
     /// The sources that are switched on.
     pub fn enabled(&self) -> Vec<&'static str> {
         let mut on = Vec::new();
+        if self.fxiaoke.enabled {
+            on.push("fxiaoke");
+        }
         if self.pipedrive.enabled {
             on.push("pipedrive");
         }
@@ -124,7 +131,7 @@ impl CrmSettings {
 }
 
 /// Sources there is a connector for.
-pub const SOURCES: &[&str] = &["pipedrive", "salesforce", "zoho"];
+pub const SOURCES: &[&str] = &["fxiaoke", "pipedrive", "salesforce", "zoho"];
 
 /// Runs the connector of `source` (one of [`SOURCES`]) as `settings` configure it.
 pub async fn sync_source(
@@ -142,6 +149,10 @@ pub async fn sync_source(
         batch_records: BATCH_RECORDS,
     };
     match source {
+        "fxiaoke" => {
+            let connector = fxiaoke::Fxiaoke::new(settings.fxiaoke.clone())?;
+            sync(db, &connector, &options).await
+        }
         "pipedrive" => {
             let connector = pipedrive::Pipedrive::new(settings.pipedrive.clone())?;
             sync(db, &connector, &options).await

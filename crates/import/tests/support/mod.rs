@@ -4,6 +4,10 @@
     clippy::unwrap_used,
     reason = "test helpers: a failed setup step must fail the test"
 )]
+#![allow(
+    dead_code,
+    reason = "each test binary compiles this module and uses a part of it"
+)]
 
 use std::collections::BTreeMap;
 

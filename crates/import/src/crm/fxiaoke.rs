@@ -1,0 +1,534 @@
+//! Fxiaoke (纷享销客): company users are owners, `AccountObj` records are customers and
+//! `SalesOrderObj` records are orders, through the Open API (every call a `POST` of JSON to
+//! `/cgi/...`, always HTTP 200 with the outcome in `errorCode`). A corp access token is minted
+//! from the app's id, secret and permanent code, kept for its lifetime less 10 minutes, and
+//! minted once more when a call says it expired. Pages are read by `_id` keyset (`_id GT <last>`,
+//! ordered by `_id`), never by offset, because offsets past 10,000 fail; changes come from a
+//! `last_modified_time` filter. Throttling (14001, 30004) waits at least 20 s, a spent daily
+//! quota (30002) stops the run cleanly. Times are epoch milliseconds; dates such as an order's
+//! day are taken in the tenant's time zone.
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, FixedOffset, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tierwise_domain::{
+    Currency, Customer, EmailAddress, ExternalId, Money, Order, Owner, SourceName,
+};
+
+use super::http::{Attempt, Http, HttpSettings, transport_error};
+use super::{
+    Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable, decimal_text, masked, text,
+};
+
+/// `[crm.fxiaoke]` settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FxiaokeSettings {
+    /// Import from Fxiaoke when the import job runs.
+    pub enabled: bool,
+    /// The tenant's Open API host, e.g. `https://open.fxiaoke.com` (or its cloud's).
+    pub base_url: String,
+    /// The self-built app's id (`FSAID_...`).
+    pub app_id: String,
+    /// The app's secret; from `TIERWISE__CRM__FXIAOKE__APP_SECRET`.
+    #[serde(serialize_with = "masked")]
+    pub app_secret: SecretString,
+    /// The app's permanent code; from `TIERWISE__CRM__FXIAOKE__PERMANENT_CODE`.
+    #[serde(serialize_with = "masked")]
+    pub permanent_code: SecretString,
+    /// The operator whose permissions the queries use (`FSUID_...`, an administrator).
+    pub operator_user_id: String,
+    /// Records per page (at most 1,000 for preset objects).
+    pub page_size: u32,
+    /// Currency of amounts.
+    pub currency: String,
+    /// The tenant's offset from UTC in hours: epoch times become days in this zone.
+    pub utc_offset_hours: i32,
+    /// API name of a money field on `SalesOrderObj` holding the order's cost, if any.
+    pub cost_field: Option<String>,
+    /// Timeouts and retries.
+    pub http: HttpSettings,
+}
+
+impl Default for FxiaokeSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            base_url: "https://open.fxiaoke.com".into(),
+            app_id: String::new(),
+            app_secret: SecretString::from(String::new()),
+            permanent_code: SecretString::from(String::new()),
+            operator_user_id: String::new(),
+            page_size: 500,
+            currency: "CNY".into(),
+            utc_offset_hours: 8,
+            cost_field: None,
+            // 100 calls per 20 s per interface: throttled calls wait out the window.
+            http: HttpSettings {
+                backoff_ms: 2_000,
+                max_backoff_secs: 60,
+                ..HttpSettings::default()
+            },
+        }
+    }
+}
+
+/// A minted corp access token.
+struct CorpToken {
+    token: SecretString,
+    corp_id: String,
+    renew_at: Instant,
+}
+
+/// The Fxiaoke connector.
+pub struct Fxiaoke {
+    settings: FxiaokeSettings,
+    http: Http,
+    source: SourceName,
+    currency: Currency,
+    zone: FixedOffset,
+    token: RefCell<Option<CorpToken>>,
+}
+
+impl std::fmt::Debug for Fxiaoke {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fxiaoke")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+const SOURCE: &str = "fxiaoke";
+const CREDENTIALS: &str = "[crm.fxiaoke] app_id, TIERWISE__CRM__FXIAOKE__APP_SECRET and \
+     TIERWISE__CRM__FXIAOKE__PERMANENT_CODE";
+/// How long a throttled interface is left alone (its window is 20 s).
+const THROTTLE_WAIT: Duration = Duration::from_secs(20);
+
+/// What an `errorCode` asks of the caller.
+enum Outcome {
+    Ok(Value),
+    /// The token expired or is invalid: mint another and retry once.
+    Renew,
+}
+
+impl Fxiaoke {
+    /// A connector for `settings`; fails on missing credentials or bad settings.
+    pub fn new(settings: FxiaokeSettings) -> Result<Self, CrmError> {
+        if settings.app_id.trim().is_empty()
+            || settings.app_secret.expose_secret().trim().is_empty()
+            || settings.permanent_code.expose_secret().trim().is_empty()
+        {
+            return Err(CrmError::Setup(format!(
+                "fxiaoke: credentials missing; set {CREDENTIALS}"
+            )));
+        }
+        if settings.operator_user_id.trim().is_empty() {
+            return Err(CrmError::Setup(
+                "crm.fxiaoke.operator_user_id: empty; set the FSUID_ id of an administrator \
+                 (docs/crm/fxiaoke.md shows how to look it up)"
+                    .into(),
+            ));
+        }
+        if !(1..=1000).contains(&settings.page_size) {
+            return Err(CrmError::Setup(format!(
+                "crm.fxiaoke.page_size: {} is outside 1..=1000",
+                settings.page_size
+            )));
+        }
+        let zone = FixedOffset::east_opt(settings.utc_offset_hours.saturating_mul(3600))
+            .filter(|_| (-12..=14).contains(&settings.utc_offset_hours))
+            .ok_or_else(|| {
+                CrmError::Setup(format!(
+                    "crm.fxiaoke.utc_offset_hours: {} is outside -12..=14",
+                    settings.utc_offset_hours
+                ))
+            })?;
+        let currency = Currency::parse(&settings.currency)
+            .map_err(|e| CrmError::Setup(format!("crm.fxiaoke.currency: {}", e.reason)))?;
+        let http = Http::new(SOURCE, settings.http.clone())?;
+        let source = SourceName::parse(SOURCE).map_err(|e| CrmError::Setup(e.to_string()))?;
+        Ok(Self {
+            settings,
+            http,
+            source,
+            currency,
+            zone,
+            token: RefCell::new(None),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.settings.base_url.trim_end_matches('/'))
+    }
+
+    /// One POST of `body` to `path`: the parsed envelope, or why to try again.
+    async fn send(&self, path: &str, body: &Value) -> Result<Value, Attempt> {
+        let response = self
+            .http
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(transport_error)?;
+        if status >= 500 {
+            return Err(Attempt::Transient {
+                what: format!("HTTP {status}"),
+                retry_after: None,
+            });
+        }
+        serde_json::from_str::<Value>(&text).map_err(|e| Attempt::Transient {
+            what: format!("the body is not JSON ({e})"),
+            retry_after: None,
+        })
+    }
+
+    /// The cached corp token and corp id, or new ones.
+    async fn access(&self) -> Result<(SecretString, String), CrmError> {
+        if let Some(t) = self.token.borrow().as_ref()
+            && Instant::now() < t.renew_at
+        {
+            return Ok((t.token.clone(), t.corp_id.clone()));
+        }
+        let body = json!({
+            "appId": self.settings.app_id,
+            "appSecret": self.settings.app_secret.expose_secret(),
+            "permanentCode": self.settings.permanent_code.expose_secret(),
+        });
+        let answer = self
+            .http
+            .retrying("token", || self.send("/cgi/corpAccessToken/get/V2", &body))
+            .await?;
+        let code = answer
+            .get("errorCode")
+            .and_then(Value::as_i64)
+            .unwrap_or(-2);
+        if code != 0 {
+            return Err(CrmError::Auth {
+                source_name: SOURCE.into(),
+                status: 200,
+                message: format!("errorCode {code}"),
+                hint: CREDENTIALS.into(),
+            });
+        }
+        let refused = |what: &str| CrmError::Auth {
+            source_name: SOURCE.into(),
+            status: 200,
+            message: format!("the token endpoint returned no {what}"),
+            hint: CREDENTIALS.into(),
+        };
+        let token = answer
+            .get("corpAccessToken")
+            .and_then(Value::as_str)
+            .ok_or_else(|| refused("corpAccessToken"))?;
+        let corp_id = answer
+            .get("corpId")
+            .and_then(Value::as_str)
+            .ok_or_else(|| refused("corpId"))?
+            .to_owned();
+        let lifetime = answer
+            .get("expiresIn")
+            .and_then(Value::as_u64)
+            .unwrap_or(7200);
+        // Renewed in the last 10 minutes: the token endpoint allows 10 calls a minute.
+        let renew_at = Instant::now() + Duration::from_secs(lifetime.saturating_sub(600).max(1));
+        let token = SecretString::from(token.to_owned());
+        *self.token.borrow_mut() = Some(CorpToken {
+            token: token.clone(),
+            corp_id: corp_id.clone(),
+            renew_at,
+        });
+        Ok((token, corp_id))
+    }
+
+    /// A data call: the token fields are added to `body`; an expired token is renewed once.
+    async fn call(&self, what: &str, path: &str, mut body: Value) -> Result<Value, CrmError> {
+        for renewed in [false, true] {
+            let (token, corp_id) = self.access().await?;
+            body["corpAccessToken"] = json!(token.expose_secret());
+            body["corpId"] = json!(corp_id);
+            body["currentOpenUserId"] = json!(self.settings.operator_user_id);
+            let answer = self
+                .http
+                .retrying(what, || async {
+                    let envelope = self.send(path, &body).await?;
+                    judge(what, envelope)
+                })
+                .await?;
+            match answer {
+                Outcome::Ok(v) => return Ok(v),
+                Outcome::Renew if !renewed => {
+                    *self.token.borrow_mut() = None;
+                }
+                Outcome::Renew => {
+                    return Err(CrmError::Auth {
+                        source_name: SOURCE.into(),
+                        status: 200,
+                        message: "a freshly minted corp access token was refused".into(),
+                        hint: CREDENTIALS.into(),
+                    });
+                }
+            }
+        }
+        Err(CrmError::Setup(
+            "fxiaoke: authentication loop ended without an answer".into(),
+        ))
+    }
+
+    fn date(&self, millis: i64) -> Option<chrono::NaiveDate> {
+        DateTime::from_timestamp_millis(millis).map(|t| t.with_timezone(&self.zone).date_naive())
+    }
+}
+
+/// Sorts an envelope by its `errorCode` (never by its message, which the vendor changes).
+fn judge(what: &str, envelope: Value) -> Result<Outcome, Attempt> {
+    let code = envelope.get("errorCode").and_then(Value::as_i64);
+    let message = || {
+        envelope
+            .get("errorMessage")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    match code {
+        Some(0) => Ok(Outcome::Ok(envelope)),
+        Some(11014 | 11015 | 20016) => Ok(Outcome::Renew),
+        Some(14001 | 30004) => Err(Attempt::Transient {
+            what: format!("throttled (errorCode {})", code.unwrap_or_default()),
+            retry_after: Some(THROTTLE_WAIT),
+        }),
+        Some(-1 | -2 | 50009) => Err(Attempt::Transient {
+            what: format!("errorCode {}: {}", code.unwrap_or_default(), message()),
+            retry_after: None,
+        }),
+        Some(30002) => Err(Attempt::Fatal(CrmError::QuotaExhausted(SOURCE.into()))),
+        Some(other) => Err(Attempt::Fatal(CrmError::Http {
+            source_name: SOURCE.into(),
+            what: what.to_owned(),
+            status: 200,
+            message: format!("errorCode {other}: {}", message()),
+        })),
+        None => Err(Attempt::Transient {
+            what: "the answer has no errorCode".into(),
+            retry_after: None,
+        }),
+    }
+}
+
+impl Connector for Fxiaoke {
+    fn source(&self) -> &SourceName {
+        &self.source
+    }
+
+    fn entities(&self) -> Vec<Entity> {
+        vec![Entity::Owners, Entity::Customers, Entity::Orders]
+    }
+
+    async fn page(
+        &self,
+        entity: Entity,
+        since: Option<DateTime<Utc>>,
+        cursor: Option<&str>,
+    ) -> Result<RawPage, CrmError> {
+        if entity == Entity::Owners {
+            // The whole company (department 999999) in one call, every run.
+            let body = json!({"departmentId": 999_999, "fetchChild": true});
+            let answer = self.call("users", "/cgi/user/list", body).await?;
+            let users = answer
+                .get("userList")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            return Ok(RawPage {
+                records: users,
+                next: None,
+            });
+        }
+        let (what, object, mut fields) = match entity {
+            Entity::Customers => (
+                "accounts",
+                "AccountObj",
+                vec!["_id", "name", "owner", "create_time", "last_modified_time"],
+            ),
+            _ => (
+                "orders",
+                "SalesOrderObj",
+                vec![
+                    "_id",
+                    "account_id",
+                    "order_time",
+                    "order_amount",
+                    "life_status",
+                    "last_modified_time",
+                ],
+            ),
+        };
+        if entity == Entity::Orders
+            && let Some(cost) = &self.settings.cost_field
+        {
+            fields.push(cost);
+        }
+        let mut filters = Vec::new();
+        if let Some(since) = since {
+            // GT is the operator every client uses; GT (since - 1 ms) is "at or after since".
+            filters.push(json!({"field_name": "last_modified_time", "operator": "GT",
+                "field_values": [since.timestamp_millis() - 1]}));
+        }
+        if let Some(last) = cursor {
+            filters.push(json!({"field_name": "_id", "operator": "GT", "field_values": [last]}));
+        }
+        let body = json!({
+            "data": {
+                "dataObjectApiName": object,
+                "search_query_info": {
+                    "limit": self.settings.page_size,
+                    "offset": 0,
+                    "filters": filters,
+                    "orders": [{"fieldName": "_id", "isAsc": true}],
+                    "fieldProjection": fields,
+                },
+            },
+        });
+        let answer = self.call(what, "/cgi/crm/v2/data/query", body).await?;
+        let records = answer
+            .pointer("/data/dataList")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        // A full page may have more behind it; the next page starts after its last _id.
+        let next = if records.len() >= self.settings.page_size as usize {
+            match records
+                .last()
+                .and_then(|r| r.get("_id"))
+                .and_then(Value::as_str)
+            {
+                Some(last) => Some(last.to_owned()),
+                None => {
+                    return Err(CrmError::Http {
+                        source_name: SOURCE.into(),
+                        what: what.into(),
+                        status: 200,
+                        message: "a full page whose last record has no _id".into(),
+                    });
+                }
+            }
+        } else {
+            None
+        };
+        Ok(RawPage { records, next })
+    }
+
+    fn map(
+        &self,
+        entity: Entity,
+        record: &Value,
+        lookups: &Lookups,
+    ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+        let changed =
+            millis(record, "last_modified_time")?.and_then(DateTime::from_timestamp_millis);
+        match entity {
+            Entity::Owners => {
+                let id = id_of(record, "openUserId")?;
+                let email = EmailAddress::parse(text(record, "email").unwrap_or_default())?;
+                let name = text(record, "name").unwrap_or_default();
+                Ok((
+                    Mapped::Owner(Owner::new(email, name, lookups.default_locale, Some(id))?),
+                    changed,
+                ))
+            }
+            Entity::Customers => {
+                let id = id_of(record, "_id")?;
+                // `owner` is a list of user ids (the first is the owner).
+                let owner = match record.get("owner") {
+                    Some(Value::Array(ids)) if !ids.is_empty() => {
+                        let owner_id = match &ids[0] {
+                            Value::String(s) => s.clone(),
+                            Value::Number(n) => n.to_string(),
+                            _ => return Err(Unmappable::field("owner", "is not a user id")),
+                        };
+                        let owner_id = ExternalId::parse("owner", &owner_id)?;
+                        Some(lookups.owner_email("owner", &owner_id)?)
+                    }
+                    _ => None,
+                };
+                let created_on = millis(record, "create_time")?.and_then(|ms| self.date(ms));
+                let customer = Customer::new(id, text(record, "name").unwrap_or_default())?
+                    .with_owner(owner)
+                    .with_created_on(created_on);
+                Ok((Mapped::Customer(customer), changed))
+            }
+            Entity::Orders => {
+                // A voided order (作废) is not a purchase.
+                if text(record, "life_status") == Some("invalid") {
+                    return Ok((Mapped::Ignored, changed));
+                }
+                let id = id_of(record, "_id")?;
+                let customer = match record.get("account_id") {
+                    Some(Value::String(s)) if !s.is_empty() => id_of(record, "account_id")?,
+                    _ => {
+                        return Err(Unmappable::field(
+                            "account_id",
+                            "the order has no customer; link it to one in Fxiaoke",
+                        ));
+                    }
+                };
+                let amount = record
+                    .get("order_amount")
+                    .and_then(decimal_text)
+                    .ok_or_else(|| Unmappable::field("order_amount", "is missing"))?;
+                let amount = Money::parse_decimal("order_amount", &amount, self.currency)?;
+                let day = millis(record, "order_time")?
+                    .and_then(|ms| self.date(ms))
+                    .ok_or_else(|| Unmappable::field("order_time", "is missing"))?;
+                let cost = match self
+                    .settings
+                    .cost_field
+                    .as_deref()
+                    .and_then(|f| record.get(f).and_then(decimal_text))
+                {
+                    Some(raw) => Some(Money::parse_decimal("cost", &raw, self.currency)?),
+                    None => None,
+                };
+                Ok((
+                    Mapped::Order(Order::new(id, customer, day, amount, cost, None)?),
+                    changed,
+                ))
+            }
+        }
+    }
+}
+
+/// An id sent as text.
+fn id_of(record: &Value, field: &'static str) -> Result<ExternalId, Unmappable> {
+    match record.get(field) {
+        Some(Value::String(s)) => Ok(ExternalId::parse(field, s)?),
+        Some(Value::Number(n)) => Ok(ExternalId::parse(field, &n.to_string())?),
+        _ => Err(Unmappable::field(field, "is missing")),
+    }
+}
+
+/// Epoch milliseconds sent as a number or a digit string.
+fn millis(record: &Value, field: &str) -> Result<Option<i64>, Unmappable> {
+    match record.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| Unmappable::field(field, format!("{n} is not epoch milliseconds"))),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| Unmappable::field(field, format!("'{s}' is not epoch milliseconds"))),
+        Some(other) => Err(Unmappable::field(
+            field,
+            format!("{other} is not epoch milliseconds"),
+        )),
+    }
+}

@@ -1,0 +1,402 @@
+//! The Fxiaoke connector against a local server that behaves like the Fxiaoke Open API: every
+//! answer HTTP 200 with the outcome in `errorCode`, a corp access token from app id, secret and
+//! permanent code (20015 for a wrong code), tokens that expire mid-run (20016), throttling
+//! (14001), "system busy" (-1), a malformed body, the daily quota (30002), offsets past 10,000
+//! refused (10013), and `_id` / `last_modified_time` filters. Every test runs on SQLite and
+//! PostgreSQL and compares the store with the source.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed setup step must fail the test"
+)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tierwise_import::crm::fxiaoke::{Fxiaoke, FxiaokeSettings};
+use tierwise_import::crm::http::HttpSettings;
+use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
+use tierwise_store::backend_tests;
+use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
+use wiremock::{MockServer, Request, Respond, ResponseTemplate};
+
+mod support;
+use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, serve};
+
+const APP_SECRET: &str = "fx-app-secret-0c4";
+const PERMANENT_CODE: &str = "FXPC-permanent-77a1";
+const OPERATOR: &str = "FSUID_ADMIN01";
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Throttled,
+    Busy,
+    Malformed,
+    QuotaSpent,
+}
+
+#[derive(Debug, Default)]
+struct Source {
+    users: Vec<Value>,
+    accounts: Vec<Value>,
+    orders: Vec<Value>,
+    live_tokens: Vec<String>,
+    minted: u32,
+    /// Expire every live token after this many more data calls.
+    expire_after: Option<u32>,
+    faults: VecDeque<Option<Fault>>,
+    /// The filters of every query.
+    filters_seen: Vec<Value>,
+}
+
+#[derive(Clone)]
+struct FakeFxiaoke(Arc<Mutex<Source>>);
+
+fn envelope(code: i64, message: &str) -> ResponseTemplate {
+    // Fxiaoke answers every outcome with HTTP 200.
+    ResponseTemplate::new(200).set_body_json(json!({"errorCode": code, "errorMessage": message,
+        "traceId": "E-fake"}))
+}
+
+impl Respond for FakeFxiaoke {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let mut s = self.0.lock().unwrap();
+        let path = request.url.path().to_owned();
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        if path == "/cgi/corpAccessToken/get/V2" {
+            if body["appSecret"] != APP_SECRET {
+                return envelope(20006, "appId or appSecret is wrong");
+            }
+            if body["permanentCode"] != PERMANENT_CODE {
+                return envelope(20015, "permanentCode is wrong");
+            }
+            s.minted += 1;
+            let token = format!("CAT-{}", s.minted);
+            s.live_tokens.push(token.clone());
+            return ResponseTemplate::new(200).set_body_json(json!({"errorCode": 0,
+                "errorMessage": "success", "corpAccessToken": token, "corpId": "FSCID_ACME",
+                "expiresIn": 7200}));
+        }
+        if let Some(n) = s.expire_after.as_mut() {
+            if *n == 0 {
+                s.live_tokens.clear();
+                s.expire_after = None;
+            } else {
+                *n -= 1;
+            }
+        }
+        let token = body["corpAccessToken"].as_str().unwrap_or_default();
+        if !s.live_tokens.iter().any(|t| t == token) || body["corpId"] != "FSCID_ACME" {
+            return envelope(20016, "corpAccessToken expired");
+        }
+        if body["currentOpenUserId"] != OPERATOR {
+            return envelope(20012, "openUserId not found");
+        }
+        if path == "/cgi/user/list" {
+            return ResponseTemplate::new(200).set_body_json(json!({"errorCode": 0,
+                "errorMessage": "success", "userList": s.users}));
+        }
+        assert_eq!(path, "/cgi/crm/v2/data/query", "unexpected path");
+        let info = &body["data"]["search_query_info"];
+        s.filters_seen.push(info["filters"].clone());
+        match s.faults.pop_front().flatten() {
+            Some(Fault::Throttled) => return envelope(14001, "interface call limit exceeded"),
+            Some(Fault::Busy) => return envelope(-1, "system busy"),
+            Some(Fault::Malformed) => {
+                return ResponseTemplate::new(200)
+                    .set_body_string("{\"errorCode\": 0, \"data\": {\"dataL");
+            }
+            Some(Fault::QuotaSpent) => return envelope(30002, "daily quota exhausted"),
+            None => {}
+        }
+        let offset = info["offset"].as_u64().unwrap_or(0);
+        if offset > 10_000 {
+            return envelope(10013, "offset out of range 10000");
+        }
+        let limit = info["limit"].as_u64().unwrap() as usize;
+        assert!(limit <= 1000, "limit {limit}");
+        let records = match body["data"]["dataObjectApiName"].as_str().unwrap() {
+            "AccountObj" => &s.accounts,
+            "SalesOrderObj" => &s.orders,
+            other => panic!("unexpected object {other}"),
+        };
+        let mut matching: Vec<&Value> = records
+            .iter()
+            .filter(|r| {
+                info["filters"].as_array().unwrap().iter().all(|f| {
+                    assert_eq!(f["operator"], "GT", "only GT is used");
+                    let field = f["field_name"].as_str().unwrap();
+                    match field {
+                        "_id" => {
+                            r["_id"].as_str().unwrap() > f["field_values"][0].as_str().unwrap()
+                        }
+                        "last_modified_time" => {
+                            r[field].as_i64().unwrap() > f["field_values"][0].as_i64().unwrap()
+                        }
+                        other => panic!("unexpected filter on {other}"),
+                    }
+                })
+            })
+            .collect();
+        assert_eq!(info["orders"], json!([{"fieldName": "_id", "isAsc": true}]));
+        matching.sort_by_key(|r| r["_id"].as_str().unwrap().to_owned());
+        let page: Vec<&Value> = matching
+            .into_iter()
+            .skip(offset as usize)
+            .take(limit)
+            .collect();
+        ResponseTemplate::new(200).set_body_json(json!({"errorCode": 0, "errorMessage": "success",
+            "data": {"dataList": page, "total": 0, "offset": offset, "limit": limit}}))
+    }
+}
+
+/// Epoch milliseconds of 2024-05-DD HH:MM in China time.
+fn at(day: u32, minute: u32) -> i64 {
+    chrono::NaiveDate::from_ymd_opt(2024, 5, day)
+        .unwrap()
+        .and_hms_opt(minute / 60, minute % 60, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis()
+        - 8 * 3_600_000
+}
+
+/// 3 users; 450 accounts (120 sharing one last_modified_time; owners as lists of user ids);
+/// 600 orders, one in ten voided, dated at midnight China time (the previous day in UTC). One
+/// account has no name and one order no customer: both must be rejected.
+fn seeded() -> Source {
+    let mut s = Source::default();
+    for (n, email) in [
+        (1, "li.wei@example.com"),
+        (2, "wang.fang@example.com"),
+        (3, "zhao.min@example.com"),
+    ] {
+        s.users.push(
+            json!({"openUserId": format!("FSUID_{n:04}"), "name": format!("用户{n}"),
+            "email": email}),
+        );
+    }
+    for i in 1..=450_u32 {
+        let name = if i == 77 {
+            Value::Null
+        } else {
+            json!(format!("杭州客户 {i} 科技有限公司"))
+        };
+        let modified = if (150..270).contains(&i) {
+            at(3, 0)
+        } else {
+            at(1 + i % 20, i % 600)
+        };
+        s.accounts.push(json!({"_id": format!("65f0c1e2a1b2c3d4{i:08x}"), "name": name,
+            "owner": [format!("FSUID_{:04}", 1 + i % 3)], "create_time": at(1, 0) - 86_400_000 * 400,
+            "last_modified_time": modified}));
+    }
+    for i in 1..=600_u32 {
+        let account = if i == 301 {
+            Value::Null
+        } else {
+            json!(format!("65f0c1e2a1b2c3d4{:08x}", 1 + i % 450))
+        };
+        let day = chrono::NaiveDate::from_ymd_opt(2024, 4, 1 + i % 28).unwrap();
+        let midnight_china = day
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis()
+            - 8 * 3_600_000;
+        s.orders.push(
+            json!({"_id": format!("66a0{i:020x}"), "account_id": account,
+            "order_time": midnight_china, "order_amount": format!("{}.50", 1000 + i),
+            "life_status": if i % 10 == 0 { "invalid" } else { "normal" },
+            "last_modified_time": at(2 + i % 9, i % 500), "field_cost__c": 200 + i}),
+        );
+    }
+    s
+}
+
+fn expected(s: &Source) -> Vec<String> {
+    let owners: Vec<OwnerRow> = s
+        .users
+        .iter()
+        .map(|u| {
+            (
+                u["email"].as_str().unwrap().to_owned(),
+                u["name"].as_str().unwrap().to_owned(),
+                // Fxiaoke users carry no locale: the import's default (SyncOptions::default).
+                "en".to_owned(),
+                Some(u["openUserId"].as_str().unwrap().to_owned()),
+            )
+        })
+        .collect();
+    let email_of = |id: &Value| {
+        s.users
+            .iter()
+            .find(|u| u["openUserId"] == *id)
+            .map(|u| u["email"].as_str().unwrap().to_owned())
+    };
+    let mut customers: BTreeMap<String, CustomerRow> = BTreeMap::new();
+    for a in s.accounts.iter().filter(|a| !a["name"].is_null()) {
+        let id = a["_id"].as_str().unwrap().to_owned();
+        let created = chrono::DateTime::from_timestamp_millis(
+            a["create_time"].as_i64().unwrap() + 8 * 3_600_000,
+        )
+        .unwrap()
+        .date_naive();
+        customers.insert(
+            id.clone(),
+            (
+                id,
+                a["name"].as_str().unwrap().to_owned(),
+                email_of(&a["owner"][0]),
+                Some(created),
+            ),
+        );
+    }
+    let mut orders: BTreeMap<String, OrderRow> = BTreeMap::new();
+    for o in s
+        .orders
+        .iter()
+        .filter(|o| o["life_status"] != "invalid" && !o["account_id"].is_null())
+    {
+        let id = o["_id"].as_str().unwrap().to_owned();
+        // The day in China time.
+        let day = chrono::DateTime::from_timestamp_millis(
+            o["order_time"].as_i64().unwrap() + 8 * 3_600_000,
+        )
+        .unwrap()
+        .date_naive();
+        let amount: f64 = o["order_amount"].as_str().unwrap().parse().unwrap();
+        orders.insert(
+            id.clone(),
+            (
+                id,
+                o["account_id"].as_str().unwrap().to_owned(),
+                day,
+                (amount * 100.0).round() as i64,
+                Some(o["field_cost__c"].as_i64().unwrap() * 100),
+                "CNY".into(),
+            ),
+        );
+    }
+    expected_rows(owners, customers, &orders)
+}
+
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    server: MockServer,
+    source: Arc<Mutex<Source>>,
+}
+
+impl Harness {
+    fn new(source: Source) -> Self {
+        let source = Arc::new(Mutex::new(source));
+        let (runtime, server) = serve(FakeFxiaoke(source.clone()));
+        Self {
+            runtime,
+            server,
+            source,
+        }
+    }
+
+    fn connector(&self, permanent_code: &str) -> Fxiaoke {
+        Fxiaoke::new(FxiaokeSettings {
+            enabled: true,
+            base_url: self.server.uri(),
+            app_id: "FSAID_131a2b3".into(),
+            app_secret: SecretString::from(APP_SECRET.to_owned()),
+            permanent_code: SecretString::from(permanent_code.to_owned()),
+            operator_user_id: OPERATOR.into(),
+            page_size: 100,
+            cost_field: Some("field_cost__c".into()),
+            http: HttpSettings {
+                timeout_secs: 2.0,
+                max_attempts: 5,
+                backoff_ms: 10,
+                max_backoff_secs: 0,
+            },
+            ..FxiaokeSettings::default()
+        })
+        .unwrap()
+    }
+
+    fn sync(&self, db: &TestDb) -> Result<SyncReport, CrmError> {
+        let connector = self.connector(PERMANENT_CODE);
+        self.runtime
+            .block_on(sync(&db.db, &connector, &SyncOptions::default()))
+    }
+}
+
+fn snapshot(db: &TestDb) -> Vec<String> {
+    source_snapshot(&mut db.conn(), "fxiaoke")
+}
+
+backend_tests! {
+    fn a_full_run_with_an_expiring_token_and_faults_imports_the_source(db) {
+        let harness = Harness::new(seeded());
+        {
+            let mut s = harness.source.lock().unwrap();
+            // The token dies after 3 calls; throttling, a busy system and a cut-off body hit
+            // the accounts.
+            s.expire_after = Some(3);
+            s.faults = vec![None, Some(Fault::Throttled), Some(Fault::Busy), Some(Fault::Malformed)].into();
+        }
+        let report = harness.sync(&db).unwrap();
+        assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
+        let s = harness.source.lock().unwrap();
+        assert_same_rows(&snapshot(&db), &expected(&s), "the store equals the source");
+        assert_eq!(s.minted, 2, "one token, minted again once when it expired");
+        assert_eq!(report.rejected(), 2, "{report:?}");
+        let customers = &report.entities[1];
+        // 450 accounts at 100 a page: 4 full pages and one of 50, read by _id keyset.
+        assert_eq!((customers.pages, customers.records), (5, 450));
+        assert!(s.filters_seen.iter().all(|f| f.as_array().unwrap().iter().all(|f| f["field_name"] != "last_modified_time")));
+        assert!(s.filters_seen.iter().any(|f| f[0]["field_name"] == "_id"), "keyset paging");
+    }
+
+    fn an_incremental_run_filters_on_the_watermark_and_reads_the_changes(db) {
+        let harness = Harness::new(seeded());
+        harness.sync(&db).unwrap();
+        let newest = seeded().accounts.iter().map(|a| a["last_modified_time"].as_i64().unwrap()).max().unwrap();
+        {
+            let mut s = harness.source.lock().unwrap();
+            s.accounts[9]["name"] = json!("改名 10");
+            s.accounts[9]["last_modified_time"] = json!(at(25, 10));
+            let voided = s.orders.iter_mut().find(|o| o["life_status"] == "invalid").unwrap();
+            voided["life_status"] = json!("normal");
+            voided["last_modified_time"] = json!(at(25, 11));
+            s.filters_seen.clear();
+        }
+        let report = harness.sync(&db).unwrap();
+        let s = harness.source.lock().unwrap();
+        assert_same_rows(&snapshot(&db), &expected(&s), "after the incremental run");
+        // Accounts are asked for from the newest change less 5 minutes (GT that less 1 ms).
+        assert_eq!(s.filters_seen[0][0]["field_values"][0], json!(newest - 5 * 60_000 - 1));
+        assert!(report.entities[1].records >= 1 && report.entities[1].records < 10, "{report:?}");
+    }
+
+    fn a_spent_daily_quota_stops_cleanly_and_the_next_run_resumes(db) {
+        let harness = Harness::new(seeded());
+        harness.source.lock().unwrap().faults = vec![None, None, Some(Fault::QuotaSpent)].into();
+        let err = harness.sync(&db).unwrap_err();
+        assert!(matches!(err, CrmError::QuotaExhausted(_)), "{err}");
+        let state = tierwise_store::crm::sync_state(&mut db.conn(), "fxiaoke", "customers").unwrap();
+        assert!(state.in_progress && state.run_pages == 2, "{state:?}");
+        let report = harness.sync(&db).unwrap();
+        assert!(report.entities[1].resumed, "{report:?}");
+        assert_eq!(report.entities[1].records, 250, "only the accounts after the stored position");
+        assert_same_rows(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "after resuming");
+    }
+
+    fn a_wrong_permanent_code_says_what_to_fix_and_shows_no_secret(db) {
+        let harness = Harness::new(seeded());
+        let connector = harness.connector("FXPC-wrong-0000");
+        let err = harness.runtime.block_on(sync(&db.db, &connector, &SyncOptions::default())).unwrap_err();
+        assert!(matches!(err, CrmError::Auth { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("20015") && text.contains("TIERWISE__CRM__FXIAOKE__PERMANENT_CODE"), "{text}");
+        for shown in [text, format!("{err:?}"), format!("{connector:?}")] {
+            assert!(!shown.contains("FXPC-wrong-0000") && !shown.contains(APP_SECRET), "{shown}");
+        }
+    }
+}
