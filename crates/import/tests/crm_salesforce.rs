@@ -389,6 +389,8 @@ backend_tests! {
         let rejects = tierwise_store::runs::rejects_of_run(&mut db.conn(), customers.run.unwrap(), 10).unwrap();
         assert_eq!(rejects[0].field.as_deref(), Some("name"), "{rejects:?}");
         assert!(rejects[0].raw_record.contains("001xx0000000000077"), "{rejects:?}");
+        // The won opportunity of the rejected account created it, named by its id.
+        assert_eq!(report.entities[2].customers_created, 1, "{report:?}");
         // 450 accounts in batches of 200; a full run sends no SystemModstamp condition.
         assert_eq!((customers.pages, customers.records), (3, 450));
         assert!(s.soql_seen.iter().all(|q| !q.contains("SystemModstamp >=")), "{:?}", s.soql_seen);

@@ -367,6 +367,8 @@ pub struct EntityReport {
     pub written: u64,
     /// Records rejected.
     pub rejected: u64,
+    /// Customers created from orders naming a customer not imported yet.
+    pub customers_created: u64,
     /// The run resumed one that had stopped part-way.
     pub resumed: bool,
     /// The run completed (its watermark moved); false when it stopped part-way.
@@ -558,6 +560,7 @@ async fn sync_entity<C: Connector>(
         rows_read: report.records,
         rows_written: report.written,
         rows_rejected: report.rejected,
+        customers_created: report.customers_created,
         ..RunTotals::default()
     };
     let (status, error) = match &result {
@@ -573,8 +576,14 @@ async fn sync_entity<C: Connector>(
     };
     db.run(move |c| {
         finish_import_run(c, run, status, &totals, error.as_deref())?;
-        if let Err(error) = analyze_after_load(c, table, totals.rows_written) {
-            tracing::warn!(%error, "refreshing statistics after the import failed");
+        // Orders may have created customers: their statistics are refreshed too.
+        for (table, rows) in [
+            (table, totals.rows_written),
+            (LoadedTable::Customers, totals.customers_created),
+        ] {
+            if let Err(error) = analyze_after_load(c, table, rows) {
+                tracing::warn!(%error, "refreshing statistics after the import failed");
+            }
         }
         Ok(())
     })
@@ -626,7 +635,7 @@ impl Batch {
         let rejected: u64 = rejects.iter().map(|(_, r)| r.len() as u64).sum();
         let (source, run, locale) = (target.source.clone(), target.run, target.locale);
         let saved = state.clone();
-        let written = target
+        let (written, customers_created) = target
             .db
             .run(move |c| {
                 tierwise_store::transaction(c, |tx| {
@@ -642,20 +651,22 @@ impl Batch {
         report.pages += pages;
         report.records += read;
         report.written += written;
+        report.customers_created += customers_created;
         report.rejected += rejected;
         tracing::debug!(entity = target.entity.as_str(), pages, read, "pages stored");
         Ok(())
     }
 }
 
-/// Loads a batch's records; returns how many were written.
+/// Loads a batch's records; returns how many were written, and how many customers orders
+/// created.
 fn load_page(
     tx: &mut tierwise_store::DbConnection,
     source: &SourceName,
     run: ImportRunId,
     locale: Locale,
     mapped: Vec<Staged<Mapped>>,
-) -> Result<u64, StoreError> {
+) -> Result<(u64, u64), StoreError> {
     let ctx = LoadContext {
         source: source.clone(),
         run,
@@ -677,7 +688,7 @@ fn load_page(
             Mapped::Ignored => {}
         }
     }
-    let mut written = 0;
+    let (mut written, mut customers_created) = (0, 0);
     if !owners.is_empty() {
         written += load_owners(tx, &ctx, &owners)?.written;
     }
@@ -685,7 +696,9 @@ fn load_page(
         written += load_customers(tx, &ctx, &customers)?.written;
     }
     if !orders.is_empty() {
-        written += load_orders(tx, &ctx, &orders)?.written;
+        let outcome = load_orders(tx, &ctx, &orders)?;
+        written += outcome.written;
+        customers_created += outcome.customers_created;
     }
-    Ok(written)
+    Ok((written, customers_created))
 }
