@@ -500,8 +500,9 @@ pub enum ImportCommand {
     ///   tierwise import crm zoho
     ///   tierwise import crm salesforce
     ///   tierwise import crm fxiaoke
+    ///   tierwise import crm hubspot
     Crm {
-        /// The CRM: fxiaoke, pipedrive, salesforce or zoho.
+        /// The CRM: fxiaoke, hubspot, pipedrive, salesforce or zoho.
         source: String,
         /// Ignore the watermarks (and any interrupted run) and read everything again.
         #[arg(long)]

@@ -7,6 +7,7 @@
 
 pub mod fxiaoke;
 pub mod http;
+pub mod hubspot;
 pub mod pipedrive;
 pub mod salesforce;
 pub mod zoho;
@@ -90,6 +91,8 @@ pub struct CrmSettings {
     pub overlap_minutes: i64,
     /// `[crm.fxiaoke]`
     pub fxiaoke: fxiaoke::FxiaokeSettings,
+    /// `[crm.hubspot]`
+    pub hubspot: hubspot::HubspotSettings,
     /// `[crm.pipedrive]`
     pub pipedrive: pipedrive::PipedriveSettings,
     /// `[crm.salesforce]`
@@ -103,6 +106,7 @@ impl Default for CrmSettings {
         Self {
             overlap_minutes: 5,
             fxiaoke: fxiaoke::FxiaokeSettings::default(),
+            hubspot: hubspot::HubspotSettings::default(),
             pipedrive: pipedrive::PipedriveSettings::default(),
             salesforce: salesforce::SalesforceSettings::default(),
             zoho: zoho::ZohoSettings::default(),
@@ -116,6 +120,9 @@ impl CrmSettings {
         let mut on = Vec::new();
         if self.fxiaoke.enabled {
             on.push("fxiaoke");
+        }
+        if self.hubspot.enabled {
+            on.push("hubspot");
         }
         if self.pipedrive.enabled {
             on.push("pipedrive");
@@ -131,7 +138,7 @@ impl CrmSettings {
 }
 
 /// Sources there is a connector for.
-pub const SOURCES: &[&str] = &["fxiaoke", "pipedrive", "salesforce", "zoho"];
+pub const SOURCES: &[&str] = &["fxiaoke", "hubspot", "pipedrive", "salesforce", "zoho"];
 
 /// Runs the connector of `source` (one of [`SOURCES`]) as `settings` configure it.
 pub async fn sync_source(
@@ -151,6 +158,10 @@ pub async fn sync_source(
     match source {
         "fxiaoke" => {
             let connector = fxiaoke::Fxiaoke::new(settings.fxiaoke.clone())?;
+            sync(db, &connector, &options).await
+        }
+        "hubspot" => {
+            let connector = hubspot::Hubspot::new(settings.hubspot.clone())?;
             sync(db, &connector, &options).await
         }
         "pipedrive" => {

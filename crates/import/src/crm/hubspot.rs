@@ -1,0 +1,676 @@
+//! HubSpot: owners (`/crm/v3/owners`) are owners, companies are customers and deals in a won
+//! stage are orders, with a private app's access token. A full run reads the list endpoints
+//! (`after` cursor, no result cap; deals with their company associations). An incremental run
+//! searches on `hs_lastmodifieddate` (oldest first), which HubSpot caps at 10,000 results per
+//! query: before the cap the search starts again from the last change time seen, and when a
+//! whole window shares one change time it walks that time by `hs_object_id` keyset, then goes
+//! on after it. Search results carry no associations, so each page of deals reads its companies
+//! through the v4 associations batch endpoint. A 429 waits for `Retry-After` (or the 10-second
+//! window); a `DAILY` policy stops the run cleanly.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tierwise_domain::{
+    Currency, Customer, EmailAddress, ExternalId, Money, Order, Owner, SourceName,
+};
+
+use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
+use super::{Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable, masked};
+
+/// `[crm.hubspot]` settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubspotSettings {
+    /// Import from HubSpot when the import job runs.
+    pub enabled: bool,
+    /// API address.
+    pub base_url: String,
+    /// Private app access token; from `TIERWISE__CRM__HUBSPOT__ACCESS_TOKEN`.
+    #[serde(serialize_with = "masked")]
+    pub access_token: SecretString,
+    /// Records per list page (HubSpot allows up to 100).
+    pub page_size: u32,
+    /// Records per search page (HubSpot allows up to 200).
+    pub search_page_size: u32,
+    /// Results one search may return (HubSpot: 10,000); the search restarts before it.
+    pub search_cap: u32,
+    /// Deal stage ids that mean won (per pipeline; the default pipeline's is `closedwon`).
+    pub won_stages: Vec<String>,
+    /// Currency of deals without `deal_currency_code`.
+    pub currency: String,
+    /// Internal name of a number property on deals holding the deal's cost, if any.
+    pub cost_property: Option<String>,
+    /// Timeouts and retries.
+    pub http: HttpSettings,
+}
+
+impl Default for HubspotSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            base_url: "https://api.hubapi.com".into(),
+            access_token: SecretString::from(String::new()),
+            page_size: 100,
+            search_page_size: 200,
+            search_cap: 10_000,
+            won_stages: vec!["closedwon".into()],
+            currency: "CNY".into(),
+            cost_property: None,
+            http: HttpSettings::default(),
+        }
+    }
+}
+
+/// The HubSpot connector.
+pub struct Hubspot {
+    settings: HubspotSettings,
+    http: Http,
+    source: SourceName,
+    currency: Currency,
+}
+
+impl std::fmt::Debug for Hubspot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hubspot")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+const SOURCE: &str = "hubspot";
+const TOKEN_HINT: &str = "the private app's access token (TIERWISE__CRM__HUBSPOT__ACCESS_TOKEN) \
+     and its scopes (docs/crm/hubspot.md)";
+/// HubSpot's burst window: a 429 without `Retry-After` waits for it to roll.
+const BURST_WINDOW: Duration = Duration::from_secs(10);
+
+/// Where an incremental search stands (stored as the run's cursor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SearchAt {
+    /// Changed at or after `from` (epoch ms), results from `after` on.
+    Window { from: i64, after: u64 },
+    /// Changed exactly at `at`, ids after `last_id`.
+    Tie { at: i64, last_id: u64 },
+}
+
+impl SearchAt {
+    fn encode(&self) -> String {
+        match self {
+            Self::Window { from, after } => format!("window:{from}:{after}"),
+            Self::Tie { at, last_id } => format!("tie:{at}:{last_id}"),
+        }
+    }
+
+    fn decode(cursor: &str) -> Option<Self> {
+        let mut parts = cursor.split(':');
+        let kind = parts.next()?;
+        let a: i64 = parts.next()?.parse().ok()?;
+        let b: u64 = parts.next()?.parse().ok()?;
+        match kind {
+            "window" => Some(Self::Window { from: a, after: b }),
+            "tie" => Some(Self::Tie { at: a, last_id: b }),
+            _ => None,
+        }
+    }
+}
+
+impl Hubspot {
+    /// A connector for `settings`; fails on a missing token or bad settings.
+    pub fn new(settings: HubspotSettings) -> Result<Self, CrmError> {
+        if settings.access_token.expose_secret().trim().is_empty() {
+            return Err(CrmError::Setup(
+                "hubspot: no access token; set TIERWISE__CRM__HUBSPOT__ACCESS_TOKEN".into(),
+            ));
+        }
+        let bad = |key: &str, value: u32, range: &str| {
+            CrmError::Setup(format!("crm.hubspot.{key}: {value} is outside {range}"))
+        };
+        if !(1..=100).contains(&settings.page_size) {
+            return Err(bad("page_size", settings.page_size, "1..=100"));
+        }
+        if !(1..=200).contains(&settings.search_page_size) {
+            return Err(bad(
+                "search_page_size",
+                settings.search_page_size,
+                "1..=200",
+            ));
+        }
+        if settings.search_cap < 2 * settings.search_page_size || settings.search_cap > 10_000 {
+            return Err(bad(
+                "search_cap",
+                settings.search_cap,
+                "2 × search_page_size..=10000",
+            ));
+        }
+        if settings.won_stages.is_empty() {
+            return Err(CrmError::Setup(
+                "crm.hubspot.won_stages: empty; list the stage ids that mean won".into(),
+            ));
+        }
+        let currency = Currency::parse(&settings.currency)
+            .map_err(|e| CrmError::Setup(format!("crm.hubspot.currency: {}", e.reason)))?;
+        let http = Http::new(SOURCE, settings.http.clone())?;
+        let source = SourceName::parse(SOURCE).map_err(|e| CrmError::Setup(e.to_string()))?;
+        Ok(Self {
+            settings,
+            http,
+            source,
+            currency,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.settings.base_url.trim_end_matches('/'))
+    }
+
+    /// Sends a GET (`body` None) or POST of JSON, retrying what is transient.
+    async fn request(
+        &self,
+        what: &str,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, CrmError> {
+        let url = self.url(path);
+        self.http
+            .retrying(what, || async {
+                let request = match body {
+                    Some(body) => self.http.client.post(&url).json(body),
+                    None => self.http.client.get(&url),
+                };
+                let response = request
+                    .bearer_auth(self.settings.access_token.expose_secret())
+                    .query(query)
+                    .send()
+                    .await
+                    .map_err(transport_error)?;
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let text = response.text().await.map_err(transport_error)?;
+                judge(what, status, &headers, &text)
+            })
+            .await
+    }
+
+    fn properties(&self, entity: Entity) -> Vec<String> {
+        let mut properties: Vec<String> = match entity {
+            Entity::Customers => vec!["name", "hubspot_owner_id", "createdate"],
+            _ => vec!["amount", "closedate", "dealstage", "deal_currency_code"],
+        }
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        properties.push("hs_lastmodifieddate".into());
+        if entity == Entity::Orders
+            && let Some(cost) = &self.settings.cost_property
+        {
+            properties.push(cost.clone());
+        }
+        properties
+    }
+
+    /// A list page (full runs): no cap, deals with their companies.
+    async fn list_page(&self, entity: Entity, after: Option<&str>) -> Result<RawPage, CrmError> {
+        let (what, path) = object_of(entity);
+        let mut query = vec![
+            ("limit", self.settings.page_size.to_string()),
+            ("properties", self.properties(entity).join(",")),
+            ("archived", "false".into()),
+        ];
+        if entity == Entity::Orders {
+            query.push(("associations", "companies".into()));
+        }
+        if let Some(after) = after {
+            query.push(("after", after.to_owned()));
+        }
+        let body = self
+            .request(what, &format!("/crm/v3/objects/{path}"), &query, None)
+            .await?;
+        let next = next_after(&body).map(|a| format!("list:{a}"));
+        Ok(RawPage {
+            records: results(&body),
+            next,
+        })
+    }
+
+    /// A search page (incremental runs) at `at`; the records and where the search goes next.
+    async fn search_page(&self, entity: Entity, at: &SearchAt) -> Result<RawPage, CrmError> {
+        let (what, path) = object_of(entity);
+        let limit = u64::from(self.settings.search_page_size);
+        let (filters, sort, after) = match at {
+            SearchAt::Window { from, after } => (
+                json!([{"propertyName": "hs_lastmodifieddate", "operator": "GTE",
+                    "value": from.to_string()}]),
+                "hs_lastmodifieddate",
+                Some(after.to_string()),
+            ),
+            SearchAt::Tie { at, last_id } => (
+                json!([
+                    {"propertyName": "hs_lastmodifieddate", "operator": "EQ", "value": at.to_string()},
+                    {"propertyName": "hs_object_id", "operator": "GT", "value": last_id.to_string()},
+                ]),
+                "hs_object_id",
+                None,
+            ),
+        };
+        let mut body = json!({
+            "filterGroups": [{"filters": filters}],
+            "sorts": [{"propertyName": sort, "direction": "ASCENDING"}],
+            "properties": self.properties(entity),
+            "limit": limit,
+        });
+        if let Some(after) = after {
+            body["after"] = json!(after);
+        }
+        let answer = self
+            .request(
+                what,
+                &format!("/crm/v3/objects/{path}/search"),
+                &[],
+                Some(&body),
+            )
+            .await?;
+        let records = results(&answer);
+        let more = next_after(&answer).is_some();
+        let next = match at {
+            _ if !more => match at {
+                // The tie is walked: go on after its time.
+                SearchAt::Tie { at, .. } => Some(SearchAt::Window {
+                    from: at + 1,
+                    after: 0,
+                }),
+                SearchAt::Window { .. } => None,
+            },
+            SearchAt::Window { from, after } => {
+                let after = after + records.len() as u64;
+                if after + limit <= u64::from(self.settings.search_cap) {
+                    Some(SearchAt::Window { from: *from, after })
+                } else {
+                    // Near the cap: start again from the last change time seen, or walk it by
+                    // id when the whole window shares it.
+                    let last = records
+                        .last()
+                        .map(modified_millis)
+                        .transpose()
+                        .map_err(|e| bad_page(what, &e.reason))?
+                        .flatten()
+                        .ok_or_else(|| bad_page(what, "a search page without change times"))?;
+                    if last > *from {
+                        Some(SearchAt::Window {
+                            from: last,
+                            after: 0,
+                        })
+                    } else {
+                        Some(SearchAt::Tie {
+                            at: *from,
+                            last_id: 0,
+                        })
+                    }
+                }
+            }
+            SearchAt::Tie { at, .. } => {
+                let last_id = records
+                    .last()
+                    .and_then(|r| r.get("id"))
+                    .and_then(Value::as_str)
+                    .and_then(|id| id.parse::<u64>().ok())
+                    .ok_or_else(|| bad_page(what, "a search result without a numeric id"))?;
+                Some(SearchAt::Tie { at: *at, last_id })
+            }
+        };
+        Ok(RawPage {
+            records,
+            next: next.map(|n| n.encode()),
+        })
+    }
+
+    /// Adds each deal's companies (`associations.companies.results[].id`, as the list endpoint
+    /// gives them) from the v4 associations batch endpoint.
+    async fn with_companies(&self, mut deals: Vec<Value>) -> Result<Vec<Value>, CrmError> {
+        let inputs: Vec<Value> = deals
+            .iter()
+            .filter_map(|d| d.get("id").cloned())
+            .map(|id| json!({"id": id}))
+            .collect();
+        if inputs.is_empty() {
+            return Ok(deals);
+        }
+        let answer = self
+            .request(
+                "deal companies",
+                "/crm/v4/associations/deals/companies/batch/read",
+                &[],
+                Some(&json!({"inputs": inputs})),
+            )
+            .await?;
+        let mut companies: std::collections::HashMap<String, Vec<Value>> = Default::default();
+        for result in answer
+            .get("results")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(from) = result.pointer("/from/id").map(id_text) else {
+                continue;
+            };
+            let to = result
+                .get("to")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.get("toObjectId").map(|id| json!({"id": id_text(id)})))
+                .collect();
+            companies.insert(from, to);
+        }
+        for deal in &mut deals {
+            let id = deal.get("id").map(id_text).unwrap_or_default();
+            let to = companies.remove(&id).unwrap_or_default();
+            deal["associations"] = json!({"companies": {"results": to}});
+        }
+        Ok(deals)
+    }
+}
+
+fn object_of(entity: Entity) -> (&'static str, &'static str) {
+    match entity {
+        Entity::Customers => ("companies", "companies"),
+        _ => ("deals", "deals"),
+    }
+}
+
+fn bad_page(what: &str, message: &str) -> CrmError {
+    CrmError::Http {
+        source_name: SOURCE.into(),
+        what: what.to_owned(),
+        status: 200,
+        message: message.to_owned(),
+    }
+}
+
+/// An id sent as a string or a number, as text.
+fn id_text(id: &Value) -> String {
+    match id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn results(body: &Value) -> Vec<Value> {
+    body.get("results")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `paging.next.after`, when there is a next page.
+fn next_after(body: &Value) -> Option<String> {
+    body.pointer("/paging/next/after")
+        .map(id_text)
+        .filter(|a| !a.is_empty())
+}
+
+/// Sorts an answer into a body, a wait-and-retry, or a stop.
+fn judge(
+    what: &str,
+    status: u16,
+    headers: &reqwest::header::HeaderMap,
+    body: &str,
+) -> Result<Value, Attempt> {
+    let parsed = serde_json::from_str::<Value>(body);
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .ok()
+            .and_then(|v| v.get(name).and_then(Value::as_str))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let message = || {
+        let m = field("message");
+        if m.is_empty() {
+            body.chars().take(200).collect()
+        } else {
+            m
+        }
+    };
+    match status {
+        200..=299 => parsed.map_err(|e| Attempt::Transient {
+            what: format!("the body is not JSON ({e})"),
+            retry_after: None,
+        }),
+        401 => Err(Attempt::Fatal(CrmError::Auth {
+            source_name: SOURCE.into(),
+            status,
+            message: format!("{}: {}", field("category"), message()),
+            hint: TOKEN_HINT.into(),
+        })),
+        429 if field("policyName").contains("DAILY") => {
+            Err(Attempt::Fatal(CrmError::QuotaExhausted(SOURCE.into())))
+        }
+        429 => Err(Attempt::Transient {
+            what: format!("throttled ({})", field("policyName")),
+            retry_after: retry_after(headers).or(Some(BURST_WINDOW)),
+        }),
+        500..=599 => Err(Attempt::Transient {
+            what: format!("HTTP {status}: {}", message()),
+            retry_after: retry_after(headers),
+        }),
+        _ => Err(Attempt::Fatal(CrmError::Http {
+            source_name: SOURCE.into(),
+            what: what.to_owned(),
+            status,
+            message: format!("{}: {}", field("category"), message()),
+        })),
+    }
+}
+
+impl Connector for Hubspot {
+    fn source(&self) -> &SourceName {
+        &self.source
+    }
+
+    fn entities(&self) -> Vec<Entity> {
+        vec![Entity::Owners, Entity::Customers, Entity::Orders]
+    }
+
+    async fn page(
+        &self,
+        entity: Entity,
+        since: Option<DateTime<Utc>>,
+        cursor: Option<&str>,
+    ) -> Result<RawPage, CrmError> {
+        if entity == Entity::Owners {
+            // Tens of owners: all of them, every run.
+            let mut query = vec![("limit", "500".to_owned())];
+            if let Some(after) = cursor {
+                query.push(("after", after.to_owned()));
+            }
+            let body = self
+                .request("owners", "/crm/v3/owners", &query, None)
+                .await?;
+            return Ok(RawPage {
+                records: results(&body),
+                next: next_after(&body),
+            });
+        }
+        let page = match (since, cursor) {
+            (None, None) => self.list_page(entity, None).await?,
+            (_, Some(cursor)) if cursor.starts_with("list:") => {
+                self.list_page(entity, cursor.strip_prefix("list:")).await?
+            }
+            (Some(since), None) => {
+                let at = SearchAt::Window {
+                    from: since.timestamp_millis(),
+                    after: 0,
+                };
+                self.search_page(entity, &at).await?
+            }
+            (_, Some(cursor)) => {
+                let at = SearchAt::decode(cursor).ok_or_else(|| {
+                    CrmError::Setup(format!(
+                        "hubspot: stored position '{cursor}' is not one this connector wrote; \
+                         run with --full"
+                    ))
+                })?;
+                self.search_page(entity, &at).await?
+            }
+        };
+        // Search results carry no associations; list results do.
+        let searched = since.is_some() && !cursor.is_some_and(|c| c.starts_with("list:"));
+        if entity == Entity::Orders && searched {
+            let records = self.with_companies(page.records).await?;
+            return Ok(RawPage {
+                records,
+                next: page.next,
+            });
+        }
+        Ok(page)
+    }
+
+    fn map(
+        &self,
+        entity: Entity,
+        record: &Value,
+        lookups: &Lookups,
+    ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+        if entity == Entity::Owners {
+            let id = ExternalId::parse("id", &record.get("id").map(id_text).unwrap_or_default())?;
+            let email =
+                EmailAddress::parse(record.get("email").and_then(Value::as_str).unwrap_or(""))?;
+            let name = ["firstName", "lastName"]
+                .iter()
+                .filter_map(|f| record.get(*f).and_then(Value::as_str))
+                .filter(|s| !s.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let changed = record
+                .get("updatedAt")
+                .and_then(Value::as_str)
+                .map(|t| iso_time("updatedAt", t))
+                .transpose()?;
+            return Ok((
+                Mapped::Owner(Owner::new(email, &name, lookups.default_locale, Some(id))?),
+                changed,
+            ));
+        }
+        let changed = modified_millis(record)?.and_then(DateTime::from_timestamp_millis);
+        let id = ExternalId::parse("id", &record.get("id").map(id_text).unwrap_or_default())?;
+        let property = |name: &str| {
+            record
+                .pointer(&format!("/properties/{name}"))
+                .and_then(Value::as_str)
+                .filter(|v| !v.trim().is_empty())
+        };
+        match entity {
+            Entity::Customers => {
+                let owner = match property("hubspot_owner_id") {
+                    Some(owner_id) => Some(lookups.owner_email(
+                        "hubspot_owner_id",
+                        &ExternalId::parse("hubspot_owner_id", owner_id)?,
+                    )?),
+                    None => None,
+                };
+                let created_on = property("createdate")
+                    .map(|t| iso_time("createdate", t))
+                    .transpose()?
+                    .map(|t| t.date_naive());
+                let customer = Customer::new(id, property("name").unwrap_or_default())?
+                    .with_owner(owner)
+                    .with_created_on(created_on);
+                Ok((Mapped::Customer(customer), changed))
+            }
+            _ => {
+                let stage = property("dealstage").unwrap_or_default();
+                if !self.settings.won_stages.iter().any(|s| s == stage) {
+                    return Ok((Mapped::Ignored, changed));
+                }
+                let company = record
+                    .pointer("/associations/companies/results/0/id")
+                    .map(id_text)
+                    .ok_or_else(|| {
+                        Unmappable::field(
+                            "associations.companies",
+                            "the won deal has no company; associate one in HubSpot",
+                        )
+                    })?;
+                let customer = ExternalId::parse("associations.companies", &company)?;
+                let currency = match property("deal_currency_code") {
+                    Some(code) => Currency::parse(code)?,
+                    None => self.currency,
+                };
+                let amount =
+                    property("amount").ok_or_else(|| Unmappable::field("amount", "is missing"))?;
+                let amount = Money::parse_decimal("amount", amount, currency)?;
+                let day: NaiveDate = property("closedate")
+                    .map(|t| iso_time("closedate", t))
+                    .transpose()?
+                    .map(|t| t.date_naive())
+                    .ok_or_else(|| Unmappable::field("closedate", "is missing on a won deal"))?;
+                let cost = match self.settings.cost_property.as_deref().and_then(property) {
+                    Some(raw) => Some(Money::parse_decimal("cost", raw, currency)?),
+                    None => None,
+                };
+                Ok((
+                    Mapped::Order(Order::new(id, customer, day, amount, cost, None)?),
+                    changed,
+                ))
+            }
+        }
+    }
+}
+
+/// `hs_lastmodifieddate` in epoch ms (HubSpot sends every property as a string: an ISO time, or
+/// epoch ms for some date properties).
+fn modified_millis(record: &Value) -> Result<Option<i64>, Unmappable> {
+    match record
+        .pointer("/properties/hs_lastmodifieddate")
+        .and_then(Value::as_str)
+    {
+        None => Ok(None),
+        Some(raw) => Ok(Some(
+            iso_time("hs_lastmodifieddate", raw)?.timestamp_millis(),
+        )),
+    }
+}
+
+/// An ISO-8601 time (`2024-05-02T09:41:12.345Z`), or epoch milliseconds as digits.
+fn iso_time(field: &str, raw: &str) -> Result<DateTime<Utc>, Unmappable> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    raw.parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .ok_or_else(|| {
+            Unmappable::field(
+                field,
+                format!("'{raw}' is not a time like 2024-05-02T09:41:12.345Z"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SearchAt;
+
+    #[test]
+    fn search_positions_round_trip() {
+        for at in [
+            SearchAt::Window {
+                from: 1_714_521_600_000,
+                after: 9_800,
+            },
+            SearchAt::Tie {
+                at: 1_714_521_600_000,
+                last_id: 18_342_211,
+            },
+        ] {
+            assert_eq!(SearchAt::decode(&at.encode()), Some(at));
+        }
+        assert_eq!(SearchAt::decode("list:200"), None);
+        assert_eq!(SearchAt::decode("window:x:1"), None);
+    }
+}

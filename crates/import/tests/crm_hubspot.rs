@@ -1,0 +1,507 @@
+//! The HubSpot connector against a local server that behaves like HubSpot's CRM v3 API: bearer
+//! token check (401 `INVALID_AUTHENTICATION`), list endpoints with `after` paging and at most 100
+//! a page (deals with `associations=companies`), the search endpoint with `GTE`/`EQ`/`GT`
+//! filters, sorts, at most 200 a page and HTTP 400 once `after` reaches the result cap, search
+//! results without associations, the v4 associations batch read, 429 with `policyName` and
+//! `Retry-After`, a `DAILY` 429, 5xx and a malformed page. Every test runs on SQLite and
+//! PostgreSQL and compares the store with the source.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed setup step must fail the test"
+)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tierwise_import::crm::http::HttpSettings;
+use tierwise_import::crm::hubspot::{Hubspot, HubspotSettings};
+use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
+use tierwise_store::backend_tests;
+use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
+use wiremock::{MockServer, Request, Respond, ResponseTemplate};
+
+mod support;
+use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, serve};
+
+const TOKEN: &str = "pat-na1-11111111-2222-3333-4444-555555555555";
+/// The search cap of this fake (HubSpot's is 10,000), and the connector's setting.
+const CAP: usize = 60;
+const SEARCH_PAGE: usize = 20;
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Throttled,
+    Daily,
+    ServerError,
+    Malformed,
+}
+
+#[derive(Debug, Default)]
+struct Source {
+    owners: Vec<Value>,
+    companies: Vec<Value>,
+    deals: Vec<Value>,
+    faults: VecDeque<Option<Fault>>,
+    /// Every search body, and every list query.
+    searches: Vec<Value>,
+    lists: Vec<BTreeMap<String, String>>,
+}
+
+#[derive(Clone)]
+struct FakeHubspot(Arc<Mutex<Source>>);
+
+fn error(status: u16, category: &str, message: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(json!({"status": "error", "message": message,
+        "correlationId": "43b7-fake", "category": category}))
+}
+
+fn millis(iso: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(iso)
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// A record as the API returns it: only the requested properties (plus hs_object_id).
+fn shaped(record: &Value, properties: &[String]) -> Value {
+    let mut props = serde_json::Map::new();
+    for p in properties
+        .iter()
+        .map(String::as_str)
+        .chain(["hs_object_id"])
+    {
+        if let Some(v) = record["properties"].get(p) {
+            props.insert(p.to_owned(), v.clone());
+        }
+    }
+    json!({"id": record["id"], "properties": props, "archived": false,
+        "createdAt": record["properties"]["createdate"], "updatedAt": record["properties"]["hs_lastmodifieddate"]})
+}
+
+impl Respond for FakeHubspot {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let mut s = self.0.lock().unwrap();
+        let path = request.url.path().to_owned();
+        let authorised = request
+            .headers
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            == Some(&format!("Bearer {TOKEN}"));
+        if !authorised {
+            return error(
+                401,
+                "INVALID_AUTHENTICATION",
+                "Authentication credentials not found.",
+            );
+        }
+        let query: BTreeMap<String, String> = request.url.query_pairs().into_owned().collect();
+        if path == "/crm/v3/owners" {
+            return ResponseTemplate::new(200).set_body_json(json!({"results": s.owners}));
+        }
+        if path == "/crm/v4/associations/deals/companies/batch/read" {
+            let body: Value = serde_json::from_slice(&request.body).unwrap();
+            let results: Vec<Value> = body["inputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|input| {
+                    let deal = s.deals.iter().find(|d| d["id"] == input["id"])?;
+                    let company = deal["company"].as_str()?;
+                    Some(json!({"from": {"id": deal["id"]}, "to": [{"toObjectId": company.parse::<u64>().unwrap(),
+                        "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 5, "label": null}]}]}))
+                })
+                .collect();
+            return ResponseTemplate::new(200)
+                .set_body_json(json!({"status": "COMPLETE", "results": results}));
+        }
+        match s.faults.pop_front().flatten() {
+            Some(Fault::Throttled) => {
+                return error(429, "RATE_LIMITS", "You have reached your ten_secondly_rolling limit.")
+                    .insert_header("Retry-After", "0")
+                    .set_body_json(json!({"status": "error", "message": "You have reached your ten_secondly_rolling limit.",
+                        "errorType": "RATE_LIMIT", "policyName": "TEN_SECONDLY_ROLLING"}));
+            }
+            Some(Fault::Daily) => {
+                return ResponseTemplate::new(429).set_body_json(json!({"status": "error",
+                    "message": "You have reached your daily limit.", "errorType": "RATE_LIMIT", "policyName": "DAILY"}));
+            }
+            Some(Fault::ServerError) => return error(502, "INTERNAL_ERROR", "bad gateway"),
+            Some(Fault::Malformed) => {
+                return ResponseTemplate::new(200).set_body_string("{\"results\": [{\"id\": \"1");
+            }
+            None => {}
+        }
+        let kind = path.trim_start_matches("/crm/v3/objects/");
+        let (kind, search) = match kind.strip_suffix("/search") {
+            Some(kind) => (kind, true),
+            None => (kind, false),
+        };
+        if !search {
+            s.lists.push(query.clone());
+            let records = if kind == "deals" {
+                &s.deals
+            } else {
+                &s.companies
+            };
+            let limit: usize = query["limit"].parse().unwrap();
+            if limit > 100 {
+                return error(400, "VALIDATION_ERROR", "limit must be at most 100");
+            }
+            let properties: Vec<String> =
+                query["properties"].split(',').map(str::to_owned).collect();
+            let mut sorted: Vec<&Value> = records.iter().collect();
+            sorted.sort_by_key(|r| r["id"].as_str().unwrap().parse::<u64>().unwrap());
+            let start = query.get("after").map_or(0, |a| {
+                sorted
+                    .iter()
+                    .position(|r| r["id"].as_str().unwrap() == a)
+                    .unwrap()
+            });
+            let page: Vec<Value> = sorted[start..]
+                .iter()
+                .take(limit)
+                .map(|r| {
+                    let mut out = shaped(r, &properties);
+                    if query.get("associations").map(String::as_str) == Some("companies") {
+                        let to: Vec<Value> = r["company"]
+                            .as_str()
+                            .into_iter()
+                            .map(|c| json!({"id": c, "type": "deal_to_company"}))
+                            .collect();
+                        out["associations"] = json!({"companies": {"results": to}});
+                    }
+                    out
+                })
+                .collect();
+            let mut body = json!({"results": page});
+            if let Some(next) = sorted.get(start + limit) {
+                body["paging"] = json!({"next": {"after": next["id"], "link": "ignored"}});
+            }
+            return ResponseTemplate::new(200).set_body_json(body);
+        }
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        s.searches.push(body.clone());
+        let records = if kind == "deals" {
+            &s.deals
+        } else {
+            &s.companies
+        };
+        let limit = body["limit"].as_u64().unwrap() as usize;
+        let after: usize = body
+            .get("after")
+            .map_or(0, |a| a.as_str().unwrap().parse().unwrap());
+        if limit > 200 {
+            return error(400, "VALIDATION_ERROR", "limit must be at most 200");
+        }
+        if after >= CAP {
+            return error(400, "VALIDATION_ERROR", "paging beyond the result cap");
+        }
+        let filters = body["filterGroups"][0]["filters"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let mut matching: Vec<&Value> = records
+            .iter()
+            .filter(|r| {
+                filters.iter().all(|f| {
+                    let value: i64 = f["value"].as_str().unwrap().parse().unwrap();
+                    let actual = match f["propertyName"].as_str().unwrap() {
+                        "hs_lastmodifieddate" => {
+                            millis(r["properties"]["hs_lastmodifieddate"].as_str().unwrap())
+                        }
+                        "hs_object_id" => r["id"].as_str().unwrap().parse().unwrap(),
+                        other => panic!("unexpected filter on {other}"),
+                    };
+                    match f["operator"].as_str().unwrap() {
+                        "GTE" => actual >= value,
+                        "EQ" => actual == value,
+                        "GT" => actual > value,
+                        other => panic!("unexpected operator {other}"),
+                    }
+                })
+            })
+            .collect();
+        let sort = body["sorts"][0]["propertyName"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        matching.sort_by_key(|r| match sort.as_str() {
+            "hs_lastmodifieddate" => {
+                millis(r["properties"]["hs_lastmodifieddate"].as_str().unwrap())
+            }
+            _ => r["id"].as_str().unwrap().parse().unwrap(),
+        });
+        let properties: Vec<String> = body["properties"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_owned())
+            .collect();
+        let page: Vec<Value> = matching
+            .iter()
+            .skip(after)
+            .take(limit)
+            .map(|r| shaped(r, &properties))
+            .collect();
+        let mut answer = json!({"total": matching.len(), "results": page});
+        if after + limit < matching.len() {
+            answer["paging"] = json!({"next": {"after": (after + limit).to_string()}});
+        }
+        ResponseTemplate::new(200).set_body_json(answer)
+    }
+}
+
+/// `2024-05-DD HH:MM:00.000Z`, with milliseconds.
+fn at(day: u32, minute: u32) -> String {
+    format!(
+        "2024-05-{day:02}T{:02}:{:02}:00.{:03}Z",
+        minute / 60,
+        minute % 60,
+        minute % 1000
+    )
+}
+
+fn owner_id(n: u32) -> String {
+    format!("4162977{n}")
+}
+
+/// 3 owners; 450 companies (120 sharing one change time); 600 deals, two in three won. One
+/// company has no name and one won deal no company: both must be rejected.
+fn seeded() -> Source {
+    let mut s = Source::default();
+    for (n, email, first, last) in [
+        (1, "li.wei@example.com", "Wei", "Li"),
+        (2, "wang.fang@example.com", "Fang", "Wang"),
+        (3, "amy@example.com", "Amy", ""),
+    ] {
+        s.owners.push(json!({"id": owner_id(n), "email": email, "firstName": first, "lastName": last,
+            "userId": 9_000_000 + n, "createdAt": at(1, 0), "updatedAt": at(1, n), "archived": false}));
+    }
+    for i in 1..=450_u32 {
+        let name = if i == 77 {
+            Value::Null
+        } else {
+            json!(format!("Acme {i} GmbH"))
+        };
+        let modified = if (150..270).contains(&i) {
+            at(3, 0)
+        } else {
+            at(1 + i % 20, i % 600)
+        };
+        s.companies.push(json!({"id": (18_342_000 + i).to_string(), "properties": {
+            "name": name, "hubspot_owner_id": owner_id(1 + i % 3), "createdate": "2023-03-01T08:00:00.000Z",
+            "hs_lastmodifieddate": modified, "hs_object_id": (18_342_000 + i).to_string()}}));
+    }
+    for i in 1..=600_u32 {
+        let company = if i == 301 {
+            Value::Null
+        } else {
+            json!((18_342_000 + 1 + i % 450).to_string())
+        };
+        let stage = if i % 3 == 0 {
+            "appointmentscheduled"
+        } else {
+            "closedwon"
+        };
+        s.deals.push(
+            json!({"id": (9_100_000 + i).to_string(), "company": company, "properties": {
+            "dealname": format!("Deal {i}"), "amount": format!("{}.5", 1000 + i),
+            "closedate": format!("2024-04-{:02}T00:00:00.000Z", 1 + i % 28), "dealstage": stage,
+            "hs_lastmodifieddate": at(2 + i % 9, i % 500), "cost__c": (200 + i).to_string(),
+            "hs_object_id": (9_100_000 + i).to_string()}}),
+        );
+    }
+    s
+}
+
+fn expected(s: &Source) -> Vec<String> {
+    let owners: Vec<OwnerRow> = s
+        .owners
+        .iter()
+        .map(|o| {
+            let name = [
+                o["firstName"].as_str().unwrap(),
+                o["lastName"].as_str().unwrap(),
+            ]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+            // HubSpot owners carry no locale: the import's default (SyncOptions::default).
+            (
+                o["email"].as_str().unwrap().to_owned(),
+                name,
+                "en".to_owned(),
+                Some(o["id"].as_str().unwrap().to_owned()),
+            )
+        })
+        .collect();
+    let email_of = |id: &Value| {
+        s.owners
+            .iter()
+            .find(|o| o["id"] == *id)
+            .map(|o| o["email"].as_str().unwrap().to_owned())
+    };
+    let mut customers: BTreeMap<String, CustomerRow> = BTreeMap::new();
+    for c in s
+        .companies
+        .iter()
+        .filter(|c| !c["properties"]["name"].is_null())
+    {
+        let id = c["id"].as_str().unwrap().to_owned();
+        customers.insert(
+            id.clone(),
+            (
+                id,
+                c["properties"]["name"].as_str().unwrap().to_owned(),
+                email_of(&c["properties"]["hubspot_owner_id"]),
+                chrono::NaiveDate::from_ymd_opt(2023, 3, 1),
+            ),
+        );
+    }
+    let mut orders: BTreeMap<String, OrderRow> = BTreeMap::new();
+    for d in s
+        .deals
+        .iter()
+        .filter(|d| d["properties"]["dealstage"] == "closedwon" && !d["company"].is_null())
+    {
+        let id = d["id"].as_str().unwrap().to_owned();
+        let p = &d["properties"];
+        let amount: f64 = p["amount"].as_str().unwrap().parse().unwrap();
+        orders.insert(
+            id.clone(),
+            (
+                id,
+                d["company"].as_str().unwrap().to_owned(),
+                chrono::NaiveDate::parse_from_str(
+                    &p["closedate"].as_str().unwrap()[..10],
+                    "%Y-%m-%d",
+                )
+                .unwrap(),
+                (amount * 100.0).round() as i64,
+                Some(p["cost__c"].as_str().unwrap().parse::<i64>().unwrap() * 100),
+                "CNY".into(),
+            ),
+        );
+    }
+    expected_rows(owners, customers, &orders)
+}
+
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    server: MockServer,
+    source: Arc<Mutex<Source>>,
+}
+
+impl Harness {
+    fn new(source: Source) -> Self {
+        let source = Arc::new(Mutex::new(source));
+        let (runtime, server) = serve(FakeHubspot(source.clone()));
+        Self {
+            runtime,
+            server,
+            source,
+        }
+    }
+
+    fn connector(&self, token: &str) -> Hubspot {
+        Hubspot::new(HubspotSettings {
+            enabled: true,
+            base_url: self.server.uri(),
+            access_token: SecretString::from(token.to_owned()),
+            search_page_size: SEARCH_PAGE as u32,
+            search_cap: CAP as u32,
+            cost_property: Some("cost__c".into()),
+            http: HttpSettings {
+                timeout_secs: 2.0,
+                max_attempts: 5,
+                backoff_ms: 10,
+                max_backoff_secs: 0,
+            },
+            ..HubspotSettings::default()
+        })
+        .unwrap()
+    }
+
+    fn sync(&self, db: &TestDb) -> Result<SyncReport, CrmError> {
+        let connector = self.connector(TOKEN);
+        self.runtime
+            .block_on(sync(&db.db, &connector, &SyncOptions::default()))
+    }
+}
+
+fn snapshot(db: &TestDb) -> Vec<String> {
+    source_snapshot(&mut db.conn(), "hubspot")
+}
+
+backend_tests! {
+    fn a_full_run_through_the_lists_with_faults_imports_the_source(db) {
+        let harness = Harness::new(seeded());
+        harness.source.lock().unwrap().faults =
+            vec![None, Some(Fault::Throttled), Some(Fault::ServerError), Some(Fault::Malformed)].into();
+        let report = harness.sync(&db).unwrap();
+        assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
+        let s = harness.source.lock().unwrap();
+        assert_same_rows(&snapshot(&db), &expected(&s), "the store equals the source");
+        assert_eq!(report.rejected(), 2, "{report:?}");
+        // 450 companies at 100 a page; no search in a full run; deals with their companies.
+        assert_eq!((report.entities[1].pages, report.entities[1].records), (5, 450));
+        assert!(s.searches.is_empty(), "{:?}", s.searches);
+        assert!(s.lists.iter().any(|q| q.get("associations").map(String::as_str) == Some("companies")));
+    }
+
+    fn an_incremental_run_searches_past_the_cap_and_through_a_shared_change_time(db) {
+        let harness = Harness::new(seeded());
+        harness.sync(&db).unwrap();
+        {
+            let mut s = harness.source.lock().unwrap();
+            // A month-end batch update touches 100 companies at the same millisecond: more than
+            // one search (capped at 60) can return.
+            for c in s.companies.iter_mut().skip(100).take(100) {
+                c["properties"]["hs_lastmodifieddate"] = json!("2024-05-31T23:59:59.999Z");
+                let renamed = format!("{} (renamed)", c["properties"]["name"].as_str().unwrap_or("?"));
+                c["properties"]["name"] = json!(renamed);
+            }
+            let deal = s.deals.iter_mut().find(|d| d["properties"]["dealstage"] != "closedwon").unwrap();
+            deal["properties"]["dealstage"] = json!("closedwon");
+            deal["properties"]["hs_lastmodifieddate"] = json!(at(25, 11));
+            s.searches.clear();
+        }
+        let report = harness.sync(&db).unwrap();
+        let s = harness.source.lock().unwrap();
+        assert_same_rows(&snapshot(&db), &expected(&s), "after the incremental run");
+        // It walked the shared time by id, never paged past the cap, and read no list.
+        let filters: Vec<String> = s.searches.iter().map(|b| b["filterGroups"][0]["filters"].to_string()).collect();
+        assert!(filters.iter().any(|f| f.contains("\"EQ\"") && f.contains("hs_object_id")), "{filters:?}");
+        assert!(s.searches.iter().all(|b| b.get("after").is_none_or(|a| a.as_str().unwrap().parse::<usize>().unwrap() < CAP)));
+        assert!(report.entities[1].records >= 100 && report.entities[1].records < 250, "{report:?}");
+        assert!(report.entities[2].records >= 1 && report.entities[2].records < 10, "{report:?}");
+    }
+
+    fn a_daily_limit_stops_cleanly_and_the_next_run_resumes(db) {
+        let harness = Harness::new(seeded());
+        harness.source.lock().unwrap().faults = vec![None, None, Some(Fault::Daily)].into();
+        let err = harness.sync(&db).unwrap_err();
+        assert!(matches!(err, CrmError::QuotaExhausted(_)), "{err}");
+        let state = tierwise_store::crm::sync_state(&mut db.conn(), "hubspot", "customers").unwrap();
+        assert!(state.in_progress && state.run_pages == 2, "{state:?}");
+        let report = harness.sync(&db).unwrap();
+        assert!(report.entities[1].resumed, "{report:?}");
+        assert_eq!(report.entities[1].records, 250, "only the companies after the stored position");
+        assert_same_rows(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "after resuming");
+    }
+
+    fn a_wrong_token_says_what_to_fix_and_never_shows_the_token(db) {
+        let harness = Harness::new(seeded());
+        let connector = harness.connector("pat-na1-revoked-0000");
+        let err = harness.runtime.block_on(sync(&db.db, &connector, &SyncOptions::default())).unwrap_err();
+        assert!(matches!(err, CrmError::Auth { status: 401, .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("TIERWISE__CRM__HUBSPOT__ACCESS_TOKEN"), "{text}");
+        for shown in [text, format!("{err:?}"), format!("{connector:?}")] {
+            assert!(!shown.contains("pat-na1-revoked-0000"), "{shown}");
+        }
+    }
+}
