@@ -27,9 +27,13 @@ use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, serve};
 const APP_SECRET: &str = "fx-app-secret-0c4";
 const PERMANENT_CODE: &str = "FXPC-permanent-77a1";
 const OPERATOR: &str = "FSUID_ADMIN01";
+/// Longer than the connector's timeout in these tests (0.5 s).
+const SLOW: std::time::Duration = std::time::Duration::from_millis(1500);
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
+    /// The answer comes later than the connector's timeout.
+    Slow,
     Throttled,
     Busy,
     Malformed,
@@ -100,7 +104,9 @@ impl Respond for FakeFxiaoke {
         assert_eq!(path, "/cgi/crm/v2/data/query", "unexpected path");
         let info = &body["data"]["search_query_info"];
         s.filters_seen.push(info["filters"].clone());
+        let mut delay = std::time::Duration::ZERO;
         match s.faults.pop_front().flatten() {
+            Some(Fault::Slow) => delay = SLOW,
             Some(Fault::Throttled) => return envelope(14001, "interface call limit exceeded"),
             Some(Fault::Busy) => return envelope(-1, "system busy"),
             Some(Fault::Malformed) => {
@@ -146,8 +152,10 @@ impl Respond for FakeFxiaoke {
             .skip(offset as usize)
             .take(limit)
             .collect();
-        ResponseTemplate::new(200).set_body_json(json!({"errorCode": 0, "errorMessage": "success",
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"errorCode": 0, "errorMessage": "success",
             "data": {"dataList": page, "total": 0, "offset": offset, "limit": limit}}))
+            .set_delay(delay)
     }
 }
 
@@ -310,7 +318,7 @@ impl Harness {
             page_size: 100,
             cost_field: Some("field_cost__c".into()),
             http: HttpSettings {
-                timeout_secs: 2.0,
+                timeout_secs: 0.5,
                 max_attempts: 5,
                 backoff_ms: 10,
                 max_backoff_secs: 0,
@@ -336,10 +344,10 @@ backend_tests! {
         let harness = Harness::new(seeded());
         {
             let mut s = harness.source.lock().unwrap();
-            // The token dies after 3 calls; throttling, a busy system and a cut-off body hit
-            // the accounts.
+            // The token dies after 3 calls; throttling, a busy system, a cut-off body and an
+            // answer slower than the timeout hit the accounts.
             s.expire_after = Some(3);
-            s.faults = vec![None, Some(Fault::Throttled), Some(Fault::Busy), Some(Fault::Malformed)].into();
+            s.faults = vec![None, Some(Fault::Throttled), Some(Fault::Busy), Some(Fault::Malformed), Some(Fault::Slow)].into();
         }
         let report = harness.sync(&db).unwrap();
         assert!(report.entities.iter().all(|e| e.completed), "{report:?}");

@@ -29,9 +29,13 @@ const TOKEN: &str = "pat-na1-11111111-2222-3333-4444-555555555555";
 /// The search cap of this fake (HubSpot's is 10,000), and the connector's setting.
 const CAP: usize = 60;
 const SEARCH_PAGE: usize = 20;
+/// Longer than the connector's timeout in these tests (0.5 s).
+const SLOW: std::time::Duration = std::time::Duration::from_millis(1500);
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
+    /// The answer comes later than the connector's timeout.
+    Slow,
     Throttled,
     Daily,
     ServerError,
@@ -115,7 +119,9 @@ impl Respond for FakeHubspot {
             return ResponseTemplate::new(200)
                 .set_body_json(json!({"status": "COMPLETE", "results": results}));
         }
+        let mut delay = std::time::Duration::ZERO;
         match s.faults.pop_front().flatten() {
+            Some(Fault::Slow) => delay = SLOW,
             Some(Fault::Throttled) => {
                 return error(429, "RATE_LIMITS", "You have reached your ten_secondly_rolling limit.")
                     .insert_header("Retry-After", "0")
@@ -178,7 +184,9 @@ impl Respond for FakeHubspot {
             if let Some(next) = sorted.get(start + limit) {
                 body["paging"] = json!({"next": {"after": next["id"], "link": "ignored"}});
             }
-            return ResponseTemplate::new(200).set_body_json(body);
+            return ResponseTemplate::new(200)
+                .set_body_json(body)
+                .set_delay(delay);
         }
         let body: Value = serde_json::from_slice(&request.body).unwrap();
         s.searches.push(body.clone());
@@ -248,7 +256,9 @@ impl Respond for FakeHubspot {
         if after + limit < matching.len() {
             answer["paging"] = json!({"next": {"after": (after + limit).to_string()}});
         }
-        ResponseTemplate::new(200).set_body_json(answer)
+        ResponseTemplate::new(200)
+            .set_body_json(answer)
+            .set_delay(delay)
     }
 }
 
@@ -415,7 +425,7 @@ impl Harness {
             search_cap: CAP as u32,
             cost_property: Some("cost__c".into()),
             http: HttpSettings {
-                timeout_secs: 2.0,
+                timeout_secs: 0.5,
                 max_attempts: 5,
                 backoff_ms: 10,
                 max_backoff_secs: 0,
@@ -440,7 +450,7 @@ backend_tests! {
     fn a_full_run_through_the_lists_with_faults_imports_the_source(db) {
         let harness = Harness::new(seeded());
         harness.source.lock().unwrap().faults =
-            vec![None, Some(Fault::Throttled), Some(Fault::ServerError), Some(Fault::Malformed)].into();
+            vec![None, Some(Fault::Throttled), Some(Fault::ServerError), Some(Fault::Malformed), Some(Fault::Slow)].into();
         let report = harness.sync(&db).unwrap();
         assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
         let s = harness.source.lock().unwrap();

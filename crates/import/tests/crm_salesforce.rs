@@ -28,9 +28,13 @@ use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, owner_row, serve};
 const CLIENT_SECRET: &str = "sf-consumer-secret-5d1";
 const REFRESH: &str = "5Aep861refresh.token.c0ffee";
 const QUERY: &str = "/services/data/v60.0/query";
+/// Longer than the connector's timeout in these tests (0.5 s).
+const SLOW: std::time::Duration = std::time::Duration::from_millis(1500);
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
+    /// The answer comes later than the connector's timeout.
+    Slow,
     ServerError,
     Malformed,
     LimitExceeded,
@@ -144,7 +148,9 @@ impl Respond for FakeSalesforce {
         }
         s.calls += 1;
         let usage = format!("api-usage={}/{}", s.calls, s.daily_limit);
+        let mut delay = std::time::Duration::ZERO;
         match s.faults.pop_front().flatten() {
+            Some(Fault::Slow) => delay = SLOW,
             Some(Fault::ServerError) => return sf_error(503, "SERVER_UNAVAILABLE", "try later"),
             Some(Fault::Malformed) => {
                 return ResponseTemplate::new(200)
@@ -197,6 +203,7 @@ impl Respond for FakeSalesforce {
         ResponseTemplate::new(200)
             .insert_header("Sforce-Limit-Info", usage.as_str())
             .set_body_json(body)
+            .set_delay(delay)
     }
 }
 
@@ -350,7 +357,7 @@ impl Harness {
             batch_size: 200,
             cost_field: Some("Cost__c".into()),
             http: HttpSettings {
-                timeout_secs: 2.0,
+                timeout_secs: 0.5,
                 max_attempts: 5,
                 backoff_ms: 10,
                 max_backoff_secs: 1,
@@ -375,15 +382,19 @@ backend_tests! {
         let harness = Harness::new(seeded());
         {
             let mut s = harness.source.lock().unwrap();
-            // The session ends after 2 calls; a 503 and a cut-off body hit the accounts.
+            // The session ends after 2 calls; a 503, a cut-off body and an answer slower than
+            // the timeout hit the accounts.
             s.expire_after = Some(2);
-            s.faults = vec![None, None, Some(Fault::ServerError), Some(Fault::Malformed)].into();
+            s.faults = vec![None, None, Some(Fault::ServerError), Some(Fault::Malformed), Some(Fault::Slow)].into();
         }
         let report = harness.sync(&db, &SyncOptions::default()).unwrap();
         assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
         let s = harness.source.lock().unwrap();
         assert_same_rows(&snapshot(&db), &expected(&s), "the store equals the source");
         assert_eq!(s.minted, 2, "one session, renewed once when it ended");
+        // Users 1, accounts 3 pages + 3 failed tries (503, cut-off, too slow), opportunities 2:
+        // the slow answer was abandoned and asked again.
+        assert_eq!(s.calls, 9);
         assert_eq!(report.rejected(), 2, "{report:?}");
         let customers = &report.entities[1];
         let rejects = tierwise_store::runs::rejects_of_run(&mut db.conn(), customers.run.unwrap(), 10).unwrap();

@@ -26,6 +26,19 @@ use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, owner_row, serve};
 const CLIENT_SECRET: &str = "zoho-client-secret-91a";
 const REFRESH: &str = "1000.refresh.77c0";
 
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Answer with this status instead of data (429, 500).
+    Status(u16),
+    /// A body cut off mid-way.
+    Malformed,
+    /// The answer comes later than the connector's timeout.
+    Slow,
+}
+
+/// Longer than the connector's timeout in these tests (0.5 s).
+const SLOW: std::time::Duration = std::time::Duration::from_millis(1500);
+
 #[derive(Debug, Default)]
 struct Source {
     uri: String,
@@ -37,8 +50,8 @@ struct Source {
     minted: u32,
     /// Revoke every live token after this many more API calls.
     expire_after: Option<u32>,
-    /// Statuses to answer the coming list calls with instead of data (429, 500); None = serve.
-    faults: VecDeque<Option<u16>>,
+    /// Faults for the coming list calls; None = serve.
+    faults: VecDeque<Option<Fault>>,
     /// `If-Modified-Since` of every list call.
     since_seen: Vec<Option<String>>,
 }
@@ -97,11 +110,19 @@ impl Respond for FakeZoho {
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned);
         s.since_seen.push(since.clone());
-        if let Some(Some(status)) = s.faults.pop_front() {
-            return ResponseTemplate::new(status).set_body_json(
-                json!({"code": if status == 429 { "TOO_MANY_REQUESTS" } else { "INTERNAL_ERROR" },
-                "details": {}, "message": "try later", "status": "error"}),
-            );
+        let mut delay = std::time::Duration::ZERO;
+        match s.faults.pop_front().flatten() {
+            Some(Fault::Status(status)) => {
+                return ResponseTemplate::new(status).set_body_json(
+                    json!({"code": if status == 429 { "TOO_MANY_REQUESTS" } else { "INTERNAL_ERROR" },
+                    "details": {}, "message": "try later", "status": "error"}),
+                );
+            }
+            Some(Fault::Malformed) => {
+                return ResponseTemplate::new(200).set_body_string("{\"data\": [{\"id\": \"48");
+            }
+            Some(Fault::Slow) => delay = SLOW,
+            None => {}
         }
         let records = if path == "/crm/v8/Deals" {
             &s.deals
@@ -142,6 +163,7 @@ impl Respond for FakeZoho {
         ResponseTemplate::new(200).set_body_json(json!({"data": page, "info": {"per_page": per_page,
             "count": page.len(), "more_records": more,
             "next_page_token": if more { Some(format!("pt-{}", offset + per_page)) } else { None }}}))
+            .set_delay(delay)
     }
 }
 
@@ -297,7 +319,7 @@ impl Harness {
             page_size: 100,
             cost_field: Some("Cost__c".into()),
             http: HttpSettings {
-                timeout_secs: 2.0,
+                timeout_secs: 0.5,
                 max_attempts: 5,
                 backoff_ms: 10,
                 max_backoff_secs: 1,
@@ -323,9 +345,17 @@ backend_tests! {
         let harness = Harness::new(seeded());
         {
             let mut s = harness.source.lock().unwrap();
-            // The token dies after 3 calls; a 429 and a 500 hit the accounts.
+            // The token dies after 3 calls; a 429, a 500, a cut-off body and an answer slower
+            // than the timeout hit the accounts.
             s.expire_after = Some(3);
-            s.faults = vec![None, Some(429), Some(500)].into();
+            s.faults = vec![
+                None,
+                Some(Fault::Status(429)),
+                Some(Fault::Status(500)),
+                Some(Fault::Malformed),
+                Some(Fault::Slow),
+            ]
+            .into();
         }
         let report = harness.sync(&db).unwrap();
         assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
