@@ -134,6 +134,7 @@ fn child(url: &str, database: &str, page: u32) -> Result<()> {
         page_size: page,
         cost_field: None,
         http: HttpSettings::default(),
+        ..PipedriveSettings::default()
     })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

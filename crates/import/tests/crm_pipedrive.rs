@@ -16,7 +16,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use tierwise_import::crm::http::HttpSettings;
 use tierwise_import::crm::pipedrive::{Pipedrive, PipedriveSettings};
-use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
+use tierwise_import::crm::{CrmError, CustomerFields, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
 use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
@@ -195,7 +195,8 @@ fn seeded() -> Source {
         s.organizations.insert(
             id,
             json!({"id": id, "name": name, "owner_id": 11 + id % 3,
-            "add_time": "2023-01-05T08:00:00Z", "update_time": updated}),
+            "add_time": "2023-01-05T08:00:00Z", "update_time": updated,
+            "custom_fields": {"n9s": id % 11}}),
         );
     }
     for id in 1..=1_400_i64 {
@@ -292,6 +293,10 @@ impl Harness {
             api_token: SecretString::from(token.to_owned()),
             page_size: 100,
             cost_field: Some("c0st".into()),
+            customer_fields: CustomerFields {
+                prospect_rating: None,
+                attributes: [("nps".to_owned(), "n9s".to_owned())].into(),
+            },
             http: HttpSettings {
                 timeout_secs: 0.3,
                 max_attempts: 6,
@@ -331,6 +336,9 @@ backend_tests! {
         assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
         let want = expected(&harness.source.lock().unwrap());
         assert_same_rows(&snapshot(&db), &want, "the store equals the source");
+        // The custom field configured as the `nps` attribute, read from `custom_fields`.
+        let org = tierwise_store::queries::find_customer(&mut db.conn(), "pipedrive", "30").unwrap().unwrap();
+        assert_eq!(org.attributes.get("nps"), Some(&8.0));
         // The two bad records are kept with their JSON and the reason; nothing else is.
         assert_eq!(report.rejected(), 2, "{report:?}");
         let customers = &report.entities[1];

@@ -367,6 +367,24 @@ impl Harness {
         .unwrap()
     }
 
+    fn with_customer_fields(&self) -> Salesforce {
+        let mut settings = SalesforceSettings {
+            enabled: true,
+            login_url: self.server.uri(),
+            client_id: "3MVG9consumer.key".into(),
+            client_secret: SecretString::from(CLIENT_SECRET.to_owned()),
+            refresh_token: SecretString::from(REFRESH.to_owned()),
+            batch_size: 200,
+            ..SalesforceSettings::default()
+        };
+        settings.customer_fields.prospect_rating = Some("Rating__c".into());
+        settings
+            .customer_fields
+            .attributes
+            .insert("nps".into(), "NPS__c".into());
+        Salesforce::new(settings).unwrap()
+    }
+
     fn sync(&self, db: &TestDb, options: &SyncOptions) -> Result<SyncReport, CrmError> {
         let connector = self.connector(REFRESH);
         self.runtime.block_on(sync(&db.db, &connector, options))
@@ -464,6 +482,31 @@ backend_tests! {
         let report = harness.sync(&db, &SyncOptions::default()).unwrap();
         assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
         assert_same_rows(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "after resuming");
+    }
+
+    fn custom_fields_named_in_the_configuration_are_imported(db) {
+        let mut source = seeded();
+        for (i, a) in source.accounts.iter_mut().enumerate() {
+            a["NPS__c"] = json!(i as f64 - 20.0);
+            a["Rating__c"] = if i % 4 == 0 { json!(1 + i % 5) } else { Value::Null };
+        }
+        source.accounts[5]["NPS__c"] = json!("n/a");
+        let harness = Harness::new(source);
+        let connector = harness.with_customer_fields();
+        let report = harness.runtime.block_on(sync(&db.db, &connector, &SyncOptions::default())).unwrap();
+        // The account without a name, the one whose NPS is not a number, the won opportunity
+        // without an account.
+        assert_eq!(report.rejected(), 3, "{report:?}");
+        let rejects = tierwise_store::runs::rejects_of_run(&mut db.conn(), report.entities[1].run.unwrap(), 10).unwrap();
+        assert!(rejects.iter().any(|r| r.field.as_deref() == Some("NPS__c") && r.reason.contains("'n/a' is not a number")), "{rejects:?}");
+        let s = harness.source.lock().unwrap();
+        let accounts_soql = s.soql_seen.iter().find(|q| q.contains("FROM Account")).unwrap();
+        assert!(accounts_soql.contains(", Rating__c, NPS__c FROM"), "{accounts_soql}");
+        let stored = tierwise_store::queries::find_customer(&mut db.conn(), "salesforce", "001xx0000000000009").unwrap().unwrap();
+        assert_eq!(stored.attributes.get("nps"), Some(&-12.0));
+        assert_eq!(stored.prospect_rating, Some(4));
+        let unrated = tierwise_store::queries::find_customer(&mut db.conn(), "salesforce", "001xx0000000000010").unwrap().unwrap();
+        assert_eq!((unrated.prospect_rating, unrated.attributes.get("nps")), (None, Some(&-11.0)));
     }
 
     fn a_refused_refresh_token_says_what_to_fix_and_shows_no_secret(db) {

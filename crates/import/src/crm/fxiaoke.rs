@@ -21,7 +21,8 @@ use tierwise_domain::{
 
 use super::http::{Attempt, Http, HttpSettings, transport_error};
 use super::{
-    Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable, decimal_text, masked, text,
+    Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable,
+    decimal_text, masked, text,
 };
 
 /// `[crm.fxiaoke]` settings.
@@ -50,6 +51,8 @@ pub struct FxiaokeSettings {
     pub utc_offset_hours: i32,
     /// API name of a money field on `SalesOrderObj` holding the order's cost, if any.
     pub cost_field: Option<String>,
+    /// Custom fields of `AccountObj` to import (`[crm.fxiaoke.customer_fields]`).
+    pub customer_fields: CustomerFields,
     /// Timeouts and retries.
     pub http: HttpSettings,
 }
@@ -67,6 +70,7 @@ impl Default for FxiaokeSettings {
             currency: "CNY".into(),
             utc_offset_hours: 8,
             cost_field: None,
+            customer_fields: CustomerFields::default(),
             // 100 calls per 20 s per interface: throttled calls wait out the window.
             http: HttpSettings {
                 backoff_ms: 2_000,
@@ -374,6 +378,9 @@ impl Connector for Fxiaoke {
         {
             fields.push(cost);
         }
+        if entity == Entity::Customers {
+            fields.extend(self.settings.customer_fields.names());
+        }
         let mut filters = Vec::new();
         if let Some(since) = since {
             // GT is the operator every client uses; GT (since - 1 ms) is "at or after since".
@@ -461,6 +468,10 @@ impl Connector for Fxiaoke {
                 let customer = Customer::new(id, text(record, "name").unwrap_or_default())?
                     .with_owner(owner)
                     .with_created_on(created_on);
+                let customer = self
+                    .settings
+                    .customer_fields
+                    .apply(customer, |f| record.get(f))?;
                 Ok((Mapped::Customer(customer), changed))
             }
             Entity::Orders => {

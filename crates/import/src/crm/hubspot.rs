@@ -19,7 +19,9 @@ use tierwise_domain::{
 };
 
 use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
-use super::{Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable, masked};
+use super::{
+    Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable, masked,
+};
 
 /// `[crm.hubspot]` settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -44,6 +46,8 @@ pub struct HubspotSettings {
     pub currency: String,
     /// Internal name of a number property on deals holding the deal's cost, if any.
     pub cost_property: Option<String>,
+    /// Custom company properties to import (`[crm.hubspot.customer_fields]`).
+    pub customer_fields: CustomerFields,
     /// Timeouts and retries.
     pub http: HttpSettings,
 }
@@ -60,6 +64,7 @@ impl Default for HubspotSettings {
             won_stages: vec!["closedwon".into()],
             currency: "CNY".into(),
             cost_property: None,
+            customer_fields: CustomerFields::default(),
             http: HttpSettings::default(),
         }
     }
@@ -208,6 +213,9 @@ impl Hubspot {
             && let Some(cost) = &self.settings.cost_property
         {
             properties.push(cost.clone());
+        }
+        if entity == Entity::Customers {
+            properties.extend(self.settings.customer_fields.names().map(str::to_owned));
         }
         properties
     }
@@ -580,6 +588,9 @@ impl Connector for Hubspot {
                 let customer = Customer::new(id, property("name").unwrap_or_default())?
                     .with_owner(owner)
                     .with_created_on(created_on);
+                let customer = self.settings.customer_fields.apply(customer, |f| {
+                    record.get("properties").and_then(|p| p.get(f))
+                })?;
                 Ok((Mapped::Customer(customer), changed))
             }
             _ => {

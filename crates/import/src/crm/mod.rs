@@ -297,6 +297,78 @@ pub(crate) fn decimal_text(value: &Value) -> Option<String> {
     }
 }
 
+/// Custom customer fields a connector reads (`[crm.<source>.customer_fields]`): named in
+/// configuration, because every company names its own.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CustomerFields {
+    /// The CRM field holding the manual prospect rating (1 cold – 5 hot) of new customers.
+    pub prospect_rating: Option<String>,
+    /// Numeric customer attributes, usable as custom grading components: tierwise name → CRM
+    /// field, e.g. `nps = "NPS__c"`, `credit_limit = "Credit_Limit__c"`.
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+impl CustomerFields {
+    /// The CRM fields to ask for.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.prospect_rating
+            .iter()
+            .chain(self.attributes.values())
+            .map(String::as_str)
+    }
+
+    /// Sets the configured fields of `customer` from the record, `value_of` finding a field's
+    /// value. Empty fields are left unset; a value that is not a number rejects the record.
+    pub fn apply<'r>(
+        &self,
+        mut customer: Customer,
+        value_of: impl Fn(&str) -> Option<&'r Value>,
+    ) -> Result<Customer, Unmappable> {
+        if let Some(field) = &self.prospect_rating
+            && let Some(rating) = number(field, value_of(field))?
+        {
+            if rating.fract() != 0.0 {
+                return Err(Unmappable::field(
+                    field,
+                    format!("{rating} is not a whole rating from 1 to 5"),
+                ));
+            }
+            customer = customer
+                .with_prospect_rating(Some(rating as i64))
+                .map_err(|e| Unmappable::field(field, e.reason))?;
+        }
+        for (name, field) in &self.attributes {
+            if let Some(value) = number(field, value_of(field))? {
+                customer = customer
+                    .with_attribute(name, value)
+                    .map_err(|e| Unmappable::field(field, e.reason))?;
+            }
+        }
+        Ok(customer)
+    }
+}
+
+/// A number sent as a JSON number, a numeric string, or an object with a `value` (Pipedrive's
+/// monetary custom fields); None when absent or empty.
+fn number(field: &str, value: Option<&Value>) -> Result<Option<f64>, Unmappable> {
+    let value = match value {
+        Some(Value::Object(o)) => o.get("value"),
+        other => other,
+    };
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|_| Unmappable::field(field, format!("'{s}' is not a number"))),
+        Some(other) => Err(Unmappable::field(field, format!("{other} is not a number"))),
+    }
+}
+
 /// A secret as `config show` prints it.
 pub(crate) fn masked<S: serde::Serializer>(
     secret: &secrecy::SecretString,
@@ -712,4 +784,58 @@ fn load_page(
         customers_created += outcome.customers_created;
     }
     Ok((written, customers_created))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields() -> CustomerFields {
+        CustomerFields {
+            prospect_rating: Some("Rating__c".into()),
+            attributes: [("nps".to_owned(), "NPS__c".to_owned())].into(),
+        }
+    }
+
+    fn apply(record: Value) -> Result<Customer, Unmappable> {
+        let customer = Customer::new(ExternalId::parse("id", "C1")?, "Acme")?;
+        fields().apply(customer, |f| record.get(f))
+    }
+
+    #[test]
+    fn configured_fields_are_read_as_numbers_from_numbers_strings_and_value_objects() {
+        let c =
+            apply(json!({"Rating__c": "4", "NPS__c": 42.5})).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            (c.prospect_rating(), c.attributes().get("nps")),
+            (Some(4), Some(&42.5))
+        );
+        let c = apply(json!({"Rating__c": 2, "NPS__c": {"value": "-7", "currency": "CNY"}}))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            (c.prospect_rating(), c.attributes().get("nps")),
+            (Some(2), Some(&-7.0))
+        );
+        // Absent or empty fields are left unset.
+        let c = apply(json!({"Rating__c": "", "NPS__c": null})).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((c.prospect_rating(), c.attributes().len()), (None, 0));
+    }
+
+    #[test]
+    fn a_field_that_is_not_a_number_rejects_the_record_naming_the_field() {
+        let e = apply(json!({"NPS__c": "n/a"}))
+            .err()
+            .map(|e| (e.field, e.reason));
+        assert_eq!(
+            e,
+            Some((Some("NPS__c".into()), "'n/a' is not a number".into()))
+        );
+        let e = apply(json!({"Rating__c": 3.5})).err();
+        assert!(e.is_some_and(|e| e.reason.contains("whole rating")));
+        let e = apply(json!({"Rating__c": 9})).err();
+        assert!(e.is_some_and(
+            |e| e.field.as_deref() == Some("Rating__c") && e.reason.contains("outside 1-5")
+        ));
+    }
 }

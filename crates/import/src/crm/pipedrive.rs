@@ -17,7 +17,8 @@ use tierwise_domain::{
 
 use super::http::{Attempt, Http, HttpSettings, header_number, retry_after, transport_error};
 use super::{
-    Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable, decimal_text, masked, text,
+    Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable,
+    decimal_text, masked, text,
 };
 
 /// `[crm.pipedrive]` settings.
@@ -36,6 +37,8 @@ pub struct PipedriveSettings {
     pub page_size: u32,
     /// Code of a monetary custom deal field holding the deal's cost (for profit), if any.
     pub cost_field: Option<String>,
+    /// Custom organization fields to import, by field key (`[crm.pipedrive.customer_fields]`).
+    pub customer_fields: CustomerFields,
     /// Timeouts and retries.
     pub http: HttpSettings,
 }
@@ -48,6 +51,7 @@ impl Default for PipedriveSettings {
             api_token: SecretString::from(String::new()),
             page_size: 500,
             cost_field: None,
+            customer_fields: CustomerFields::default(),
             http: HttpSettings::default(),
         }
     }
@@ -263,7 +267,7 @@ impl Connector for Pipedrive {
     ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         match entity {
             Entity::Owners => map_user(record, lookups),
-            Entity::Customers => map_organization(record, lookups),
+            Entity::Customers => map_organization(record, lookups, &self.settings.customer_fields),
             Entity::Orders => map_deal(record, self.settings.cost_field.as_deref()),
         }
     }
@@ -317,6 +321,7 @@ fn map_user(
 fn map_organization(
     record: &Value,
     lookups: &Lookups,
+    customer_fields: &CustomerFields,
 ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
     let id = id_of(record, "id")?;
     let name = text(record, "name").unwrap_or_default();
@@ -332,6 +337,10 @@ fn map_organization(
         .with_owner(owner)
         .with_created_on(created_on)
         .with_contact(Contact::default());
+    // v2 returns custom fields under `custom_fields`, by field key.
+    let customer = customer_fields.apply(customer, |key| {
+        record.get("custom_fields").and_then(|c| c.get(key))
+    })?;
     Ok((Mapped::Customer(customer), time(record, "update_time")?))
 }
 

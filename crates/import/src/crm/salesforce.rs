@@ -22,7 +22,8 @@ use tierwise_domain::{
 
 use super::http::{Attempt, Http, HttpSettings, transport_error};
 use super::{
-    Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable, decimal_text, masked, text,
+    Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable,
+    decimal_text, masked, text,
 };
 
 /// `[crm.salesforce]` settings.
@@ -53,6 +54,8 @@ pub struct SalesforceSettings {
     pub multi_currency: bool,
     /// API name of a currency field on Opportunity holding its cost (e.g. `Cost__c`), if any.
     pub cost_field: Option<String>,
+    /// Custom Account fields to import (`[crm.salesforce.customer_fields]`).
+    pub customer_fields: CustomerFields,
     /// Stop the run (cleanly, resumed next time) once the org's daily API allocation is used
     /// past this percentage.
     pub max_api_usage_percent: f64,
@@ -73,6 +76,7 @@ impl Default for SalesforceSettings {
             currency: "CNY".into(),
             multi_currency: false,
             cost_field: None,
+            customer_fields: CustomerFields::default(),
             max_api_usage_percent: 80.0,
             http: HttpSettings::default(),
         }
@@ -138,12 +142,18 @@ impl Salesforce {
                 settings.max_api_usage_percent
             )));
         }
-        if let Some(field) = &settings.cost_field
-            && !is_api_name(field)
+        // Field names go into SOQL: only API names.
+        for field in settings
+            .cost_field
+            .iter()
+            .map(String::as_str)
+            .chain(settings.customer_fields.names())
         {
-            return Err(CrmError::Setup(format!(
-                "crm.salesforce.cost_field: '{field}' is not a field API name like Cost__c"
-            )));
+            if !is_api_name(field) {
+                return Err(CrmError::Setup(format!(
+                    "crm.salesforce: '{field}' is not a field API name like Cost__c"
+                )));
+            }
         }
         let currency = Currency::parse(&settings.currency)
             .map_err(|e| CrmError::Setup(format!("crm.salesforce.currency: {}", e.reason)))?;
@@ -293,11 +303,15 @@ impl Salesforce {
                 "User",
                 None,
             ),
-            Entity::Customers => (
-                "Id, Name, OwnerId, Owner.Email, CreatedDate, SystemModstamp".to_owned(),
-                "Account",
-                None,
-            ),
+            Entity::Customers => {
+                let mut fields =
+                    "Id, Name, OwnerId, Owner.Email, CreatedDate, SystemModstamp".to_owned();
+                for field in self.settings.customer_fields.names() {
+                    fields.push_str(", ");
+                    fields.push_str(field);
+                }
+                (fields, "Account", None)
+            }
             Entity::Orders => {
                 let mut fields =
                     "Id, AccountId, Amount, CloseDate, IsWon, SystemModstamp".to_owned();
@@ -532,6 +546,10 @@ impl Connector for Salesforce {
                 let customer = Customer::new(id, text(record, "Name").unwrap_or_default())?
                     .with_owner(owner)
                     .with_created_on(created_on);
+                let customer = self
+                    .settings
+                    .customer_fields
+                    .apply(customer, |f| record.get(f))?;
                 Ok((Mapped::Customer(customer), changed))
             }
             Entity::Orders => {

@@ -19,7 +19,8 @@ use tierwise_domain::{
 
 use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
 use super::{
-    Connector, CrmError, Entity, Lookups, Mapped, RawPage, Unmappable, decimal_text, masked, text,
+    Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable,
+    decimal_text, masked, text,
 };
 
 /// `[crm.zoho]` settings.
@@ -48,6 +49,8 @@ pub struct ZohoSettings {
     pub currency: String,
     /// API name of a currency field on Deals holding the deal's cost, if any.
     pub cost_field: Option<String>,
+    /// Custom Accounts fields to import (`[crm.zoho.customer_fields]`).
+    pub customer_fields: CustomerFields,
     /// Timeouts and retries.
     pub http: HttpSettings,
 }
@@ -65,6 +68,7 @@ impl Default for ZohoSettings {
             won_stage: "Closed Won".into(),
             currency: "CNY".into(),
             cost_field: None,
+            customer_fields: CustomerFields::default(),
             // Zoho sends no Retry-After; its own guidance is to back off 30 s → 60 s → 120 s.
             http: HttpSettings {
                 backoff_ms: 2_000,
@@ -373,11 +377,14 @@ impl Connector for Zoho {
             });
         }
         let (what, path, fields) = match entity {
-            Entity::Customers => (
-                "accounts",
-                "/Accounts",
-                "Account_Name,Owner,Created_Time,Modified_Time".to_owned(),
-            ),
+            Entity::Customers => {
+                let mut fields = "Account_Name,Owner,Created_Time,Modified_Time".to_owned();
+                for field in self.settings.customer_fields.names() {
+                    fields.push(',');
+                    fields.push_str(field);
+                }
+                ("accounts", "/Accounts", fields)
+            }
             _ => {
                 let mut fields =
                     "Deal_Name,Amount,Closing_Date,Stage,Account_Name,Owner,Modified_Time"
@@ -462,6 +469,10 @@ impl Connector for Zoho {
                 let customer = Customer::new(id, text(record, "Account_Name").unwrap_or_default())?
                     .with_owner(owner)
                     .with_created_on(created_on);
+                let customer = self
+                    .settings
+                    .customer_fields
+                    .apply(customer, |f| record.get(f))?;
                 Ok((Mapped::Customer(customer), time(record, "Modified_Time")?))
             }
             Entity::Orders => {
