@@ -13,6 +13,7 @@ pub mod ids;
 pub mod money;
 pub mod notify;
 pub mod period;
+pub mod predictive;
 pub mod records;
 
 pub use email::EmailAddress;
