@@ -1,0 +1,216 @@
+//! Predictive-model benchmark: fit MBG/NBD and BG/NBD to 1,000,000 simulated customers and
+//! predict P(alive) and the expected purchases of the next 13 weeks for each, against the Python
+//! `lifetimes` package fitting the same summaries (bench/bgnbd_lifetimes.py).
+//!
+//! ```text
+//! cargo bench -p tierwise-domain --bench predictive_1m                      # 1M customers
+//! cargo bench -p tierwise-domain --bench predictive_1m -- --customers 100000 --python none
+//! ```
+//! Needs a Python with `lifetimes` (`pip install lifetimes`) unless `--python none`. The report
+//! is printed and written to target/bench-report/predictive_1m.md.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Beta, Distribution, Exp, Gamma};
+use tierwise_domain::predictive::{
+    BgNbdParams, RepeatSummary, Variant, expected_purchases, fit, p_alive,
+};
+
+type Error = Box<dyn std::error::Error>;
+
+const TRUTH: BgNbdParams = BgNbdParams {
+    r: 0.9,
+    alpha: 6.0,
+    a: 1.5,
+    b: 4.0,
+};
+/// Weeks ahead for the expected purchases.
+const HORIZON: f64 = 13.0;
+
+/// Customers in whole days (as a grading run would count them), reported in weeks: first
+/// purchase 26 to 104 weeks before the as-of date, purchases at most one a day.
+fn simulate(n: usize) -> Result<Vec<(u32, u32, u32)>, Error> {
+    let mut rng = StdRng::seed_from_u64(42);
+    let rates = Gamma::new(TRUTH.r, 1.0 / TRUTH.alpha)?;
+    let dropouts = Beta::new(TRUTH.a, TRUTH.b)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let lambda: f64 = rates.sample(&mut rng);
+        let dropout: f64 = dropouts.sample(&mut rng);
+        let age_days: u32 = rng.random_range(182..728);
+        let wait = Exp::new(lambda.max(1e-12))?;
+        let (mut x, mut last_day, mut t) = (0_u32, 0_u32, 0.0_f64);
+        let mut alive = rng.random::<f64>() >= dropout;
+        while alive {
+            t += wait.sample(&mut rng);
+            let day = (t * 7.0) as u32;
+            if day > age_days {
+                break;
+            }
+            if day > last_day {
+                x += 1;
+                last_day = day;
+            }
+            alive = rng.random::<f64>() >= dropout;
+        }
+        out.push((x, last_day, age_days));
+    }
+    Ok(out)
+}
+
+fn summary((x, recency_days, age_days): (u32, u32, u32)) -> Option<RepeatSummary> {
+    RepeatSummary::new(x, f64::from(recency_days) / 7.0, f64::from(age_days) / 7.0)
+}
+
+fn main() -> Result<(), Error> {
+    let mut customers = 1_000_000_usize;
+    let mut python = std::env::var("TIERWISE_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--customers" => customers = args.next().ok_or("--customers N")?.parse()?,
+            "--python" => python = args.next().ok_or("--python PATH|none")?,
+            _ => {}
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let data = simulate(customers)?;
+
+    let mut report = format!(
+        "# Predictive model: {customers} simulated customers (MBG/NBD truth {TRUTH:?})\n\n\
+         | step | tierwise s | lifetimes s | ratio |\n|---|---|---|---|\n"
+    );
+    let peer = if python == "none" {
+        None
+    } else {
+        Some(run_lifetimes(&python, &root, &data)?)
+    };
+    let mut notes = String::new();
+    for (variant, name) in [(Variant::Modified, "mbg"), (Variant::Bg, "bg")] {
+        let started = Instant::now();
+        // Customers with the same (x, t_x, T) in days share one likelihood term.
+        let mut groups: HashMap<(u32, u32, u32), f64> = HashMap::new();
+        for c in &data {
+            *groups.entry(*c).or_default() += 1.0;
+        }
+        let grouped: Vec<(RepeatSummary, f64)> = groups
+            .into_iter()
+            .filter_map(|(c, n)| summary(c).map(|s| (s, n)))
+            .collect();
+        let fitted = fit(variant, &grouped)?;
+        let fit_secs = started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        let (mut alive_sum, mut expected_sum) = (0.0, 0.0);
+        for c in data.iter().filter_map(|c| summary(*c)) {
+            alive_sum += p_alive(&fitted.params, variant, &c);
+            expected_sum += expected_purchases(&fitted.params, variant, &c, HORIZON).unwrap_or(0.0);
+        }
+        let predict_secs = started.elapsed().as_secs_f64();
+
+        let their = peer.as_ref().and_then(|p| p.timings.get(name));
+        let cell = |ours: f64, key: &str| match their.and_then(|t| t.get(key)) {
+            Some(t) => format!("{t:.2} | {:.2}", ours / t),
+            None => "– | –".into(),
+        };
+        writeln!(
+            report,
+            "| {name} fit ({} distinct summaries, {} iterations) | {fit_secs:.2} | {} |",
+            grouped.len(),
+            fitted.iterations,
+            cell(fit_secs, "fit")
+        )?;
+        writeln!(
+            report,
+            "| {name} predict P(alive) + E[Y(13 weeks)] | {predict_secs:.2} | {} |",
+            cell(predict_secs, "predict")
+        )?;
+        let p = fitted.params;
+        writeln!(
+            notes,
+            "- {name}: fitted r={:.4} alpha={:.4} a={:.4} b={:.4}, log-likelihood {:.1}; mean \
+             P(alive) {:.4}, mean E[Y(13)] {:.4}",
+            p.r,
+            p.alpha,
+            p.a,
+            p.b,
+            fitted.log_likelihood,
+            alive_sum / customers as f64,
+            expected_sum / customers as f64,
+        )?;
+        if let Some(text) = peer.as_ref().and_then(|p| p.params.get(name)) {
+            writeln!(notes, "  - lifetimes fitted {text}")?;
+        }
+    }
+    report.push('\n');
+    report.push_str(&notes);
+    report.push_str(
+        "\nTargets: fit ≤ 5 s, predict ≤ 1 s. tierwise fits the distinct (x, t_x, T) day summaries \
+         with their counts; lifetimes fits the same rows through its own `weights` grouping.\n",
+    );
+    print!("{report}");
+    let out: PathBuf = root.join("target/bench-report");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("predictive_1m.md"), &report)?;
+    Ok(())
+}
+
+/// The peer's seconds per model and step, and its fitted parameters as text.
+#[derive(Default)]
+struct Peer {
+    timings: HashMap<String, HashMap<String, f64>>,
+    params: HashMap<String, String>,
+}
+
+/// Runs bench/bgnbd_lifetimes.py on the same summaries; its timings per model.
+fn run_lifetimes(python: &str, root: &Path, data: &[(u32, u32, u32)]) -> Result<Peer, Error> {
+    let dir = root.join("target/bench-predictive");
+    std::fs::create_dir_all(&dir)?;
+    let csv = dir.join("summaries.csv");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&csv)?);
+    writeln!(file, "frequency,recency,T")?;
+    for (x, recency_days, age_days) in data {
+        writeln!(
+            file,
+            "{x},{},{}",
+            f64::from(*recency_days) / 7.0,
+            f64::from(*age_days) / 7.0
+        )?;
+    }
+    file.flush()?;
+    drop(file);
+    let output = Command::new(python)
+        .arg(root.join("bench/bgnbd_lifetimes.py"))
+        .arg(&csv)
+        .output()?;
+    if !output.status.success() {
+        return Err(format!(
+            "lifetimes peer failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    let mut peer = Peer::default();
+    // Lines like `mbg fit 12.3`, `mbg predict 1.2`, `mbg params r=… alpha=…`.
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let mut parts = line.splitn(3, ' ');
+        if let (Some(model), Some(key), Some(value)) = (parts.next(), parts.next(), parts.next()) {
+            if key == "params" {
+                peer.params.insert(model.to_owned(), value.to_owned());
+            } else if let Ok(v) = value.parse::<f64>() {
+                peer.timings
+                    .entry(model.to_owned())
+                    .or_default()
+                    .insert(key.to_owned(), v);
+            }
+        }
+    }
+    Ok(peer)
+}
