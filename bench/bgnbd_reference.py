@@ -66,3 +66,23 @@ if __name__ == "__main__":
                 f"bg_alive={bg_alive(*row):.12f} mbg_alive={mbg_alive(*row):.12f} "
                 + (f"bg_exp={bg_expected(*row, HORIZON):.12f} mbg_exp={mbg_expected(*row, HORIZON):.12f}" if p[2] > 1 else "")
             )
+
+# Gamma-Gamma spend model (Fader, Hardie & Lee 2005, "RFM and CLV: using iso-value curves").
+SPEND_PARAMS = [(6.25, 3.74, 15.44), (2.0, 5.0, 40.0)]
+SPENDERS = [(1, 35.5), (4, 120.0), (12, 8.25)]
+
+
+def gg_ll(p, q, g, x, m):
+    return (gammaln(p * x + q) - gammaln(p * x) - gammaln(q) + q * log(g) + (p * x - 1) * log(m)
+            + p * x * log(x) - (p * x + q) * log(g + x * m))
+
+
+def gg_value(p, q, g, x, m):
+    return (g + x * m) * p / (p * x + q - 1)
+
+
+if __name__ == "__main__":
+    for sp in SPEND_PARAMS:
+        print(f"{sp}: population={sp[0] * sp[2] / (sp[1] - 1):.12f}")
+        for x, m in SPENDERS:
+            print(f"({sp}, {x}, {m}): gg_ll={gg_ll(*sp, x, m):.12f} gg_value={gg_value(*sp, x, m):.12f}")

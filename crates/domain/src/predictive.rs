@@ -267,6 +267,129 @@ pub fn fit(variant: Variant, data: &[(RepeatSummary, f64)]) -> Result<Fit, FitEr
     })
 }
 
+/// Gamma-Gamma spend parameters (Fader, Hardie & Lee, 2005, "RFM and CLV: using iso-value
+/// curves"): a customer's transaction values are Gamma(p, ν), and ν ~ Gamma(q, γ) across
+/// customers, independent of how often they buy.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GammaGammaParams {
+    /// Shape of each transaction's value.
+    pub p: f64,
+    /// Shape of the customers' ν.
+    pub q: f64,
+    /// Rate of the customers' ν.
+    pub gamma: f64,
+}
+
+/// A repeat customer's spend: x transactions (x ≥ 1) averaging `average` (> 0).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SpendSummary {
+    /// x: transactions averaged.
+    pub transactions: u32,
+    /// m_x: their average value.
+    pub average: f64,
+}
+
+/// One customer's Gamma-Gamma log-likelihood:
+/// ln L = ln Γ(px+q) − ln Γ(px) − ln Γ(q) + q ln γ + (px−1) ln m_x + px ln x − (px+q) ln(γ + x m_x).
+pub fn spend_log_likelihood(g: &GammaGammaParams, s: &SpendSummary) -> f64 {
+    let x = f64::from(s.transactions);
+    let px = g.p * x;
+    ln_gamma(px + g.q) - ln_gamma(px) - ln_gamma(g.q)
+        + g.q * g.gamma.ln()
+        + (px - 1.0) * s.average.ln()
+        + px * x.ln()
+        - (px + g.q) * (g.gamma + x * s.average).ln()
+}
+
+/// Fits the Gamma-Gamma model by maximum likelihood on repeat customers with a positive average
+/// (others are skipped): Nelder–Mead on (ln p, ln q, ln γ), as [`fit`].
+pub fn fit_spend(data: &[SpendSummary]) -> Result<(GammaGammaParams, f64), FitError> {
+    let usable: Vec<SpendSummary> = data
+        .iter()
+        .copied()
+        .filter(|s| s.transactions > 0 && s.average > 0.0 && s.average.is_finite())
+        .collect();
+    if usable.len() < MIN_CUSTOMERS as usize {
+        return Err(FitError::TooFewCustomers {
+            found: usable.len() as u64,
+            needed: MIN_CUSTOMERS,
+        });
+    }
+    let n = usable.len() as f64;
+    let mean = usable.iter().map(|s| s.average).sum::<f64>() / n;
+    let params_of = |v: &[f64; 3]| GammaGammaParams {
+        p: v[0].exp(),
+        q: v[1].exp(),
+        gamma: v[2].exp(),
+    };
+    let cost = |v: &[f64; 3]| {
+        if v.iter().any(|x| x.abs() > 30.0) {
+            return f64::INFINITY;
+        }
+        let g = params_of(v);
+        let ll = usable
+            .iter()
+            .map(|s| spend_log_likelihood(&g, s))
+            .sum::<f64>()
+            / n;
+        if ll.is_finite() { -ll } else { f64::INFINITY }
+    };
+    // Start where the population mean p·γ/(q−1) equals the sample mean.
+    let start = [0.0, 2.0_f64.ln(), mean.max(1e-9).ln()];
+    let (best, value, _) = nelder_mead(cost, start, 0.5, 1e-10, 5_000)?;
+    Ok((params_of(&best), -value * n))
+}
+
+/// Expected average transaction value of a customer: (γ + x m_x) · p / (px + q − 1) for repeat
+/// buyers, the population mean p γ / (q − 1) otherwise (`None` for both when q ≤ 1, where the
+/// mean is infinite).
+pub fn expected_average_value(g: &GammaGammaParams, s: Option<&SpendSummary>) -> Option<f64> {
+    if g.q <= 1.0 {
+        return None;
+    }
+    let value = match s.filter(|s| s.transactions > 0 && s.average > 0.0) {
+        Some(s) => {
+            let x = f64::from(s.transactions);
+            (g.gamma + x * s.average) * g.p / (g.p * x + g.q - 1.0)
+        }
+        None => g.p * g.gamma / (g.q - 1.0),
+    };
+    value.is_finite().then_some(value)
+}
+
+/// How a customer's future value is discounted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClvHorizon {
+    /// Months ahead.
+    pub months: u32,
+    /// Discount rate per month (0.01 = 1 %).
+    pub monthly_discount: f64,
+    /// Model time units in a month (30.4375 for days, 4.348 for weeks).
+    pub units_per_month: f64,
+}
+
+/// Discounted CLV = Σ_{k=1..months} (E[Y(k·u)] − E[Y((k−1)·u)]) · value · margin / (1 + d)^k,
+/// with u the units per month, E[Y] from [`expected_purchases`], `value` the expected average
+/// transaction value and `margin` the share of it kept. `None` where E[Y] is undefined.
+pub fn discounted_clv(
+    p: &BgNbdParams,
+    variant: Variant,
+    c: &RepeatSummary,
+    value: f64,
+    margin: f64,
+    horizon: &ClvHorizon,
+) -> Option<f64> {
+    let mut total = 0.0;
+    let mut before = 0.0;
+    for k in 1..=horizon.months {
+        let by_then = expected_purchases(p, variant, c, f64::from(k) * horizon.units_per_month)?;
+        total +=
+            (by_then - before) * value * margin / (1.0 + horizon.monthly_discount).powi(k as i32);
+        before = by_then;
+    }
+    total.is_finite().then_some(total)
+}
+
 /// The fit's data laid out for speed: the distinct values of x, t_x and T, and per summary
 /// their indices and weight. One evaluation then computes each log-gamma term once per distinct
 /// x and each ln(α + t) once per distinct time, leaving an exp and a log1p per summary (days or
@@ -346,14 +469,14 @@ impl Table {
 /// Minimises `f` from `start` (initial step `step` per coordinate) with the standard
 /// Nelder–Mead moves (reflect 1, expand 2, contract ½, shrink ½). Converged when the spread of
 /// the simplex's values is at most `tolerance` · (1 + |best|).
-fn nelder_mead(
-    f: impl Fn(&[f64; 4]) -> f64,
-    start: [f64; 4],
+fn nelder_mead<const N: usize>(
+    f: impl Fn(&[f64; N]) -> f64,
+    start: [f64; N],
     step: f64,
     tolerance: f64,
     max_iterations: u32,
-) -> Result<([f64; 4], f64, u32), FitError> {
-    let mut simplex: Vec<([f64; 4], f64)> = (0..5)
+) -> Result<([f64; N], f64, u32), FitError> {
+    let mut simplex: Vec<([f64; N], f64)> = (0..=N)
         .map(|i| {
             let mut v = start;
             if i > 0 {
@@ -365,21 +488,21 @@ fn nelder_mead(
     let mut spread = f64::INFINITY;
     for iteration in 0..max_iterations {
         simplex.sort_by(|x, y| x.1.total_cmp(&y.1));
-        let (best, worst) = (simplex[0].1, simplex[4].1);
+        let (best, worst) = (simplex[0].1, simplex[N].1);
         spread = worst - best;
         if best.is_finite() && spread <= tolerance * (1.0 + best.abs()) {
             return Ok((simplex[0].0, best, iteration));
         }
-        let mut centroid = [0.0; 4];
-        for (v, _) in &simplex[..4] {
-            for k in 0..4 {
-                centroid[k] += v[k] / 4.0;
+        let mut centroid = [0.0; N];
+        for (v, _) in &simplex[..N] {
+            for (c, x) in centroid.iter_mut().zip(v) {
+                *c += x / N as f64;
             }
         }
         let toward = |coef: f64| {
-            let mut p = [0.0; 4];
-            for k in 0..4 {
-                p[k] = centroid[k] + coef * (simplex[4].0[k] - centroid[k]);
+            let mut p = centroid;
+            for (k, x) in p.iter_mut().enumerate() {
+                *x += coef * (simplex[N].0[k] - centroid[k]);
             }
             p
         };
@@ -388,22 +511,22 @@ fn nelder_mead(
         if fr < simplex[0].1 {
             let expanded = toward(-2.0);
             let fe = f(&expanded);
-            simplex[4] = if fe < fr {
+            simplex[N] = if fe < fr {
                 (expanded, fe)
             } else {
                 (reflected, fr)
             };
-        } else if fr < simplex[3].1 {
-            simplex[4] = (reflected, fr);
+        } else if fr < simplex[N - 1].1 {
+            simplex[N] = (reflected, fr);
         } else {
-            let contracted = if fr < simplex[4].1 {
+            let contracted = if fr < simplex[N].1 {
                 toward(-0.5)
             } else {
                 toward(0.5)
             };
             let fc = f(&contracted);
-            if fc < simplex[4].1.min(fr) {
-                simplex[4] = (contracted, fc);
+            if fc < simplex[N].1.min(fr) {
+                simplex[N] = (contracted, fc);
             } else {
                 let best = simplex[0].0;
                 for entry in simplex.iter_mut().skip(1) {
@@ -637,6 +760,89 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn spend_values_agree_with_an_independent_scipy_computation() {
+        let cdnow = GammaGammaParams {
+            p: 6.25,
+            q: 3.74,
+            gamma: 15.44,
+        };
+        let other = GammaGammaParams {
+            p: 2.0,
+            q: 5.0,
+            gamma: 40.0,
+        };
+        // (params, x, m_x, log-likelihood, expected average value)
+        let cases = [
+            (cdnow, 1, 35.5, -4.206189637287, 35.414349276974),
+            (cdnow, 4, 120.0, -7.790919064164, 111.625811103100),
+            (cdnow, 12, 8.25, -5.731824017734, 9.200540262413),
+            (other, 1, 35.5, -4.853801245072, 25.166666666667),
+            (other, 4, 120.0, -9.968580887229, 86.666666666667),
+            (other, 12, 8.25, -3.377669848268, 9.928571428571),
+        ];
+        for (g, x, m, ll, value) in cases {
+            let s = SpendSummary {
+                transactions: x,
+                average: m,
+            };
+            close(
+                spend_log_likelihood(&g, &s),
+                ll,
+                "Gamma-Gamma log-likelihood",
+            );
+            close(
+                expected_average_value(&g, Some(&s)).unwrap_or(f64::NAN),
+                value,
+                "expected value",
+            );
+        }
+        close(
+            expected_average_value(&cdnow, None).unwrap_or(f64::NAN),
+            35.218978102190,
+            "population mean",
+        );
+        let heavy_tail = GammaGammaParams {
+            p: 1.0,
+            q: 0.9,
+            gamma: 1.0,
+        };
+        assert_eq!(
+            expected_average_value(&heavy_tail, None),
+            None,
+            "q ≤ 1: no finite mean"
+        );
+    }
+
+    #[test]
+    fn discounted_clv_adds_up_the_discounted_monthly_purchases() {
+        let c = summary(2, 30.43, 38.86);
+        let horizon = ClvHorizon {
+            months: 12,
+            monthly_discount: 0.0,
+            units_per_month: 4.348,
+        };
+        // Without discounting, CLV is the year's expected purchases × value × margin.
+        let year = expected_purchases(&OTHER, Variant::Bg, &c, 12.0 * 4.348).unwrap_or(f64::NAN);
+        let clv = discounted_clv(&OTHER, Variant::Bg, &c, 50.0, 0.3, &horizon).unwrap_or(f64::NAN);
+        close(clv, year * 50.0 * 0.3, "undiscounted CLV");
+        let discounted = ClvHorizon {
+            monthly_discount: 0.01,
+            ..horizon
+        };
+        let lower =
+            discounted_clv(&OTHER, Variant::Bg, &c, 50.0, 0.3, &discounted).unwrap_or(f64::NAN);
+        assert!(
+            lower < clv && lower > clv / 1.01_f64.powi(12),
+            "{lower} vs {clv}"
+        );
+        assert_eq!(
+            discounted_clv(&CDNOW, Variant::Bg, &c, 50.0, 0.3, &horizon),
+            None,
+            "a < 1"
+        );
     }
 
     #[test]
