@@ -86,3 +86,15 @@ if __name__ == "__main__":
         print(f"{sp}: population={sp[0] * sp[2] / (sp[1] - 1):.12f}")
         for x, m in SPENDERS:
             print(f"({sp}, {x}, {m}): gg_ll={gg_ll(*sp, x, m):.12f} gg_value={gg_value(*sp, x, m):.12f}")
+
+
+def no_purchase(alive, r, alpha, x, T, t):
+    """P(no purchase in (T, T+t]): dead, or alive with no purchase (λ | data ~ Gamma(r+x, α+T))."""
+    return (1 - alive) + alive * ((alpha + T) / (alpha + T + t)) ** (r + x)
+
+
+if __name__ == "__main__":
+    r, alpha, a, b = PARAMS[1]
+    for x, tx, T in CUSTOMERS:
+        print(f"no_purchase({x}, {tx}, {T}, 13): bg={no_purchase(bg_alive(r, alpha, a, b, x, tx, T), r, alpha, x, T, 13):.12f} "
+              f"mbg={no_purchase(mbg_alive(r, alpha, a, b, x, tx, T), r, alpha, x, T, 13):.12f}")

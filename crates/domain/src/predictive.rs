@@ -137,6 +137,17 @@ pub fn p_alive(p: &BgNbdParams, variant: Variant, c: &RepeatSummary) -> f64 {
     }
 }
 
+/// Probability of no purchase in the next `t` time units:
+/// P(Y(t) = 0 | x, t_x, T) = (1 − P(alive)) + P(alive) · ((α+T)/(α+T+t))^(r+x).
+/// A customer who dropped out buys nothing; one still alive has λ | data ~ Gamma(r+x, α+T) and
+/// cannot drop out without buying, so buys nothing with probability E[e^(−λt)].
+pub fn p_no_purchase(p: &BgNbdParams, variant: Variant, c: &RepeatSummary, t: f64) -> f64 {
+    let alive = p_alive(p, variant, c);
+    let x = f64::from(c.frequency);
+    let quiet = ((p.r + x) * ((p.alpha + c.age).ln() - (p.alpha + c.age + t.max(0.0)).ln())).exp();
+    (1.0 - alive) + alive * quiet
+}
+
 /// Gauss's hypergeometric series 2F1(a, b; c; z) for 0 ≤ z < 1, summed until a term no longer
 /// changes the sum (relative 1e-15) or 100,000 terms; `None` if it did not converge.
 fn hyp2f1(a: f64, b: f64, c: f64, z: f64) -> Option<f64> {
@@ -843,6 +854,40 @@ mod tests {
             None,
             "a < 1"
         );
+    }
+
+    #[test]
+    fn no_purchase_probabilities_agree_with_the_reference_and_behave() {
+        // bench/bgnbd_reference.py, OTHER parameters, t = 13.
+        let cases = [
+            ((0, 0.0, 38.86), 0.701964776500, 0.939912964533),
+            ((2, 30.43, 38.86), 0.650846820256, 0.633492174745),
+            ((7, 35.0, 38.86), 0.367881905339, 0.354497877411),
+            ((1, 0.0, 5.0), 0.607073580848, 0.576679785599),
+            ((30, 20.0, 21.0), 0.150088968313, 0.146531064672),
+        ];
+        for ((x, tx, t), bg, mbg) in cases {
+            let c = summary(x, tx, t);
+            close(
+                p_no_purchase(&OTHER, Variant::Bg, &c, 13.0),
+                bg,
+                "BG P(no purchase)",
+            );
+            close(
+                p_no_purchase(&OTHER, Variant::Modified, &c, 13.0),
+                mbg,
+                "MBG P(no purchase)",
+            );
+            // Certain over no time; falls with the horizon towards P(dropped out).
+            close(p_no_purchase(&OTHER, Variant::Bg, &c, 0.0), 1.0, "t = 0");
+            let (near, far) = (
+                p_no_purchase(&OTHER, Variant::Bg, &c, 5.0),
+                p_no_purchase(&OTHER, Variant::Bg, &c, 50.0),
+            );
+            assert!(near > far, "{near} > {far}");
+            let gone = 1.0 - p_alive(&OTHER, Variant::Bg, &c);
+            assert!((p_no_purchase(&OTHER, Variant::Bg, &c, 1e9) - gone).abs() < 1e-6);
+        }
     }
 
     #[test]
