@@ -15,14 +15,13 @@ use std::sync::{Arc, Mutex};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tierwise_import::crm::fxiaoke::{Fxiaoke, FxiaokeSettings};
-use tierwise_import::crm::http::HttpSettings;
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
 use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 mod support;
-use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, serve};
+use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, fast_http, serve};
 
 const APP_SECRET: &str = "fx-app-secret-0c4";
 const PERMANENT_CODE: &str = "FXPC-permanent-77a1";
@@ -317,12 +316,7 @@ impl Harness {
             operator_user_id: OPERATOR.into(),
             page_size: 100,
             cost_field: Some("field_cost__c".into()),
-            http: HttpSettings {
-                timeout_secs: 0.5,
-                max_attempts: 5,
-                backoff_ms: 10,
-                max_backoff_secs: 0,
-            },
+            http: fast_http(0),
             ..FxiaokeSettings::default()
         })
         .unwrap()

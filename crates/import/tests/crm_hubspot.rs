@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use tierwise_import::crm::http::HttpSettings;
 use tierwise_import::crm::hubspot::{Hubspot, HubspotSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
@@ -23,7 +22,7 @@ use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 mod support;
-use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, serve};
+use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, fast_http, serve};
 
 const TOKEN: &str = "pat-na1-11111111-2222-3333-4444-555555555555";
 /// The search cap of this fake (HubSpot's is 10,000), and the connector's setting.
@@ -424,12 +423,7 @@ impl Harness {
             search_page_size: SEARCH_PAGE as u32,
             search_cap: CAP as u32,
             cost_property: Some("cost__c".into()),
-            http: HttpSettings {
-                timeout_secs: 0.5,
-                max_attempts: 5,
-                backoff_ms: 10,
-                max_backoff_secs: 0,
-            },
+            http: fast_http(0),
             ..HubspotSettings::default()
         })
         .unwrap()

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use tierwise_import::crm::http::HttpSettings;
 use tierwise_import::crm::salesforce::{Salesforce, SalesforceSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
@@ -23,7 +22,7 @@ use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 mod support;
-use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, owner_row, serve};
+use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, fast_http, owner_row, serve};
 
 const CLIENT_SECRET: &str = "sf-consumer-secret-5d1";
 const REFRESH: &str = "5Aep861refresh.token.c0ffee";
@@ -356,12 +355,7 @@ impl Harness {
             refresh_token: SecretString::from(refresh.to_owned()),
             batch_size: 200,
             cost_field: Some("Cost__c".into()),
-            http: HttpSettings {
-                timeout_secs: 0.5,
-                max_attempts: 5,
-                backoff_ms: 10,
-                max_backoff_secs: 1,
-            },
+            http: fast_http(1),
             ..SalesforceSettings::default()
         })
         .unwrap()

@@ -22,7 +22,7 @@ use tierwise_domain::{
 use super::http::{Attempt, Http, HttpSettings, transport_error};
 use super::{
     Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable,
-    decimal_text, masked, text,
+    decimal_text, masked, optional_money, text, text_or_number_id,
 };
 
 /// `[crm.fxiaoke]` settings.
@@ -330,10 +330,6 @@ impl Connector for Fxiaoke {
         &self.source
     }
 
-    fn entities(&self) -> Vec<Entity> {
-        vec![Entity::Owners, Entity::Customers, Entity::Orders]
-    }
-
     async fn page(
         &self,
         entity: Entity,
@@ -441,7 +437,7 @@ impl Connector for Fxiaoke {
             millis(record, "last_modified_time")?.and_then(DateTime::from_timestamp_millis);
         match entity {
             Entity::Owners => {
-                let id = id_of(record, "openUserId")?;
+                let id = text_or_number_id(record, "openUserId")?;
                 let email = EmailAddress::parse(text(record, "email").unwrap_or_default())?;
                 let name = text(record, "name").unwrap_or_default();
                 Ok((
@@ -450,7 +446,7 @@ impl Connector for Fxiaoke {
                 ))
             }
             Entity::Customers => {
-                let id = id_of(record, "_id")?;
+                let id = text_or_number_id(record, "_id")?;
                 // `owner` is a list of user ids (the first is the owner).
                 let owner = match record.get("owner") {
                     Some(Value::Array(ids)) if !ids.is_empty() => {
@@ -479,9 +475,11 @@ impl Connector for Fxiaoke {
                 if text(record, "life_status") == Some("invalid") {
                     return Ok((Mapped::Ignored, changed));
                 }
-                let id = id_of(record, "_id")?;
+                let id = text_or_number_id(record, "_id")?;
                 let customer = match record.get("account_id") {
-                    Some(Value::String(s)) if !s.is_empty() => id_of(record, "account_id")?,
+                    Some(Value::String(s)) if !s.is_empty() => {
+                        text_or_number_id(record, "account_id")?
+                    }
                     _ => {
                         return Err(Unmappable::field(
                             "account_id",
@@ -497,30 +495,20 @@ impl Connector for Fxiaoke {
                 let day = millis(record, "order_time")?
                     .and_then(|ms| self.date(ms))
                     .ok_or_else(|| Unmappable::field("order_time", "is missing"))?;
-                let cost = match self
-                    .settings
-                    .cost_field
-                    .as_deref()
-                    .and_then(|f| record.get(f).and_then(decimal_text))
-                {
-                    Some(raw) => Some(Money::parse_decimal("cost", &raw, self.currency)?),
-                    None => None,
-                };
+                let cost = optional_money(
+                    "cost",
+                    self.settings
+                        .cost_field
+                        .as_deref()
+                        .and_then(|f| record.get(f)),
+                    self.currency,
+                )?;
                 Ok((
                     Mapped::Order(Order::new(id, customer, day, amount, cost, None)?),
                     changed,
                 ))
             }
         }
-    }
-}
-
-/// An id sent as text.
-fn id_of(record: &Value, field: &'static str) -> Result<ExternalId, Unmappable> {
-    match record.get(field) {
-        Some(Value::String(s)) => Ok(ExternalId::parse(field, s)?),
-        Some(Value::Number(n)) => Ok(ExternalId::parse(field, &n.to_string())?),
-        _ => Err(Unmappable::field(field, "is missing")),
     }
 }
 

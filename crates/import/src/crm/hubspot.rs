@@ -480,10 +480,6 @@ impl Connector for Hubspot {
         &self.source
     }
 
-    fn entities(&self) -> Vec<Entity> {
-        vec![Entity::Owners, Entity::Customers, Entity::Orders]
-    }
-
     async fn page(
         &self,
         entity: Entity,

@@ -369,6 +369,33 @@ fn number(field: &str, value: Option<&Value>) -> Result<Option<f64>, Unmappable>
     }
 }
 
+/// An id sent as a JSON string or number, as text (ids past 2^53 must stay strings).
+pub(crate) fn text_or_number_id(
+    record: &Value,
+    field: &'static str,
+) -> Result<ExternalId, Unmappable> {
+    match record.get(field) {
+        Some(Value::String(s)) => Ok(ExternalId::parse(field, s)?),
+        Some(Value::Number(n)) => Ok(ExternalId::parse(field, &n.to_string())?),
+        _ => Err(Unmappable::field(field, "is missing")),
+    }
+}
+
+/// An optional amount (a cost field named in configuration): None when the record has no
+/// amount there; an amount that does not parse rejects the record as `field`.
+pub(crate) fn optional_money(
+    field: &'static str,
+    value: Option<&Value>,
+    currency: tierwise_domain::Currency,
+) -> Result<Option<tierwise_domain::Money>, Unmappable> {
+    match value.and_then(decimal_text) {
+        Some(raw) => Ok(Some(tierwise_domain::Money::parse_decimal(
+            field, &raw, currency,
+        )?)),
+        None => Ok(None),
+    }
+}
+
 /// A secret as `config show` prints it.
 pub(crate) fn masked<S: serde::Serializer>(
     secret: &secrecy::SecretString,
@@ -388,7 +415,9 @@ pub trait Connector {
     fn source(&self) -> &SourceName;
 
     /// What this connector imports, in load order.
-    fn entities(&self) -> Vec<Entity>;
+    fn entities(&self) -> Vec<Entity> {
+        vec![Entity::Owners, Entity::Customers, Entity::Orders]
+    }
 
     /// Fetches the page of `entity` at `cursor` (None: the first) of the records changed at or
     /// after `since` (None: all).

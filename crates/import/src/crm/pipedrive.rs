@@ -216,10 +216,6 @@ impl Connector for Pipedrive {
         &self.source
     }
 
-    fn entities(&self) -> Vec<Entity> {
-        vec![Entity::Owners, Entity::Customers, Entity::Orders]
-    }
-
     async fn page(
         &self,
         entity: Entity,

@@ -23,7 +23,7 @@ use tierwise_domain::{
 use super::http::{Attempt, Http, HttpSettings, transport_error};
 use super::{
     Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable,
-    decimal_text, masked, text,
+    decimal_text, masked, optional_money, text,
 };
 
 /// `[crm.salesforce]` settings.
@@ -430,10 +430,6 @@ impl Connector for Salesforce {
         &self.source
     }
 
-    fn entities(&self) -> Vec<Entity> {
-        vec![Entity::Owners, Entity::Customers, Entity::Orders]
-    }
-
     async fn page(
         &self,
         entity: Entity,
@@ -584,15 +580,14 @@ impl Connector for Salesforce {
                         format!("'{day}' is not a date like 2024-05-02"),
                     )
                 })?;
-                let cost = match self
-                    .settings
-                    .cost_field
-                    .as_deref()
-                    .and_then(|f| record.get(f).and_then(decimal_text))
-                {
-                    Some(raw) => Some(Money::parse_decimal("cost", &raw, currency)?),
-                    None => None,
-                };
+                let cost = optional_money(
+                    "cost",
+                    self.settings
+                        .cost_field
+                        .as_deref()
+                        .and_then(|f| record.get(f)),
+                    currency,
+                )?;
                 Ok((
                     Mapped::Order(Order::new(id, customer, day, amount, cost, None)?),
                     changed,

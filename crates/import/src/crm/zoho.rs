@@ -13,14 +13,12 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tierwise_domain::{
-    Currency, Customer, EmailAddress, ExternalId, Locale, Money, Order, Owner, SourceName,
-};
+use tierwise_domain::{Currency, Customer, EmailAddress, Locale, Money, Order, Owner, SourceName};
 
 use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
 use super::{
     Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable,
-    decimal_text, masked, text,
+    decimal_text, masked, optional_money, text, text_or_number_id,
 };
 
 /// `[crm.zoho]` settings.
@@ -335,10 +333,6 @@ impl Connector for Zoho {
         &self.source
     }
 
-    fn entities(&self) -> Vec<Entity> {
-        vec![Entity::Owners, Entity::Customers, Entity::Orders]
-    }
-
     async fn page(
         &self,
         entity: Entity,
@@ -441,7 +435,7 @@ impl Connector for Zoho {
     ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         match entity {
             Entity::Owners => {
-                let id = id_of(record, "id")?;
+                let id = text_or_number_id(record, "id")?;
                 let email = EmailAddress::parse(text(record, "email").unwrap_or_default())?;
                 let name = text(record, "full_name").unwrap_or_default();
                 let locale = text(record, "locale")
@@ -453,13 +447,15 @@ impl Connector for Zoho {
                 ))
             }
             Entity::Customers => {
-                let id = id_of(record, "id")?;
+                let id = text_or_number_id(record, "id")?;
                 let owner = match record.get("Owner") {
                     Some(Value::Object(o)) => match o.get("email").and_then(Value::as_str) {
                         Some(email) => Some(EmailAddress::parse(email)?),
                         None => {
-                            let owner_id =
-                                id_of(record.get("Owner").unwrap_or(&Value::Null), "id")?;
+                            let owner_id = text_or_number_id(
+                                record.get("Owner").unwrap_or(&Value::Null),
+                                "id",
+                            )?;
                             Some(lookups.owner_email("Owner", &owner_id)?)
                         }
                     },
@@ -480,10 +476,10 @@ impl Connector for Zoho {
                 if text(record, "Stage") != Some(self.settings.won_stage.as_str()) {
                     return Ok((Mapped::Ignored, changed));
                 }
-                let id = id_of(record, "id")?;
+                let id = text_or_number_id(record, "id")?;
                 let customer = match record.get("Account_Name") {
                     Some(Value::Object(_)) => {
-                        id_of(record.get("Account_Name").unwrap_or(&Value::Null), "id")?
+                        text_or_number_id(record.get("Account_Name").unwrap_or(&Value::Null), "id")?
                     }
                     _ => {
                         return Err(Unmappable::field(
@@ -505,30 +501,20 @@ impl Connector for Zoho {
                         format!("'{day}' is not a date like 2024-05-02"),
                     )
                 })?;
-                let cost = match self
-                    .settings
-                    .cost_field
-                    .as_deref()
-                    .and_then(|f| record.get(f).and_then(decimal_text))
-                {
-                    Some(raw) => Some(Money::parse_decimal("cost", &raw, self.currency)?),
-                    None => None,
-                };
+                let cost = optional_money(
+                    "cost",
+                    self.settings
+                        .cost_field
+                        .as_deref()
+                        .and_then(|f| record.get(f)),
+                    self.currency,
+                )?;
                 Ok((
                     Mapped::Order(Order::new(id, customer, day, amount, cost, None)?),
                     changed,
                 ))
             }
         }
-    }
-}
-
-/// Zoho ids are digit strings beyond 2^53: kept as text.
-fn id_of(record: &Value, field: &'static str) -> Result<ExternalId, Unmappable> {
-    match record.get(field) {
-        Some(Value::String(s)) => Ok(ExternalId::parse(field, s)?),
-        Some(Value::Number(n)) => Ok(ExternalId::parse(field, &n.to_string())?),
-        _ => Err(Unmappable::field(field, "is missing")),
     }
 }
 

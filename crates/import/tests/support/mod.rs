@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 use serde_json::Value;
+use tierwise_import::crm::http::HttpSettings;
 use wiremock::{Mock, MockServer, Respond, matchers};
 
 /// An owner: email, name, stored locale, id in the source.
@@ -72,4 +73,15 @@ pub fn expected_rows(
     out.extend(customers.values().map(|r| format!("customer {r:?}")));
     out.extend(orders.values().map(|r| format!("order {r:?}")));
     out
+}
+
+/// Retries for tests: a 0.5 s timeout (the fakes' slow answers take 1.5 s), 5 tries, 10 ms
+/// first back-off, at most `max_backoff_secs` between tries.
+pub fn fast_http(max_backoff_secs: u64) -> HttpSettings {
+    HttpSettings {
+        timeout_secs: 0.5,
+        max_attempts: 5,
+        backoff_ms: 10,
+        max_backoff_secs,
+    }
 }
