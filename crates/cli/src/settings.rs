@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 use tierwise_domain::EmailAddress;
-use tierwise_domain::grading::Policy;
+use tierwise_domain::grading::{Policy, PredictivePolicy};
 use tierwise_import::{ColumnMapping, ImportSettings};
 use tierwise_notify::{NotifySettings, SmtpSettings};
 use tierwise_store::{DatabaseUrl, mask_password};
@@ -27,7 +27,7 @@ pub struct Settings {
     /// `[grading]`
     pub grading: Policy,
     /// `[predictive]`
-    pub predictive: PredictiveSettings,
+    pub predictive: PredictivePolicy,
     /// `[smtp]`
     pub smtp: SmtpSettings,
     /// `[notify]`
@@ -70,20 +70,6 @@ impl Default for DatabaseSettings {
             url: "data/tierwise.db".into(),
             pool_size: 8,
         }
-    }
-}
-
-/// `[predictive]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PredictiveSettings {
-    /// Fit the churn and CLV models.
-    pub enabled: bool,
-}
-
-impl Default for PredictiveSettings {
-    fn default() -> Self {
-        Self { enabled: true }
     }
 }
 
@@ -187,6 +173,8 @@ impl Settings {
             .map_err(|e| anyhow::anyhow!("configuration is invalid: {e}"))?;
         settings.read_secret_files()?;
         settings.validate()?;
+        // `[predictive]` is its own section; the grading run reads it through the policy.
+        settings.grading.predictive = settings.predictive.clone();
         Ok(settings)
     }
 
@@ -231,6 +219,9 @@ impl Settings {
         }
         if let Err(e) = self.grading.validate() {
             return fail(&format!("grading.{}", e.field), e.reason);
+        }
+        if let Err(e) = self.predictive.validate() {
+            return fail(&format!("predictive.{}", e.field), e.reason);
         }
         if self.smtp.host.trim().is_empty() {
             return fail("smtp.host", "is empty");

@@ -199,6 +199,41 @@ fn demo_imports_and_is_repeatable() {
         .and_then(|rest| rest.split(" to ").nth(1))
         .map(|p| p[..7].to_string())
         .unwrap();
+    // The predictive models were fitted and their figures exported per customer.
+    assert!(
+        text.contains("MBG/NBD on ") && text.contains("Gamma-Gamma on "),
+        "{text}"
+    );
+    let export = tierwise(
+        &[
+            "grades",
+            "export",
+            "--period",
+            &period,
+            "--out",
+            "grades.csv",
+        ],
+        &env,
+        dir.path(),
+    );
+    assert!(export.status.success(), "{}", stderr(&export));
+    let mut reader = csv::Reader::from_path(dir.path().join("grades.csv")).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let column = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (alive, clv_model) = (column("p_alive"), column("clv_model"));
+    let mut predicted = 0;
+    for record in reader.records() {
+        let record = record.unwrap();
+        if let Ok(p) = record[alive].parse::<f64>() {
+            assert!((0.0..=1.0).contains(&p), "{record:?}");
+            assert!(record[clv_model].parse::<i64>().is_ok(), "{record:?}");
+            predicted += 1;
+        }
+    }
+    assert!(
+        predicted > 100,
+        "{predicted} of 150 customers have predictions"
+    );
     let again = tierwise(&["notify", "digest", "--period", &period], &env, dir.path());
     assert!(
         stdout(&again).contains("queued 0 new"),

@@ -410,7 +410,7 @@ enum Value {
     Score(Option<f64>),
 }
 
-const EXPORT_HEADER: [&str; 15] = [
+const EXPORT_HEADER: [&str; 17] = [
     "customer_id",
     "name",
     "contact",
@@ -425,10 +425,12 @@ const EXPORT_HEADER: [&str; 15] = [
     "abc_class",
     "lifecycle",
     "score",
+    "p_alive",
+    "clv_model",
     "notes",
 ];
 
-fn export_values(r: &CustomerRow) -> [Value; 15] {
+fn export_values(r: &CustomerRow) -> [Value; 17] {
     let text = |s: Option<&str>| Value::Text(spreadsheet_safe(s.unwrap_or("")));
     let average = (r.frequency > 0).then(|| r.monetary / i64::from(r.frequency));
     [
@@ -446,20 +448,22 @@ fn export_values(r: &CustomerRow) -> [Value; 15] {
         text(r.abc_class.as_deref()),
         text(Some(&r.lifecycle)),
         Value::Score(r.composite),
+        Value::Score(r.p_alive),
+        Value::Money(r.clv_model),
         text(r.note.as_deref()),
     ]
 }
 
 /// Where export rows go.
 trait Sheet {
-    fn row(&mut self, values: [Value; 15]) -> Result<(), String>;
+    fn row(&mut self, values: [Value; 17]) -> Result<(), String>;
     fn finish(self) -> Result<Vec<u8>, String>;
 }
 
 struct CsvSheet(csv::Writer<Vec<u8>>);
 
 impl Sheet for CsvSheet {
-    fn row(&mut self, values: [Value; 15]) -> Result<(), String> {
+    fn row(&mut self, values: [Value; 17]) -> Result<(), String> {
         let cells = values.map(|v| match v {
             Value::Text(s) => s,
             Value::Money(m) => m
@@ -500,7 +504,7 @@ impl XlsxSheet {
 }
 
 impl Sheet for XlsxSheet {
-    fn row(&mut self, values: [Value; 15]) -> Result<(), String> {
+    fn row(&mut self, values: [Value; 17]) -> Result<(), String> {
         let row = self.next_row;
         self.next_row += 1;
         let sheet = self

@@ -280,7 +280,8 @@ backend_tests! {
             let sheet = book.worksheet_range("customers").unwrap();
             let rows: Vec<_> = sheet.rows().collect();
             assert_eq!(rows[0][1].to_string(), "name");
-            assert_eq!(rows[0][14].to_string(), "notes");
+            assert_eq!(rows[0][14].to_string(), "p_alive");
+            assert_eq!(rows[0][16].to_string(), "notes");
             assert!(rows.len() > 1 && rows[1..].iter().all(|r| r[9] == "A"), "only tier A");
             assert!(matches!(rows[1][7], calamine::Data::Float(_)), "monetary is a number: {:?}", rows[1][7]);
             let (_, csv_a) = get(&app, &viewer, "/customers.csv?tier=A").await;

@@ -16,11 +16,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use chrono::{Days, NaiveDate};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Beta, Distribution, Exp, Gamma};
+use tierwise_domain::CustomerId;
+use tierwise_domain::grading::{CustomerFacts, Policy, ProfitFacts, predict_population};
 use tierwise_domain::predictive::{
-    BgNbdParams, RepeatSummary, Variant, expected_purchases, fit, p_alive,
+    BgNbdParams, GammaGammaParams, RepeatSummary, Variant, expected_purchases, fit, p_alive,
 };
 
 type Error = Box<dyn std::error::Error>;
@@ -30,6 +33,12 @@ const TRUTH: BgNbdParams = BgNbdParams {
     alpha: 6.0,
     a: 1.5,
     b: 4.0,
+};
+/// Spend truth: transaction values Gamma(p, ν), ν ~ Gamma(q, γ) (minor units).
+const SPEND_TRUTH: GammaGammaParams = GammaGammaParams {
+    p: 6.0,
+    q: 4.0,
+    gamma: 1_500.0,
 };
 /// Weeks ahead for the expected purchases.
 const HORIZON: f64 = 13.0;
@@ -149,6 +158,31 @@ fn main() -> Result<(), Error> {
             writeln!(notes, "  - lifetimes fitted {text}")?;
         }
     }
+    // The grading run's whole step: both fits and every customer's P(alive), E[Y(90 days)],
+    // E[Y(12 months)], expected order value and 12-month discounted CLV, in days.
+    let facts = customer_facts(&data)?;
+    let started = Instant::now();
+    let predicted = predict_population(&facts, as_of(), &Policy::default());
+    let step_secs = started.elapsed().as_secs_f64();
+    let model = predicted.model.map_err(|e| e.to_string())?;
+    let spend = model.spend.ok_or("the spend model did not fit")?;
+    let with_clv = predicted
+        .customers
+        .iter()
+        .flatten()
+        .filter(|p| p.clv.is_some())
+        .count();
+    writeln!(
+        report,
+        "| grading step: MBG/NBD fit in days + Gamma-Gamma fit ({} repeat buyers) + 5 predictions \
+         per customer ({with_clv} CLVs) | {step_secs:.2} | – | – |",
+        spend.customers
+    )?;
+    writeln!(
+        notes,
+        "- grading step: Gamma-Gamma fitted p={:.4} q={:.4} gamma={:.1} (truth {SPEND_TRUTH:?})",
+        spend.params.p, spend.params.q, spend.params.gamma
+    )?;
     report.push('\n');
     report.push_str(&notes);
     report.push_str(
@@ -160,6 +194,42 @@ fn main() -> Result<(), Error> {
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("predictive_1m.md"), &report)?;
     Ok(())
+}
+
+fn as_of() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 10, 31).unwrap_or_default()
+}
+
+/// The simulated customers as a grading run sees them, each repeat buyer's repeat spend drawn
+/// from the Gamma-Gamma process (the sum of x values is Gamma(p·x, ν)).
+fn customer_facts(data: &[(u32, u32, u32)]) -> Result<Vec<CustomerFacts>, Error> {
+    let mut rng = StdRng::seed_from_u64(7);
+    let nus = Gamma::new(SPEND_TRUTH.q, 1.0 / SPEND_TRUTH.gamma)?;
+    let mut facts = Vec::with_capacity(data.len());
+    for (i, &(x, recency_days, age_days)) in data.iter().enumerate() {
+        let nu: f64 = nus.sample(&mut rng);
+        let repeat_amount = if x > 0 {
+            Gamma::new(SPEND_TRUTH.p * f64::from(x), 1.0 / nu)?.sample(&mut rng) as i64
+        } else {
+            0
+        };
+        let first = as_of() - Days::new(u64::from(age_days));
+        facts.push(CustomerFacts {
+            customer: CustomerId(i as i64),
+            lifetime_orders: x + 1,
+            order_days: x + 1,
+            first_order: Some(first),
+            last_order: Some(first + Days::new(u64::from(recency_days))),
+            repeat_amount,
+            last_year_revenue: repeat_amount,
+            last_year_profit: ProfitFacts {
+                costed_profit: repeat_amount / 4,
+                ..ProfitFacts::default()
+            },
+            ..CustomerFacts::default()
+        });
+    }
+    Ok(facts)
 }
 
 /// The peer's seconds per model and step, and its fitted parameters as text.

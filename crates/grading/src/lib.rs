@@ -11,8 +11,8 @@ use std::time::Instant;
 use serde::Serialize;
 use tierwise_domain::Period;
 use tierwise_domain::grading::{
-    Grade, GradingOutcome, Policy, PolicyAdjustment, Summary, TierReason, grade_population,
-    summarise,
+    Grade, GradingOutcome, Policy, PolicyAdjustment, Predictions, PredictiveModel, Summary,
+    TierReason, grade_population, predict_population, summarise,
 };
 use tierwise_store::grading::{
     self as store, FactsRequest, GradingRunId, NewExplanation, NewGrade, RunCounts,
@@ -32,6 +32,14 @@ pub enum GradingError {
     /// The policy is not usable.
     #[error("grading policy setting grading.{field}: {reason}")]
     Policy {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The predictive settings are not usable.
+    #[error("predictive setting predictive.{field}: {reason}")]
+    Predictive {
         /// The setting.
         field: &'static str,
         /// What is wrong.
@@ -127,6 +135,10 @@ pub struct GradingReport {
     pub movement: Option<Movement>,
     /// Active pins naming a tier the policy does not have (ignored).
     pub unknown_pin_tiers: u32,
+    /// The fitted predictive models (published runs with `[predictive] enabled`).
+    pub predictive: Option<PredictiveModel>,
+    /// Why the predictive models could not be fitted.
+    pub predictive_error: Option<String>,
 }
 
 impl GradingReport {
@@ -164,6 +176,13 @@ pub fn grade_period(
     mode: Mode,
 ) -> Result<GradingReport, GradingError> {
     policy.validate()?;
+    policy
+        .predictive
+        .validate()
+        .map_err(|e| GradingError::Predictive {
+            field: e.field,
+            reason: e.reason,
+        })?;
     let mut watch = Stopwatch::new();
     let _lock = db.try_exclusive(GRADING_LOCK)?;
     let mut conn = db.conn()?;
@@ -243,7 +262,28 @@ fn grade_and_store(
     }
     watch.clock = Instant::now();
 
-    let outcome = grade_population(&facts.customers, period.as_of(), policy)?;
+    // The models fit on the second core while the first grades; dry runs compare tiers only.
+    let predict = run.is_some() && policy.predictive.enabled;
+    let (outcome, predictions) = std::thread::scope(|scope| {
+        let predictions = predict
+            .then(|| scope.spawn(|| predict_population(&facts.customers, period.as_of(), policy)));
+        let outcome = grade_population(&facts.customers, period.as_of(), policy);
+        let predictions = predictions.map(|handle| {
+            handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        (outcome, predictions)
+    });
+    let outcome = outcome?;
+    let (predictive, predictive_error) = match predictions.as_ref().map(|p| &p.model) {
+        Some(Ok(model)) => (Some(model.clone()), None),
+        Some(Err(error)) => {
+            tracing::warn!(%error, "the predictive models could not be fitted; grades carry no P(alive) or model CLV");
+            (None, Some(error.to_string()))
+        }
+        None => (None, None),
+    };
     if outcome.unknown_pin_tiers > 0 {
         tracing::warn!(
             pins = outcome.unknown_pin_tiers,
@@ -251,7 +291,11 @@ fn grade_and_store(
              (see `tierwise override list`)"
         );
     }
-    watch.lap("grade");
+    watch.lap(if predict {
+        "grade and predict"
+    } else {
+        "grade"
+    });
     let summary = summarise(&facts.customers, &outcome, policy);
     watch.lap("summarise");
 
@@ -267,6 +311,8 @@ fn grade_and_store(
         abandoned: Vec::new(),
         movement: None,
         unknown_pin_tiers: outcome.unknown_pin_tiers,
+        predictive,
+        predictive_error,
     };
     match run {
         None => {
@@ -276,7 +322,17 @@ fn grade_and_store(
         Some(run) => {
             // Facts are not needed once grades and the summary exist.
             drop(facts);
-            write_outcome(conn, run, &outcome, policy)?;
+            write_outcome(conn, run, &outcome, predictions.as_ref(), policy)?;
+            let model_json = report
+                .predictive
+                .as_ref()
+                .and_then(|m| serde_json::to_string(m).ok());
+            store::set_run_predictive(
+                conn,
+                run,
+                model_json.as_deref(),
+                report.predictive_error.as_deref(),
+            )?;
             watch.lap("write");
             let counts = RunCounts {
                 customers: outcome.grades.len() as i64,
@@ -428,8 +484,21 @@ fn write_outcome(
     conn: &mut DbConnection,
     run: GradingRunId,
     outcome: &GradingOutcome,
+    predictions: Option<&Predictions>,
     policy: &Policy,
 ) -> Result<(), GradingError> {
+    let prediction = |i: usize| {
+        predictions
+            .and_then(|p| p.customers.get(i).copied().flatten())
+            .map(|p| store::GradePrediction {
+                p_alive: Some(p.p_alive),
+                expected_purchases_90d: p.purchases_90d,
+                expected_purchases_12m: p.purchases_12m,
+                expected_order_value: p.order_value.map(|v| v.round() as i64),
+                clv_model: p.clv.map(|v| v.round() as i64),
+            })
+            .unwrap_or_default()
+    };
     let segment_keys: Vec<&'static str> = outcome.segments.keys().map(intern).collect();
     let tier_names: Vec<&'static str> = policy
         .tiers
@@ -491,6 +560,7 @@ fn write_outcome(
                     .take(batch_len)
                     .map(|&i| {
                         let g = &outcome.grades[i as usize];
+                        let predicted = prediction(i as usize);
                         NewGrade {
                             run_id: run.0,
                             customer_id: g.customer.0,
@@ -519,6 +589,11 @@ fn write_outcome(
                             lifecycle: g.lifecycle.as_str(),
                             clv: g.clv_simple,
                             tier_since: g.tier_since,
+                            p_alive: predicted.p_alive,
+                            expected_purchases_90d: predicted.expected_purchases_90d,
+                            expected_purchases_12m: predicted.expected_purchases_12m,
+                            expected_order_value: predicted.expected_order_value,
+                            clv_model: predicted.clv_model,
                         }
                     })
                     .collect();

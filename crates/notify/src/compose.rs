@@ -276,8 +276,7 @@ impl Folder<'_> {
                 let state = |tier, g: &BookGrade| ChurnState {
                     tier,
                     lifecycle: Lifecycle::parse(&g.lifecycle).unwrap_or(Lifecycle::Active),
-                    // P(alive) joins here once the predictive models store it.
-                    p_alive: None,
+                    p_alive: g.p_alive,
                 };
                 let signals = churn_signals(
                     policy,

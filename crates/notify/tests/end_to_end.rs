@@ -153,6 +153,31 @@ backend_tests! {
         assert!(admin_html.contains("等级迁移") && admin_html.contains("最近的导入"));
     }
 
+    fn a_fall_in_p_alive_raises_a_churn_alert(db) {
+        graded_book(&db);
+        // C01 kept buying and its stage did not move: only the model's view of it changes.
+        for (period, p_alive) in [("2026-09", 0.9), ("2026-10", 0.55)] {
+            let period = Period::parse(period).unwrap();
+            let changed = tierwise_store::testing::set_published_p_alive(&mut db.conn(), period, "C01", Some(p_alive)).unwrap();
+            assert_eq!(changed, 1);
+        }
+        let policy = Policy::default();
+        let settings = notify_settings();
+        let templates = Templates::load(None).unwrap();
+        let composer = composer(&policy, &settings, &templates);
+        process_events(&mut db.conn(), &composer).unwrap();
+        let alerts: Vec<_> = list_outbox(&mut db.conn(), None, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.kind == "churn_alert" && m.recipient.contains("li.lei"))
+            .collect();
+        assert!(
+            alerts.iter().any(|m| m.body_text.contains("Customer 01") && m.body_text.contains("0.90→0.55")),
+            "{:?}",
+            alerts.iter().map(|m| &m.body_text).collect::<Vec<_>>()
+        );
+    }
+
     fn messages_wait_while_the_server_is_down_and_go_once_it_is_back(db) {
         graded_book(&db);
         let policy = Policy::default();

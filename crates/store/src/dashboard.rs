@@ -132,6 +132,10 @@ pub struct CustomerRow {
     pub monetary: i64,
     /// Simple CLV (minor units).
     pub clv: Option<i64>,
+    /// P(alive) from the predictive model.
+    pub p_alive: Option<f64>,
+    /// Model-based CLV (minor units).
+    pub clv_model: Option<i64>,
     /// The override's kind and reason, if any (`pin: strategic account`).
     pub note: Option<String>,
 }
@@ -226,6 +230,8 @@ pub fn customer_page(
                 grades::frequency,
                 grades::monetary,
                 grades::clv,
+                grades::p_alive,
+                grades::clv_model,
                 // `kind: reason`; NULL without an override.
                 diesel::dsl::sql::<Nullable<Text>>(
                     "(SELECT overrides.kind || ': ' || overrides.reason FROM overrides \

@@ -91,6 +91,10 @@ pub struct GradingRun {
     pub summary: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+    /// The fitted predictive models, as JSON.
+    pub predictive: Option<String>,
+    /// Why the predictive models could not be fitted.
+    pub predictive_error: Option<String>,
 }
 
 #[derive(Queryable)]
@@ -108,6 +112,8 @@ struct RunRow {
     timings: String,
     summary: Option<String>,
     error: Option<String>,
+    predictive: Option<String>,
+    predictive_error: Option<String>,
 }
 
 impl TryFrom<RunRow> for GradingRun {
@@ -128,6 +134,8 @@ impl TryFrom<RunRow> for GradingRun {
             timings: r.timings,
             summary: r.summary,
             error: r.error,
+            predictive: r.predictive,
+            predictive_error: r.predictive_error,
         })
     }
 }
@@ -175,6 +183,22 @@ pub fn start_run(
         .returning(grading_runs::id)
         .get_result(c)?);
     Ok(GradingRunId(id))
+}
+
+/// Records what a run's predictive models fitted (JSON), or why they could not be fitted.
+pub fn set_run_predictive(
+    conn: &mut DbConnection,
+    run: GradingRunId,
+    model_json: Option<&str>,
+    error: Option<&str>,
+) -> StoreResult<()> {
+    with_backend!(conn, c => diesel::update(grading_runs::table.find(run.0))
+        .set((
+            grading_runs::predictive.eq(model_json),
+            grading_runs::predictive_error.eq(error),
+        ))
+        .execute(c)?);
+    Ok(())
 }
 
 /// Marks a run failed with its error and removes any grade rows it wrote.
@@ -620,6 +644,10 @@ struct DayFold {
     first: i32,
     last: i32,
     window_latest: i32,
+    /// Σ amount of the orders on the first day seen so far.
+    first_day_amount: i64,
+    /// Σ amount of every order up to D.
+    lifetime_amount: i64,
 }
 
 impl Default for DayFold {
@@ -628,6 +656,8 @@ impl Default for DayFold {
             first: i32::MAX,
             last: i32::MIN,
             window_latest: i32::MIN,
+            first_day_amount: 0,
+            lifetime_amount: 0,
         }
     }
 }
@@ -913,6 +943,12 @@ fn read_orders(
         let f = &mut facts[pos];
         let d = &mut folds[pos];
         f.lifetime_orders += 1;
+        d.lifetime_amount += o.amount;
+        if o.day < d.first {
+            d.first_day_amount = o.amount;
+        } else if o.day == d.first {
+            d.first_day_amount += o.amount;
+        }
         d.first = d.first.min(o.day);
         d.last = d.last.max(o.day);
         let add_profit = |p: &mut ProfitFacts| match o.cost {
@@ -939,6 +975,7 @@ fn read_orders(
         if f.lifetime_orders > 0 {
             f.first_order = from_epoch_day(d.first);
             f.last_order = from_epoch_day(d.last);
+            f.repeat_amount = d.lifetime_amount - d.first_day_amount;
         }
         if f.window_orders > 0 {
             f.window_latest = from_epoch_day(d.window_latest);
@@ -957,6 +994,7 @@ fn read_orders(
         while end < days.len() && days[end] >> 32 == pos {
             end += 1;
         }
+        facts[pos as usize].order_days = u32::try_from(end - start).unwrap_or(u32::MAX);
         if end - start >= 2 {
             gaps.clear();
             gaps.extend(
@@ -1059,6 +1097,16 @@ pub struct NewGrade {
     pub clv: Option<i64>,
     /// Day the customer entered its tier.
     pub tier_since: Option<NaiveDate>,
+    /// P(alive) from the purchase model.
+    pub p_alive: Option<f64>,
+    /// Expected purchases in the next 90 days.
+    pub expected_purchases_90d: Option<f64>,
+    /// Expected purchases in the next 12 months.
+    pub expected_purchases_12m: Option<f64>,
+    /// Expected average order value (minor units).
+    pub expected_order_value: Option<i64>,
+    /// Model-based CLV (minor units).
+    pub clv_model: Option<i64>,
 }
 
 /// The explanation of one grade, as written.
@@ -1077,7 +1125,7 @@ pub struct NewExplanation {
     pub explanation: String,
 }
 
-/// Rows per multi-row INSERT on SQLite (23 columns each: well under its 32,766 variable limit).
+/// Rows per multi-row INSERT on SQLite (28 columns each: well under its 32,766 variable limit).
 const SQLITE_GRADES_PER_INSERT: usize = 128;
 
 /// Prepares a run's grade writes. PostgreSQL: bare load tables (no key) that
@@ -1218,8 +1266,26 @@ pub struct GradedCustomer {
     pub clv: Option<i64>,
     /// The day the customer entered its tier (contact cadences count from it).
     pub tier_since: Option<NaiveDate>,
+    /// The predictive models' view of the customer.
+    #[serde(flatten)]
+    pub prediction: GradePrediction,
     /// Explanation JSON (absent only if it was never written).
     pub explanation: Option<String>,
+}
+
+/// A grade's predictions (all `None` when the customer had no order or the model did not fit).
+#[derive(Debug, Clone, Default, PartialEq, Queryable, Serialize)]
+pub struct GradePrediction {
+    /// P(alive).
+    pub p_alive: Option<f64>,
+    /// Expected purchases in the next 90 days.
+    pub expected_purchases_90d: Option<f64>,
+    /// Expected purchases in the next 12 months.
+    pub expected_purchases_12m: Option<f64>,
+    /// Expected average order value (minor units).
+    pub expected_order_value: Option<i64>,
+    /// Model-based CLV (minor units).
+    pub clv_model: Option<i64>,
 }
 
 /// Calls `each` for every customer of the published run of `period`, in tie-break order.
@@ -1290,6 +1356,13 @@ macro_rules! graded_customer_query {
                 grades::lifecycle,
                 grades::clv,
                 grades::tier_since,
+                (
+                    grades::p_alive,
+                    grades::expected_purchases_90d,
+                    grades::expected_purchases_12m,
+                    grades::expected_order_value,
+                    grades::clv_model,
+                ),
                 grade_explanations::explanation.nullable(),
             ))
     };

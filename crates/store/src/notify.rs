@@ -75,6 +75,8 @@ pub struct BookGrade {
     pub composite: Option<f64>,
     /// Window monetary.
     pub monetary: i64,
+    /// P(alive) from the predictive model, when it ran.
+    pub p_alive: Option<f64>,
 }
 
 /// One customer of an owner's book: its published grade of a period and, when asked for, the
@@ -146,6 +148,7 @@ pub fn for_each_book_row(
                     grades::lifecycle,
                     grades::composite,
                     grades::monetary,
+                    grades::p_alive,
                 ),
                 (
                     prev.field(grades::tier),
@@ -159,6 +162,7 @@ pub fn for_each_book_row(
                     prev.field(grades::lifecycle),
                     prev.field(grades::composite),
                     prev.field(grades::monetary),
+                    prev.field(grades::p_alive),
                 )
                     .nullable(),
             ))

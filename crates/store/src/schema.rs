@@ -121,6 +121,8 @@ diesel::table! {
         timings -> Text,
         summary -> Nullable<Text>,
         error -> Nullable<Text>,
+        predictive -> Nullable<Text>,
+        predictive_error -> Nullable<Text>,
     }
 }
 
@@ -157,6 +159,11 @@ diesel::table! {
         lifecycle -> Text,
         clv -> Nullable<BigInt>,
         tier_since -> Nullable<Date>,
+        p_alive -> Nullable<Double>,
+        expected_purchases_90d -> Nullable<Double>,
+        expected_purchases_12m -> Nullable<Double>,
+        expected_order_value -> Nullable<BigInt>,
+        clv_model -> Nullable<BigInt>,
     }
 }
 
@@ -194,6 +201,11 @@ diesel::table! {
         lifecycle -> Text,
         clv -> Nullable<BigInt>,
         tier_since -> Nullable<Date>,
+        p_alive -> Nullable<Double>,
+        expected_purchases_90d -> Nullable<Double>,
+        expected_purchases_12m -> Nullable<Double>,
+        expected_order_value -> Nullable<BigInt>,
+        clv_model -> Nullable<BigInt>,
     }
 }
 

@@ -10,7 +10,7 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 
 use crate::schema::{
-    activities, customers, grading_periods, grading_runs, invoices, orders, owners,
+    activities, customers, grades, grading_periods, grading_runs, invoices, orders, owners,
 };
 use crate::{Database, DbConnection, PooledConnection, StoreResult, with_backend};
 
@@ -21,6 +21,29 @@ pub enum TestBackend {
     Sqlite,
     /// A fresh PostgreSQL database, dropped afterwards.
     Postgres,
+}
+
+/// Sets one customer's stored P(alive) in a period's published run (to stage a fall in it).
+pub fn set_published_p_alive(
+    conn: &mut DbConnection,
+    period: tierwise_domain::Period,
+    external_id: &str,
+    p_alive: Option<f64>,
+) -> StoreResult<usize> {
+    let Some(run) = crate::grading::published_run_id(conn, period)? else {
+        return Ok(0);
+    };
+    let customer: i64 = with_backend!(conn, c => customers::table
+        .filter(customers::external_id.eq(external_id))
+        .select(customers::id)
+        .first(c)?);
+    Ok(with_backend!(conn, c => diesel::update(
+        grades::table
+            .filter(grades::run_id.eq(run))
+            .filter(grades::customer_id.eq(customer)),
+    )
+    .set(grades::p_alive.eq(p_alive))
+    .execute(c)?))
 }
 
 /// The PostgreSQL server tests create their databases on.

@@ -54,7 +54,11 @@ pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
 pub fn grade(settings: &Settings, args: &GradeArgs, progress: bool) -> anyhow::Result<ExitCode> {
     let db = open_database(&settings.database.url, settings.database.pool_size)?;
     let policy = match &args.policy {
-        Some(path) => load_policy(path)?,
+        // A policy file holds `[grading]` only; the models run as `[predictive]` says.
+        Some(path) => Policy {
+            predictive: settings.predictive.clone(),
+            ..load_policy(path)?
+        },
         None => effective_policy(&db, settings)?,
     };
     match (&args.period, &args.from, &args.to) {
@@ -200,6 +204,7 @@ pub fn print_grading_report(report: &GradingReport, policy: &Policy, verbose: bo
             ids.join(", ")
         );
     }
+    print_predictive(report);
     println!();
     let before = previous_counts(s);
     let rows: Vec<Vec<String>> = s
@@ -353,7 +358,7 @@ pub fn grades(settings: &Settings, command: GradesCommand) -> anyhow::Result<Exi
 }
 
 /// Export columns, in order.
-const EXPORT_HEADERS: [&str; 27] = [
+const EXPORT_HEADERS: [&str; 32] = [
     "source",
     "external_id",
     "name",
@@ -380,6 +385,11 @@ const EXPORT_HEADERS: [&str; 27] = [
     "lifecycle",
     "loyalty",
     "clv",
+    "p_alive",
+    "expected_purchases_90d",
+    "expected_purchases_12m",
+    "expected_order_value",
+    "clv_model",
     "explanation",
 ];
 
@@ -397,6 +407,47 @@ fn text(s: impl Into<String>) -> Cell {
 
 fn opt_text(s: Option<String>) -> Cell {
     s.map_or(Cell::Empty, Cell::Text)
+}
+
+/// A float rounded to `decimals` places, or an empty cell.
+fn float(v: Option<f64>, decimals: i32) -> Cell {
+    let scale = 10f64.powi(decimals);
+    v.map_or(Cell::Empty, |v| Cell::Float((v * scale).round() / scale))
+}
+
+/// The fitted predictive models, or why they could not be fitted.
+fn print_predictive(report: &GradingReport) {
+    if let Some(error) = &report.predictive_error {
+        println!(
+            "Predictive models not fitted: {error}. Grades carry no P(alive) or model CLV this period."
+        );
+    }
+    let Some(m) = &report.predictive else {
+        return;
+    };
+    let p = &m.purchases.params;
+    let unit = match m.time_unit {
+        tierwise_domain::grading::TimeUnit::Days => "days",
+        tierwise_domain::grading::TimeUnit::Weeks => "weeks",
+    };
+    let variant = match m.purchases.variant {
+        tierwise_domain::predictive::Variant::Bg => "BG/NBD",
+        tierwise_domain::predictive::Variant::Modified => "MBG/NBD",
+    };
+    println!(
+        "{variant} on {} buyers ({} repeat): r {:.4}, alpha {:.4} {unit}, a {:.4}, b {:.4}; log-likelihood {:.2}.",
+        m.customers, m.repeat_buyers, p.r, p.alpha, p.a, p.b, m.purchases.log_likelihood
+    );
+    match (&m.spend, &m.spend_error) {
+        (Some(g), _) => println!(
+            "Gamma-Gamma on {} repeat buyers: p {:.4}, q {:.4}, gamma {:.4}; log-likelihood {:.2}.",
+            g.customers, g.params.p, g.params.q, g.params.gamma, g.log_likelihood
+        ),
+        (None, Some(error)) => {
+            println!("Gamma-Gamma not fitted: {error}. Grades carry no model CLV this period.")
+        }
+        (None, None) => {}
+    }
 }
 
 /// The policy in force: `[grading]` with the newest version applied from the dashboard over it.
@@ -458,6 +509,11 @@ fn export_row(c: GradedCustomer, monetary_is_average: bool) -> Vec<Cell> {
         text(c.lifecycle),
         opt_text(c.loyalty),
         int(c.clv),
+        float(c.prediction.p_alive, 4),
+        float(c.prediction.expected_purchases_90d, 3),
+        float(c.prediction.expected_purchases_12m, 3),
+        int(c.prediction.expected_order_value),
+        int(c.prediction.clv_model),
         opt_text(c.explanation),
     ]
 }
@@ -625,6 +681,25 @@ fn show(
         format!("{} (loyalty: {})", c.lifecycle, opt(c.loyalty.clone())),
     );
     field("CLV", opt(c.clv.map(|v| v.to_string())));
+    let p = &c.prediction;
+    if let Some(alive) = p.p_alive {
+        field(
+            "P(alive)",
+            format!(
+                "{alive:.3}; expected purchases {} in 90 days, {} in 12 months",
+                opt(p.expected_purchases_90d.map(|v| format!("{v:.2}"))),
+                opt(p.expected_purchases_12m.map(|v| format!("{v:.2}")))
+            ),
+        );
+        field(
+            "model CLV",
+            format!(
+                "{} (expected order value {})",
+                opt(p.clv_model.map(|v| v.to_string())),
+                opt(p.expected_order_value.map(|v| v.to_string()))
+            ),
+        );
+    }
     let explanation = c.explanation.clone().unwrap_or_default();
     let parsed: serde_json::Value = serde_json::from_str(&explanation).unwrap_or_default();
     if let Some(components) = parsed.get("components").and_then(|v| v.as_object()) {

@@ -119,6 +119,10 @@ pub struct CustomerFacts {
     pub last_order: Option<NaiveDate>,
     /// Median gap in days between consecutive distinct order days up to D (needs ≥ 2 order days).
     pub median_gap_days: Option<f32>,
+    /// Distinct order days up to D (several orders on one day are one transaction).
+    pub order_days: u32,
+    /// Σ amount of orders up to D dated after the first order day (the repeat transactions).
+    pub repeat_amount: i64,
     /// Σ amount of orders in the 12 months up to D.
     pub last_year_revenue: i64,
     /// Profit parts of orders in the 12 months up to D.

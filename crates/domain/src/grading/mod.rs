@@ -6,6 +6,7 @@ pub mod adjust;
 pub mod engine;
 pub mod facts;
 pub mod policy;
+pub mod predict;
 pub mod rank;
 pub mod score;
 pub mod segment;
@@ -19,6 +20,9 @@ pub use facts::{
     CustomerFacts, InvoiceFacts, Override, OverrideKind, PreviousGrade, ProfitFacts, YearAgoGrade,
 };
 pub use policy::Policy;
+pub use predict::{
+    Prediction, Predictions, PredictiveModel, PredictivePolicy, TimeUnit, predict_population,
+};
 pub use score::{Credit, CreditGrade, Lifecycle};
 pub use segment::SegmentTable;
 pub use summary::{Summary, summarise};

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::predict::PredictivePolicy;
 use crate::FieldError;
 
 /// The whole grading policy (`[grading]` in configuration). Every field has the contract's default.
@@ -38,6 +39,9 @@ pub struct Policy {
     pub loyalty: LoyaltyPolicy,
     /// Simple customer lifetime value.
     pub clv: ClvPolicy,
+    /// The predictive models. Configured as `[predictive]`; the application copies that section
+    /// here so that the run's policy (and its hash) records the settings it was fitted with.
+    pub predictive: PredictivePolicy,
 }
 
 impl Default for Policy {
@@ -55,6 +59,7 @@ impl Default for Policy {
             lifecycle: LifecyclePolicy::default(),
             loyalty: LoyaltyPolicy::default(),
             clv: ClvPolicy::default(),
+            predictive: PredictivePolicy::default(),
         }
     }
 }

@@ -1,0 +1,306 @@
+//! The predictive models applied to a period's customers: BG/NBD (or MBG/NBD) fitted on every
+//! buyer's repeat-purchase summary as of D, Gamma-Gamma on the repeat buyers' spend, then per
+//! customer P(alive), expected purchases, expected order value and discounted CLV.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use super::{CustomerFacts, Policy};
+use crate::FieldError;
+use crate::predictive::{
+    self, ClvHorizon, Fit, FitError, GammaGammaParams, RepeatSummary, SpendSummary, Variant,
+};
+
+/// The unit the model counts time in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeUnit {
+    /// Days.
+    #[default]
+    Days,
+    /// Weeks (7 days).
+    Weeks,
+}
+
+impl TimeUnit {
+    /// Days in one unit.
+    pub fn days(self) -> f64 {
+        match self {
+            Self::Days => 1.0,
+            Self::Weeks => 7.0,
+        }
+    }
+}
+
+/// Days in an average Gregorian month (365.25 / 12).
+pub const DAYS_PER_MONTH: f64 = 30.4375;
+/// The short horizon of expected purchases, in days.
+pub const SHORT_HORIZON_DAYS: f64 = 90.0;
+/// The long horizon of expected purchases, in days (a year).
+pub const LONG_HORIZON_DAYS: f64 = 365.25;
+
+/// `[predictive]`: whether and how the models run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PredictivePolicy {
+    /// Fit the models at every grading run.
+    pub enabled: bool,
+    /// `modified` (MBG/NBD, the default) or `bg` (BG/NBD).
+    pub variant: Variant,
+    /// `days` or `weeks`.
+    pub time_unit: TimeUnit,
+    /// Months of future purchases model CLV counts.
+    pub clv_months: u32,
+    /// Discount rate per month applied to future margin (0.01 = 1 %).
+    pub monthly_discount_rate: f64,
+}
+
+impl Default for PredictivePolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            variant: Variant::Modified,
+            time_unit: TimeUnit::Days,
+            clv_months: 12,
+            monthly_discount_rate: 0.01,
+        }
+    }
+}
+
+impl PredictivePolicy {
+    /// Checks the settings; errors name the key relative to `predictive.`.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if !(1..=120).contains(&self.clv_months) {
+            return Err(FieldError::new(
+                "clv_months",
+                format!("must be 1–120, got {}", self.clv_months),
+            ));
+        }
+        if !(self.monthly_discount_rate.is_finite()
+            && (0.0..1.0).contains(&self.monthly_discount_rate))
+        {
+            return Err(FieldError::new(
+                "monthly_discount_rate",
+                format!(
+                    "must be at least 0 and below 1 (0.01 = 1 % a month), got {}",
+                    self.monthly_discount_rate
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The fitted spend model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SpendFit {
+    /// Gamma-Gamma parameters (values in minor units).
+    pub params: GammaGammaParams,
+    /// Log-likelihood at the optimum.
+    pub log_likelihood: f64,
+    /// Repeat buyers with a positive average it was fitted on.
+    pub customers: u64,
+}
+
+/// What a run fitted, stored with the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictiveModel {
+    /// The purchase model.
+    pub purchases: Fit,
+    /// The spend model; `None` when it could not be fitted (see `spend_error`).
+    pub spend: Option<SpendFit>,
+    /// Why the spend model could not be fitted.
+    pub spend_error: Option<String>,
+    /// Time unit of the purchase model's α, t_x and T.
+    pub time_unit: TimeUnit,
+    /// Buyers the purchase model was fitted on.
+    pub customers: u64,
+    /// Of them, customers with at least one repeat purchase.
+    pub repeat_buyers: u64,
+}
+
+/// One customer's predictions. Every value is finite.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    /// Probability the customer is still buying.
+    pub p_alive: f64,
+    /// Expected purchases (distinct purchase days) in the next 90 days.
+    pub purchases_90d: Option<f64>,
+    /// Expected purchases in the next 12 months.
+    pub purchases_12m: Option<f64>,
+    /// Expected average order value, minor units.
+    pub order_value: Option<f64>,
+    /// Discounted margin over the CLV horizon, minor units.
+    pub clv: Option<f64>,
+}
+
+/// A run's predictions.
+#[derive(Debug, Clone)]
+pub struct Predictions {
+    /// The fitted models, or why the purchase model could not be fitted (then every prediction
+    /// is `None`).
+    pub model: Result<PredictiveModel, FitError>,
+    /// One per input customer, in input order; `None` for customers without an order up to D.
+    pub customers: Vec<Option<Prediction>>,
+}
+
+/// A customer's repeat-purchase summary as of `as_of`, in days: x = distinct order days − 1,
+/// t_x = last − first order day, T = as_of − first order day. `None` without orders.
+pub fn repeat_summary_days(f: &CustomerFacts, as_of: NaiveDate) -> Option<(u32, i64, i64)> {
+    let (first, last) = (f.first_order?, f.last_order?);
+    let repeats = f.order_days.checked_sub(1)?;
+    let age = (as_of - first).num_days();
+    let recency = (last - first).num_days();
+    (age >= 0 && (0..=age).contains(&recency)).then_some((repeats, recency, age))
+}
+
+/// The share of revenue a customer keeps: last-12-month profit ÷ revenue (profit as in simple
+/// CLV: costs, else `default_margin_rate`); `default_margin_rate` without revenue; 1 (revenue)
+/// when profit is unknown.
+pub fn margin_share(f: &CustomerFacts, default_margin_rate: Option<f64>) -> f64 {
+    if f.last_year_revenue > 0
+        && let Some(profit) = f.last_year_profit.resolve(default_margin_rate)
+    {
+        return profit as f64 / f.last_year_revenue as f64;
+    }
+    default_margin_rate.unwrap_or(1.0)
+}
+
+/// Per distinct (x, t_x, T): P(alive), E[Y(90 d)], E[Y(12 m)] and Σ_k ΔE[Y(k months)]/(1+d)^k.
+type Outlook = (f64, Option<f64>, Option<f64>, Option<f64>);
+
+/// Fits the models on `customers` as of `as_of` and predicts each customer.
+///
+/// Purchase model: every customer with an order up to D. Spend model: customers with x ≥ 1 and
+/// repeat amount > 0, m_x = repeat amount / x. CLV = value · margin · Σ_{k=1..H} (E[Y(k·u)] −
+/// E[Y((k−1)·u)]) / (1+d)^k with u a month in model units (see [`predictive::discounted_clv`]).
+pub fn predict_population(
+    customers: &[CustomerFacts],
+    as_of: NaiveDate,
+    policy: &Policy,
+) -> Predictions {
+    let settings = &policy.predictive;
+    let unit = settings.time_unit.days();
+    let summaries: Vec<Option<(u32, i64, i64)>> = customers
+        .iter()
+        .map(|f| repeat_summary_days(f, as_of))
+        .collect();
+    let mut weights: HashMap<(u32, i64, i64), f64> = HashMap::new();
+    for s in summaries.iter().flatten() {
+        *weights.entry(*s).or_default() += 1.0;
+    }
+    let to_model = |&(x, recency, age): &(u32, i64, i64)| RepeatSummary {
+        frequency: x,
+        recency: recency as f64 / unit,
+        age: age as f64 / unit,
+    };
+    let mut distinct: Vec<((u32, i64, i64), f64)> = weights.into_iter().collect();
+    // A fixed order keeps the fit repeatable run to run.
+    distinct.sort_unstable_by_key(|(k, _)| *k);
+    let data: Vec<(RepeatSummary, f64)> = distinct.iter().map(|(k, w)| (to_model(k), *w)).collect();
+    let none = || vec![None; customers.len()];
+    let purchases = match predictive::fit(settings.variant, &data) {
+        Ok(fit) => fit,
+        Err(error) => {
+            return Predictions {
+                model: Err(error),
+                customers: none(),
+            };
+        }
+    };
+
+    let spend_data: Vec<SpendSummary> = customers
+        .iter()
+        .zip(&summaries)
+        .filter_map(|(f, s)| spend_summary(f, s.as_ref()?.0))
+        .collect();
+    let (spend, spend_error) = match predictive::fit_spend(&spend_data) {
+        Ok((params, log_likelihood)) => (
+            Some(SpendFit {
+                params,
+                log_likelihood,
+                customers: spend_data.len() as u64,
+            }),
+            None,
+        ),
+        Err(error) => (None, Some(error.to_string())),
+    };
+    drop(spend_data);
+
+    let (p, variant) = (purchases.params, purchases.variant);
+    let horizon = ClvHorizon {
+        months: settings.clv_months,
+        monthly_discount: settings.monthly_discount_rate,
+        units_per_month: DAYS_PER_MONTH / unit,
+    };
+    let finite = |v: Option<f64>| v.filter(|v| v.is_finite());
+    let outlooks: HashMap<(u32, i64, i64), Outlook> = distinct
+        .iter()
+        .map(|(key, _)| {
+            let c = to_model(key);
+            let alive = predictive::p_alive(&p, variant, &c);
+            let short = predictive::expected_purchases(&p, variant, &c, SHORT_HORIZON_DAYS / unit);
+            let long = predictive::expected_purchases(&p, variant, &c, LONG_HORIZON_DAYS / unit);
+            // Margin and value scale the discounted purchases, so one pass per summary suffices.
+            let discounted = predictive::discounted_clv(&p, variant, &c, 1.0, 1.0, &horizon);
+            (
+                *key,
+                (alive, finite(short), finite(long), finite(discounted)),
+            )
+        })
+        .collect();
+
+    let per_customer = customers
+        .iter()
+        .zip(&summaries)
+        .map(|(f, s)| {
+            let s = s.as_ref()?;
+            let &(alive, purchases_90d, purchases_12m, discounted) = outlooks.get(s)?;
+            if !alive.is_finite() {
+                return None;
+            }
+            let order_value = spend.and_then(|g| {
+                let own = spend_summary(f, s.0);
+                finite(predictive::expected_average_value(&g.params, own.as_ref()))
+            });
+            let margin = margin_share(f, policy.profit.default_margin_rate);
+            let clv = discounted
+                .zip(order_value)
+                .map(|(d, v)| d * v * margin)
+                .filter(|v| v.is_finite());
+            Some(Prediction {
+                p_alive: alive,
+                purchases_90d,
+                purchases_12m,
+                order_value,
+                clv,
+            })
+        })
+        .collect();
+    let repeat_buyers = distinct
+        .iter()
+        .filter(|((x, _, _), _)| *x > 0)
+        .map(|(_, w)| *w as u64)
+        .sum();
+    Predictions {
+        model: Ok(PredictiveModel {
+            purchases,
+            spend,
+            spend_error,
+            time_unit: settings.time_unit,
+            customers: summaries.iter().flatten().count() as u64,
+            repeat_buyers,
+        }),
+        customers: per_customer,
+    }
+}
+
+/// A repeat buyer's spend (x repeat days, average repeat amount), if positive.
+fn spend_summary(f: &CustomerFacts, repeats: u32) -> Option<SpendSummary> {
+    (repeats > 0 && f.repeat_amount > 0).then(|| SpendSummary {
+        transactions: repeats,
+        average: f.repeat_amount as f64 / f64::from(repeats),
+    })
+}

@@ -1,0 +1,154 @@
+//! The predictive models applied to a period's customers: edge cases give defined outputs or a
+//! clear error, never NaN, and the per-customer figures follow the model's formulas.
+#![expect(clippy::unwrap_used, reason = "tests")]
+
+use chrono::{Days, NaiveDate};
+use tierwise_domain::CustomerId;
+use tierwise_domain::grading::predict::{margin_share, repeat_summary_days};
+use tierwise_domain::grading::{CustomerFacts, Policy, ProfitFacts, predict_population};
+use tierwise_domain::predictive::{FitError, RepeatSummary, Variant, p_alive};
+
+fn as_of() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 10, 31).unwrap()
+}
+
+/// A customer whose `days` distinct order days run from `first_ago` to `last_ago` days before
+/// D, with `repeat_amount` spent after the first day.
+fn buyer(id: i64, days: u32, first_ago: u64, last_ago: u64, repeat_amount: i64) -> CustomerFacts {
+    CustomerFacts {
+        customer: CustomerId(id),
+        lifetime_orders: days,
+        order_days: days,
+        first_order: Some(as_of() - Days::new(first_ago)),
+        last_order: Some(as_of() - Days::new(last_ago)),
+        repeat_amount,
+        last_year_revenue: 10_000,
+        last_year_profit: ProfitFacts {
+            costed_profit: 2_500,
+            ..ProfitFacts::default()
+        },
+        ..CustomerFacts::default()
+    }
+}
+
+/// A varied population: some one-time buyers, some steady, some gone quiet.
+fn population(n: i64) -> Vec<CustomerFacts> {
+    (0..n)
+        .map(|i| {
+            let days = 1 + (i % 9) as u32;
+            let first = 100 + (i as u64 * 37) % 600;
+            let last = if days == 1 {
+                first
+            } else {
+                (i as u64 * 13) % first
+            };
+            buyer(i, days, first, last, i64::from(days - 1) * (1_000 + 10 * i))
+        })
+        .collect()
+}
+
+#[test]
+fn every_buyer_gets_finite_predictions_and_non_buyers_none() {
+    let mut customers = population(300);
+    customers.push(CustomerFacts {
+        customer: CustomerId(1_000),
+        ..CustomerFacts::default()
+    });
+    // First order on D: T = 0.
+    customers.push(buyer(1_001, 1, 0, 0, 0));
+    // A huge frequency: an order every day for ten years.
+    customers.push(buyer(1_002, 3_650, 3_650, 0, 3_649 * 500));
+    let out = predict_population(&customers, as_of(), &Policy::default());
+    let model = out.model.unwrap();
+    assert_eq!(model.customers, 302);
+    assert_eq!(out.customers.len(), customers.len());
+    assert_eq!(out.customers[300], None, "no order, no prediction");
+    for (f, p) in customers.iter().zip(&out.customers) {
+        let Some(p) = p else { continue };
+        assert!((0.0..=1.0).contains(&p.p_alive), "{f:?}: {p:?}");
+        for v in [p.purchases_90d, p.purchases_12m, p.order_value, p.clv]
+            .into_iter()
+            .flatten()
+        {
+            assert!(v.is_finite(), "{f:?}: {p:?}");
+        }
+        let (x, recency, age) = repeat_summary_days(f, as_of()).unwrap();
+        let c = RepeatSummary::new(x, recency as f64, age as f64).unwrap();
+        assert_eq!(
+            p.p_alive,
+            p_alive(&model.purchases.params, Variant::Modified, &c)
+        );
+    }
+    let daily = out.customers[302].unwrap();
+    assert!(
+        daily.p_alive > 0.99,
+        "a daily buyer seen yesterday is alive: {daily:?}"
+    );
+    assert!(daily.purchases_90d.unwrap() > 50.0, "{daily:?}");
+    // Expected purchases grow with the horizon.
+    for p in out.customers.iter().flatten() {
+        if let (Some(short), Some(long)) = (p.purchases_90d, p.purchases_12m) {
+            assert!(short <= long + 1e-12, "{p:?}");
+        }
+    }
+}
+
+#[test]
+fn too_few_customers_or_no_repeat_buyers_is_a_clear_error_and_no_predictions() {
+    let one = vec![buyer(1, 3, 200, 10, 3_000)];
+    let out = predict_population(&one, as_of(), &Policy::default());
+    assert!(matches!(
+        out.model,
+        Err(FitError::TooFewCustomers { found: 1, .. })
+    ));
+    assert_eq!(out.customers, vec![None]);
+
+    let once: Vec<CustomerFacts> = (0..50)
+        .map(|i| buyer(i, 1, 10 + i as u64, 10 + i as u64, 0))
+        .collect();
+    let out = predict_population(&once, as_of(), &Policy::default());
+    assert_eq!(out.model.unwrap_err(), FitError::NoRepeatBuyers);
+    assert!(out.customers.iter().all(Option::is_none));
+}
+
+#[test]
+fn model_clv_is_the_discounted_purchases_times_value_times_margin() {
+    let customers = population(300);
+    let out = predict_population(&customers, as_of(), &Policy::default());
+    let mut no_discount = Policy::default();
+    no_discount.predictive.monthly_discount_rate = 0.0;
+    let undiscounted = predict_population(&customers, as_of(), &no_discount);
+    for ((f, p), q) in customers
+        .iter()
+        .zip(&out.customers)
+        .zip(&undiscounted.customers)
+    {
+        let (p, q) = (p.unwrap(), q.unwrap());
+        let margin = margin_share(f, None);
+        assert!((margin - 0.25).abs() < 1e-12);
+        // Without discount, CLV over 12 months = E[Y(12 months)] · value · margin.
+        let plain = q.purchases_12m.unwrap() * q.order_value.unwrap() * margin;
+        assert!(
+            (q.clv.unwrap() - plain).abs() <= 1e-6 * plain.abs().max(1.0),
+            "{q:?}"
+        );
+        // Discounting only lowers it.
+        assert!(p.clv.unwrap() <= q.clv.unwrap() + 1e-9);
+    }
+}
+
+#[test]
+fn margin_share_follows_profit_then_the_default_rate_then_revenue() {
+    let mut f = buyer(1, 2, 100, 10, 500);
+    assert!((margin_share(&f, None) - 0.25).abs() < 1e-12);
+    f.last_year_profit = ProfitFacts {
+        costed_profit: 0,
+        uncosted_amount: 10_000,
+        uncosted_orders: 2,
+    };
+    assert_eq!(margin_share(&f, None), 1.0, "profit unknown: revenue");
+    assert!((margin_share(&f, Some(0.4)) - 0.4).abs() < 1e-12);
+    f.last_year_revenue = 0;
+    assert_eq!(margin_share(&f, Some(0.3)), 0.3);
+    assert_eq!(margin_share(&f, None), 1.0);
+}
