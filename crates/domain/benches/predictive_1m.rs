@@ -23,7 +23,8 @@ use rand_distr::{Beta, Distribution, Exp, Gamma};
 use tierwise_domain::CustomerId;
 use tierwise_domain::grading::{CustomerFacts, Policy, ProfitFacts, predict_population};
 use tierwise_domain::predictive::{
-    BgNbdParams, GammaGammaParams, RepeatSummary, Variant, expected_purchases, fit, p_alive,
+    BgNbdParams, GammaGammaParams, RepeatSummary, SpendSummary, Variant, expected_purchases, fit,
+    fit_spend, p_alive,
 };
 
 type Error = Box<dyn std::error::Error>;
@@ -161,13 +162,29 @@ fn main() -> Result<(), Error> {
     // The grading run's whole step: both fits and every customer's P(alive), E[Y(90 days)],
     // E[Y(12 months)], expected order value and 12-month discounted CLV, in days.
     let facts = customer_facts(&data)?;
+    let spend_data: Vec<SpendSummary> = facts
+        .iter()
+        .filter(|f| f.order_days > 1 && f.repeat_amount > 0)
+        .map(|f| SpendSummary {
+            transactions: f.order_days - 1,
+            average: f.repeat_amount as f64 / f64::from(f.order_days - 1),
+        })
+        .collect();
+    let started = Instant::now();
+    let (spend_alone, _) = fit_spend(&spend_data).map_err(|e| e.to_string())?;
+    let spend_secs = started.elapsed().as_secs_f64();
+    drop(spend_data);
+    writeln!(
+        report,
+        "| Gamma-Gamma fit alone (p={:.3} q={:.3} gamma={:.1}) | {spend_secs:.2} | – | – |",
+        spend_alone.p, spend_alone.q, spend_alone.gamma
+    )?;
     let started = Instant::now();
     let predicted = predict_population(&facts, as_of(), &Policy::default());
     let step_secs = started.elapsed().as_secs_f64();
-    let model = predicted.model.map_err(|e| e.to_string())?;
+    let model = predicted.model.clone().map_err(|e| e.to_string())?;
     let spend = model.spend.ok_or("the spend model did not fit")?;
     let with_clv = predicted
-        .customers
         .iter()
         .flatten()
         .filter(|p| p.clv.is_some())

@@ -174,17 +174,27 @@ fn hyp2f1(a: f64, b: f64, c: f64, z: f64) -> Option<f64> {
 /// MBG/NBD: (a+b+x)/(a−1) · [1 − ((α+T)/(α+T+t))^(r+x) · 2F1(r+x, b+x+1; a+b+x; t/(α+T+t))]
 /// · P(alive).
 ///
-/// Defined for a > 1 (the mean drop-out odds are finite); `None` otherwise or when the series
-/// does not converge.
+/// Holds for every a > 0: the 1/(a − 1) is an artefact of the algebra, cancelled by the bracket
+/// (`bench/bgnbd_reference.py` checks a CDNOW case with a = 0.793 against direct integration
+/// over λ and p). Within 1e-6 of a = 1, where the two cancel numerically, a is moved 1e-6 away
+/// (the function is continuous there). `None` when the series does not converge.
 pub fn expected_purchases(
     p: &BgNbdParams,
     variant: Variant,
     c: &RepeatSummary,
     t: f64,
 ) -> Option<f64> {
-    if p.a <= 1.0 || t.is_nan() || t < 0.0 {
+    if t.is_nan() || t < 0.0 {
         return None;
     }
+    let p = &BgNbdParams {
+        a: match p.a - 1.0 {
+            gap if gap.abs() >= 1e-6 => p.a,
+            gap if gap < 0.0 => 1.0 - 1e-6,
+            _ => 1.0 + 1e-6,
+        },
+        ..*p
+    };
     let x = f64::from(c.frequency);
     let (lead, hb, hc) = match variant {
         Variant::Bg => (p.a + p.b + x - 1.0, p.b + x, p.a + p.b + x - 1.0),
@@ -238,8 +248,9 @@ pub struct Fit {
 pub const MIN_CUSTOMERS: u64 = 10;
 
 /// Fits the model by maximum likelihood: Nelder–Mead on (ln r, ln α, ln a, ln b) starting from
-/// r = a = b = 1, α = mean age, stopping when the simplex's log-likelihood spread falls under
-/// 1e-10 relative (converged) or after 5,000 iterations (an error). `data` pairs each distinct
+/// r = a = b = 1, α = mean age, stopping when the simplex's spread of log-likelihood per customer
+/// falls under 1e-10 relative (1e-8 after 1,000 iterations: a flat ridge) or after 5,000
+/// iterations (an error). `data` pairs each distinct
 /// summary with how many customers share it (grouping makes large fits cheap).
 pub fn fit(variant: Variant, data: &[(RepeatSummary, f64)]) -> Result<Fit, FitError> {
     let customers: f64 = data.iter().map(|(_, w)| w).sum();
@@ -457,20 +468,72 @@ impl Table {
             .collect();
         let ln_recency: Vec<f64> = self.recencies.iter().map(|t| (p.alpha + t).ln()).collect();
         let ln_age: Vec<f64> = self.ages.iter().map(|t| (p.alpha + t).ln()).collect();
-        self.rows
-            .iter()
-            .map(|&(xi, ri, ai, weight)| {
-                let x = self.frequencies[xi as usize];
-                let (head, odds) = per_x[xi as usize];
-                let still = -(p.r + x) * ln_age[ai as usize];
-                let tail = match odds {
-                    None => still,
-                    Some(odds) => log_sum_exp(still, odds - (p.r + x) * ln_recency[ri as usize]),
-                };
-                weight * (head + tail)
-            })
-            .sum()
+        sum_in_chunks(&self.rows, |rows| {
+            rows.iter()
+                .map(|&(xi, ri, ai, weight)| {
+                    let x = self.frequencies[xi as usize];
+                    let (head, odds) = per_x[xi as usize];
+                    let still = -(p.r + x) * ln_age[ai as usize];
+                    let tail = match odds {
+                        None => still,
+                        Some(odds) => {
+                            log_sum_exp(still, odds - (p.r + x) * ln_recency[ri as usize])
+                        }
+                    };
+                    weight * (head + tail)
+                })
+                .sum()
+        })
     }
+}
+
+/// Fixed pieces a large sum is cut into, so that the result does not depend on the number of
+/// threads that add them up.
+const SUM_CHUNKS: usize = 8;
+/// Below this many items one thread sums faster than several start.
+const PARALLEL_FROM: usize = 50_000;
+
+/// `Σ part(chunk)` over [`SUM_CHUNKS`] consecutive chunks of `items`, added in chunk order; the
+/// chunks are spread over the machine's cores when `items` is large. Pure computation: threads
+/// only share read-only data.
+pub(crate) fn sum_in_chunks<T: Sync>(items: &[T], part: impl Fn(&[T]) -> f64 + Sync) -> f64 {
+    map_in_chunks(items, |chunk| part(chunk)).into_iter().sum()
+}
+
+/// `f` applied to [`SUM_CHUNKS`] consecutive chunks of `items`, results in chunk order, on
+/// several cores when `items` is large.
+pub(crate) fn map_in_chunks<T: Sync, R: Send>(items: &[T], f: impl Fn(&[T]) -> R + Sync) -> Vec<R> {
+    let chunk_len = items.len().div_ceil(SUM_CHUNKS).max(1);
+    let chunks: Vec<&[T]> = items.chunks(chunk_len).collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(chunks.len());
+    if items.len() < PARALLEL_FROM || threads <= 1 {
+        return chunks.into_iter().map(f).collect();
+    }
+    let f = &f;
+    let chunks = &chunks;
+    // Worker k takes chunks k, k + threads, …; the calling thread is worker 0.
+    let work = move |k: usize| -> Vec<(usize, R)> {
+        (k..chunks.len())
+            .step_by(threads)
+            .map(|i| (i, f(chunks[i])))
+            .collect()
+    };
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads).map(|k| scope.spawn(move || work(k))).collect();
+        let mut done = work(0);
+        for handle in others {
+            done.extend(
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        done
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Spend data grouped by x for speed: the log-gamma and ln x terms once per distinct x, Σ ln m_x
@@ -506,7 +569,9 @@ impl SpendTable {
                 let px = g.p * x;
                 let head = count * (ln_gamma(px + g.q) - ln_gamma(px) + common + px * x.ln())
                     + (px - 1.0) * sum_ln_m;
-                let tail: f64 = totals.iter().map(|xm| (g.gamma + xm).ln()).sum();
+                let tail = sum_in_chunks(totals, |part| {
+                    part.iter().map(|xm| (g.gamma + xm).ln()).sum()
+                });
                 head - (px + g.q) * tail
             })
             .sum()
@@ -537,7 +602,15 @@ fn nelder_mead<const N: usize>(
         simplex.sort_by(|x, y| x.1.total_cmp(&y.1));
         let (best, worst) = (simplex[0].1, simplex[N].1);
         spread = worst - best;
-        if best.is_finite() && spread <= tolerance * (1.0 + best.abs()) {
+        // A likelihood flat along a ridge (a parameter drifting towards infinity without
+        // changing the fit) never shrinks the simplex that far: after a fifth of the budget a
+        // hundredfold tolerance is accepted (1e-8 per customer changes no prediction).
+        let settled = if iteration >= max_iterations / 5 {
+            100.0 * tolerance
+        } else {
+            tolerance
+        };
+        if best.is_finite() && spread <= settled * (1.0 + best.abs()) {
             return Ok((simplex[0].0, best, iteration));
         }
         let mut centroid = [0.0; N];
@@ -620,17 +693,7 @@ mod tests {
     }
 
     /// params, x, t_x, T, BG and MBG log-likelihood, BG and MBG P(alive), BG and MBG E[Y(39)].
-    type Case = (
-        BgNbdParams,
-        u32,
-        f64,
-        f64,
-        f64,
-        f64,
-        f64,
-        f64,
-        Option<(f64, f64)>,
-    );
+    type Case = (BgNbdParams, u32, f64, f64, f64, f64, f64, f64, (f64, f64));
 
     /// Values printed by `python3 bench/bgnbd_reference.py` (scipy's gammaln and hyp2f1).
     #[test]
@@ -645,7 +708,7 @@ mod tests {
                 -0.386952220571,
                 1.0,
                 0.637253337965,
-                None,
+                (0.195098052011, 0.127461382546),
             ),
             (
                 CDNOW,
@@ -656,7 +719,7 @@ mod tests {
                 -9.687182636250,
                 0.726578570081,
                 0.774419242624,
-                None,
+                (1.226028174767, 1.340497428491),
             ),
             (
                 CDNOW,
@@ -667,7 +730,7 @@ mod tests {
                 -22.234435327052,
                 0.843767821928,
                 0.857988640307,
-                None,
+                (4.387487854488, 4.537921896259),
             ),
             (
                 CDNOW,
@@ -678,7 +741,7 @@ mod tests {
                 -3.866094428808,
                 0.544062152505,
                 0.627581794175,
-                None,
+                (1.724275101776, 2.128836728733),
             ),
             (
                 CDNOW,
@@ -689,7 +752,7 @@ mod tests {
                 -28.752853145389,
                 0.921688209069,
                 0.923919560314,
-                None,
+                (29.088848708985, 29.399394850592),
             ),
             (
                 OTHER,
@@ -700,7 +763,7 @@ mod tests {
                 -1.090518067354,
                 1.0,
                 0.201610516908,
-                Some((0.953157565295, 0.196471274408)),
+                (0.953157565295, 0.196471274408),
             ),
             (
                 OTHER,
@@ -711,7 +774,7 @@ mod tests {
                 -9.236726829357,
                 0.621189086496,
                 0.652065266400,
-                Some((1.258544871917, 1.354579045711)),
+                (1.258544871917, 1.354579045711),
             ),
             (
                 OTHER,
@@ -722,7 +785,7 @@ mod tests {
                 -21.392245690901,
                 0.730454235584,
                 0.745920364416,
-                Some((3.200252564162, 3.342686460124)),
+                (3.200252564162, 3.342686460124),
             ),
             (
                 OTHER,
@@ -733,7 +796,7 @@ mod tests {
                 -2.872616381064,
                 0.497409857818,
                 0.535885696134,
-                Some((1.602462719945, 1.817417962849)),
+                (1.602462719945, 1.817417962849),
             ),
             (
                 OTHER,
@@ -744,7 +807,7 @@ mod tests {
                 -31.902031781274,
                 0.849924788396,
                 0.853482749625,
-                Some((15.294024226669, 15.581154413336)),
+                (15.294024226669, 15.581154413336),
             ),
         ];
         for (p, x, tx, t, bg_ll, mbg_ll, bg_alive, mbg_alive, expected) in cases {
@@ -765,22 +828,17 @@ mod tests {
                 mbg_alive,
                 "MBG P(alive)",
             );
-            match expected {
-                Some((bg, mbg)) => {
-                    close(
-                        expected_purchases(&p, Variant::Bg, &c, 39.0).unwrap_or(f64::NAN),
-                        bg,
-                        "BG E[Y(39)]",
-                    );
-                    close(
-                        expected_purchases(&p, Variant::Modified, &c, 39.0).unwrap_or(f64::NAN),
-                        mbg,
-                        "MBG E[Y(39)]",
-                    );
-                }
-                // a < 1: the expectation is undefined, and said so.
-                None => assert_eq!(expected_purchases(&p, Variant::Bg, &c, 39.0), None),
-            }
+            let (bg, mbg) = expected;
+            close(
+                expected_purchases(&p, Variant::Bg, &c, 39.0).unwrap_or(f64::NAN),
+                bg,
+                "BG E[Y(39)]",
+            );
+            close(
+                expected_purchases(&p, Variant::Modified, &c, 39.0).unwrap_or(f64::NAN),
+                mbg,
+                "MBG E[Y(39)]",
+            );
         }
     }
 
@@ -911,10 +969,17 @@ mod tests {
             lower < clv && lower > clv / 1.01_f64.powi(12),
             "{lower} vs {clv}"
         );
-        assert_eq!(
-            discounted_clv(&CDNOW, Variant::Bg, &c, 50.0, 0.3, &horizon),
-            None,
-            "a < 1"
+        // E[Y] is continuous through a = 1, where the closed form is 0/0.
+        let at = |a: f64| {
+            expected_purchases(&BgNbdParams { a, ..OTHER }, Variant::Bg, &c, 39.0)
+                .unwrap_or(f64::NAN)
+        };
+        let (below, exact, above) = (at(1.0 - 1e-3), at(1.0), at(1.0 + 1e-3));
+        assert!(exact.is_finite(), "{exact}");
+        assert!(below > exact && exact > above, "{below} {exact} {above}");
+        assert!(
+            (below - above).abs() < 1e-2 * exact,
+            "{below} {exact} {above}"
         );
     }
 

@@ -262,20 +262,16 @@ fn grade_and_store(
     }
     watch.clock = Instant::now();
 
-    // The models fit on the second core while the first grades; dry runs compare tiers only.
+    let outcome = grade_population(&facts.customers, period.as_of(), policy)?;
+    watch.lap("grade");
+    // After grading, not beside it: grading's ranking buffers and the models' tables would
+    // otherwise peak together (+100 MB per million customers), and the fit spreads over the
+    // cores itself. Dry runs compare tiers only.
     let predict = run.is_some() && policy.predictive.enabled;
-    let (outcome, predictions) = std::thread::scope(|scope| {
-        let predictions = predict
-            .then(|| scope.spawn(|| predict_population(&facts.customers, period.as_of(), policy)));
-        let outcome = grade_population(&facts.customers, period.as_of(), policy);
-        let predictions = predictions.map(|handle| {
-            handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        });
-        (outcome, predictions)
-    });
-    let outcome = outcome?;
+    let predictions = predict.then(|| predict_population(&facts.customers, period.as_of(), policy));
+    if predict {
+        watch.lap("predict");
+    }
     let (predictive, predictive_error) = match predictions.as_ref().map(|p| &p.model) {
         Some(Ok(model)) => (Some(model.clone()), None),
         Some(Err(error)) => {
@@ -291,11 +287,6 @@ fn grade_and_store(
              (see `tierwise override list`)"
         );
     }
-    watch.lap(if predict {
-        "grade and predict"
-    } else {
-        "grade"
-    });
     let summary = summarise(&facts.customers, &outcome, policy);
     watch.lap("summarise");
 
@@ -489,7 +480,7 @@ fn write_outcome(
 ) -> Result<(), GradingError> {
     let prediction = |i: usize| {
         predictions
-            .and_then(|p| p.customers.get(i).copied().flatten())
+            .and_then(|p| p.get(i))
             .map(|p| store::GradePrediction {
                 p_alive: Some(p.p_alive),
                 expected_purchases_90d: p.purchases_90d,

@@ -136,14 +136,75 @@ pub struct Prediction {
     pub clv: Option<f64>,
 }
 
-/// A run's predictions.
+/// A run's predictions, laid out compactly: customers who share (x, t_x, T) share one outlook,
+/// and each customer keeps only its own expected order value and CLV (a million customers take
+/// about 40 MB).
 #[derive(Debug, Clone)]
 pub struct Predictions {
     /// The fitted models, or why the purchase model could not be fitted (then every prediction
     /// is `None`).
     pub model: Result<PredictiveModel, FitError>,
-    /// One per input customer, in input order; `None` for customers without an order up to D.
-    pub customers: Vec<Option<Prediction>>,
+    /// Per distinct summary: P(alive), E[Y(90 d)], E[Y(12 m)], discounted purchases (NaN:
+    /// undefined).
+    outlooks: Vec<[f64; 4]>,
+    /// Per input customer.
+    slots: Vec<Slot>,
+}
+
+/// One customer's place in [`Predictions`].
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// Index into `outlooks`; [`Slot::NONE`] without an order up to D.
+    outlook: u32,
+    /// Expected order value (NaN: undefined).
+    order_value: f64,
+    /// Model CLV (NaN: undefined).
+    clv: f64,
+}
+
+impl Slot {
+    const NONE: u32 = u32::MAX;
+    const EMPTY: Slot = Slot {
+        outlook: Self::NONE,
+        order_value: f64::NAN,
+        clv: f64::NAN,
+    };
+}
+
+/// `v` when finite.
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+impl Predictions {
+    /// Customer `i`'s predictions (input order); `None` without an order up to D, when the
+    /// model could not be fitted, or when P(alive) is undefined.
+    pub fn get(&self, i: usize) -> Option<Prediction> {
+        let slot = self.slots.get(i)?;
+        let [alive, short, long, _] = *self.outlooks.get(slot.outlook as usize)?;
+        Some(Prediction {
+            p_alive: finite(alive)?,
+            purchases_90d: finite(short),
+            purchases_12m: finite(long),
+            order_value: finite(slot.order_value),
+            clv: finite(slot.clv),
+        })
+    }
+
+    /// Customers covered (the input's length).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no customer was given.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Every customer's predictions, in input order.
+    pub fn iter(&self) -> impl Iterator<Item = Option<Prediction>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
 }
 
 /// A customer's repeat-purchase summary as of `as_of`, in days: x = distinct order days − 1,
@@ -168,8 +229,8 @@ pub fn margin_share(f: &CustomerFacts, default_margin_rate: Option<f64>) -> f64 
     default_margin_rate.unwrap_or(1.0)
 }
 
-/// Per distinct (x, t_x, T): P(alive), E[Y(90 d)], E[Y(12 m)] and Σ_k ΔE[Y(k months)]/(1+d)^k.
-type Outlook = (f64, Option<f64>, Option<f64>, Option<f64>);
+/// (x, t_x in days, T in days).
+type SummaryKey = (u32, i64, i64);
 
 /// Fits the models on `customers` as of `as_of` and predicts each customer.
 ///
@@ -183,38 +244,69 @@ pub fn predict_population(
 ) -> Predictions {
     let settings = &policy.predictive;
     let unit = settings.time_unit.days();
-    let summaries: Vec<Option<(u32, i64, i64)>> = customers
+    // Each customer's distinct summary, numbered in first-seen order, then renumbered sorted
+    // so that the fit sees the same order whatever the customers' order.
+    let mut numbers: HashMap<SummaryKey, u32> = HashMap::new();
+    let mut keys: Vec<SummaryKey> = Vec::new();
+    let mut weights: Vec<f64> = Vec::new();
+    let mut outlook_of: Vec<u32> = customers
         .iter()
-        .map(|f| repeat_summary_days(f, as_of))
+        .map(|f| match repeat_summary_days(f, as_of) {
+            Some(key) => {
+                let n = *numbers.entry(key).or_insert_with(|| {
+                    keys.push(key);
+                    weights.push(0.0);
+                    (keys.len() - 1) as u32
+                });
+                weights[n as usize] += 1.0;
+                n
+            }
+            None => Slot::NONE,
+        })
         .collect();
-    let mut weights: HashMap<(u32, i64, i64), f64> = HashMap::new();
-    for s in summaries.iter().flatten() {
-        *weights.entry(*s).or_default() += 1.0;
+    drop(numbers);
+    let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+    order.sort_unstable_by_key(|&n| keys[n as usize]);
+    let mut renumber = vec![0_u32; keys.len()];
+    for (sorted, &n) in order.iter().enumerate() {
+        renumber[n as usize] = sorted as u32;
     }
-    let to_model = |&(x, recency, age): &(u32, i64, i64)| RepeatSummary {
+    for n in outlook_of.iter_mut().filter(|n| **n != Slot::NONE) {
+        *n = renumber[*n as usize];
+    }
+    drop(renumber);
+    let keys: Vec<SummaryKey> = order.iter().map(|&n| keys[n as usize]).collect();
+    let weights: Vec<f64> = order.iter().map(|&n| weights[n as usize]).collect();
+    drop(order);
+
+    let to_model = |&(x, recency, age): &SummaryKey| RepeatSummary {
         frequency: x,
         recency: recency as f64 / unit,
         age: age as f64 / unit,
     };
-    let mut distinct: Vec<((u32, i64, i64), f64)> = weights.into_iter().collect();
-    // A fixed order keeps the fit repeatable run to run.
-    distinct.sort_unstable_by_key(|(k, _)| *k);
-    let data: Vec<(RepeatSummary, f64)> = distinct.iter().map(|(k, w)| (to_model(k), *w)).collect();
-    let none = || vec![None; customers.len()];
-    let purchases = match predictive::fit(settings.variant, &data) {
+    let data: Vec<(RepeatSummary, f64)> = keys
+        .iter()
+        .zip(&weights)
+        .map(|(k, w)| (to_model(k), *w))
+        .collect();
+    let purchases = predictive::fit(settings.variant, &data);
+    drop(data);
+    let purchases = match purchases {
         Ok(fit) => fit,
         Err(error) => {
             return Predictions {
                 model: Err(error),
-                customers: none(),
+                outlooks: Vec::new(),
+                slots: vec![Slot::EMPTY; customers.len()],
             };
         }
     };
 
+    let repeats = |n: u32| keys.get(n as usize).map_or(0, |k| k.0);
     let spend_data: Vec<SpendSummary> = customers
         .iter()
-        .zip(&summaries)
-        .filter_map(|(f, s)| spend_summary(f, s.as_ref()?.0))
+        .zip(&outlook_of)
+        .filter_map(|(f, &n)| spend_summary(f, repeats(n)))
         .collect();
     let (spend, spend_error) = match predictive::fit_spend(&spend_data) {
         Ok((params, log_likelihood)) => (
@@ -235,65 +327,66 @@ pub fn predict_population(
         monthly_discount: settings.monthly_discount_rate,
         units_per_month: DAYS_PER_MONTH / unit,
     };
-    let finite = |v: Option<f64>| v.filter(|v| v.is_finite());
-    let outlooks: HashMap<(u32, i64, i64), Outlook> = distinct
-        .iter()
-        .map(|(key, _)| {
-            let c = to_model(key);
-            let alive = predictive::p_alive(&p, variant, &c);
-            let short = predictive::expected_purchases(&p, variant, &c, SHORT_HORIZON_DAYS / unit);
-            let long = predictive::expected_purchases(&p, variant, &c, LONG_HORIZON_DAYS / unit);
-            // Margin and value scale the discounted purchases, so one pass per summary suffices.
-            let discounted = predictive::discounted_clv(&p, variant, &c, 1.0, 1.0, &horizon);
-            (
-                *key,
-                (alive, finite(short), finite(long), finite(discounted)),
-            )
-        })
-        .collect();
-
-    let per_customer = customers
-        .iter()
-        .zip(&summaries)
-        .map(|(f, s)| {
-            let s = s.as_ref()?;
-            let &(alive, purchases_90d, purchases_12m, discounted) = outlooks.get(s)?;
-            if !alive.is_finite() {
-                return None;
-            }
-            let order_value = spend.and_then(|g| {
-                let own = spend_summary(f, s.0);
-                finite(predictive::expected_average_value(&g.params, own.as_ref()))
-            });
-            let margin = margin_share(f, policy.profit.default_margin_rate);
-            let clv = discounted
-                .zip(order_value)
-                .map(|(d, v)| d * v * margin)
-                .filter(|v| v.is_finite());
-            Some(Prediction {
-                p_alive: alive,
-                purchases_90d,
-                purchases_12m,
-                order_value,
-                clv,
+    let nan = |v: Option<f64>| v.filter(|v| v.is_finite()).unwrap_or(f64::NAN);
+    let outlooks: Vec<[f64; 4]> = predictive::map_in_chunks(&keys, |chunk| {
+        chunk
+            .iter()
+            .map(|key| {
+                let c = to_model(key);
+                let alive = predictive::p_alive(&p, variant, &c);
+                let short =
+                    predictive::expected_purchases(&p, variant, &c, SHORT_HORIZON_DAYS / unit);
+                let long =
+                    predictive::expected_purchases(&p, variant, &c, LONG_HORIZON_DAYS / unit);
+                // Margin and value scale the discounted purchases: one pass per summary.
+                let discounted = predictive::discounted_clv(&p, variant, &c, 1.0, 1.0, &horizon);
+                [nan(Some(alive)), nan(short), nan(long), nan(discounted)]
             })
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+
+    let slots = customers
+        .iter()
+        .zip(&outlook_of)
+        .map(|(f, &n)| {
+            let Some(&[_, _, _, discounted]) = outlooks.get(n as usize) else {
+                return Slot::EMPTY;
+            };
+            let order_value = spend
+                .and_then(|g| {
+                    let own = spend_summary(f, repeats(n));
+                    predictive::expected_average_value(&g.params, own.as_ref())
+                })
+                .unwrap_or(f64::NAN);
+            let margin = margin_share(f, policy.profit.default_margin_rate);
+            Slot {
+                outlook: n,
+                order_value: nan(Some(order_value)),
+                clv: nan(Some(discounted * order_value * margin)),
+            }
         })
         .collect();
-    let repeat_buyers = distinct
+    let buyers = weights.iter().sum::<f64>() as u64;
+    let repeat_buyers = keys
         .iter()
-        .filter(|((x, _, _), _)| *x > 0)
-        .map(|(_, w)| *w as u64)
-        .sum();
+        .zip(&weights)
+        .filter(|(k, _)| k.0 > 0)
+        .map(|(_, w)| *w)
+        .sum::<f64>() as u64;
     Predictions {
         model: Ok(PredictiveModel {
             purchases,
             spend,
             spend_error,
             time_unit: settings.time_unit,
-            customers: summaries.iter().flatten().count() as u64,
+            customers: buyers,
             repeat_buyers,
         }),
-        customers: per_customer,
+        outlooks,
+        slots,
     }
 }
 
