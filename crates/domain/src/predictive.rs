@@ -253,6 +253,16 @@ pub const MIN_CUSTOMERS: u64 = 10;
 /// iterations (an error). `data` pairs each distinct
 /// summary with how many customers share it (grouping makes large fits cheap).
 pub fn fit(variant: Variant, data: &[(RepeatSummary, f64)]) -> Result<Fit, FitError> {
+    fit_from(variant, data, None)
+}
+
+/// [`fit`], starting from `start` when given (a previous period's parameters: month to month
+/// they move little, so the simplex starts small, 0.1 in log terms instead of 0.5, around them).
+pub fn fit_from(
+    variant: Variant,
+    data: &[(RepeatSummary, f64)],
+    start: Option<&BgNbdParams>,
+) -> Result<Fit, FitError> {
     let customers: f64 = data.iter().map(|(_, w)| w).sum();
     if customers < MIN_CUSTOMERS as f64 {
         return Err(FitError::TooFewCustomers {
@@ -279,8 +289,16 @@ pub fn fit(variant: Variant, data: &[(RepeatSummary, f64)]) -> Result<Fit, FitEr
         let ll = table.log_likelihood(&params_of(v), variant) / customers;
         if ll.is_finite() { -ll } else { f64::INFINITY }
     };
-    let start = [0.0, mean_age.max(1e-3).ln(), 0.0, 0.0];
-    let (best, value, iterations) = nelder_mead(cost, start, 0.5, 1e-10, 5_000)?;
+    let usable = |p: &&BgNbdParams| {
+        [p.r, p.alpha, p.a, p.b]
+            .iter()
+            .all(|v| v.is_finite() && *v > 0.0 && v.ln().abs() < 30.0)
+    };
+    let (start, step) = match start.filter(usable) {
+        Some(p) => ([p.r.ln(), p.alpha.ln(), p.a.ln(), p.b.ln()], 0.1),
+        None => ([0.0, mean_age.max(1e-3).ln(), 0.0, 0.0], 0.5),
+    };
+    let (best, value, iterations) = nelder_mead(cost, start, step, 1e-10, 5_000)?;
     Ok(Fit {
         variant,
         params: params_of(&best),

@@ -58,7 +58,7 @@ fn every_buyer_gets_finite_predictions_and_non_buyers_none() {
     customers.push(buyer(1_001, 1, 0, 0, 0));
     // A huge frequency: an order every day for ten years.
     customers.push(buyer(1_002, 3_650, 3_650, 0, 3_649 * 500));
-    let out = predict_population(&customers, as_of(), &Policy::default());
+    let out = predict_population(&customers, as_of(), &Policy::default(), None);
     let model = out.model.clone().unwrap();
     assert_eq!(model.customers, 302);
     assert_eq!(out.len(), customers.len());
@@ -101,7 +101,7 @@ fn every_buyer_gets_finite_predictions_and_non_buyers_none() {
 #[test]
 fn too_few_customers_or_no_repeat_buyers_is_a_clear_error_and_no_predictions() {
     let one = vec![buyer(1, 3, 200, 10, 3_000)];
-    let out = predict_population(&one, as_of(), &Policy::default());
+    let out = predict_population(&one, as_of(), &Policy::default(), None);
     assert!(matches!(
         out.model,
         Err(FitError::TooFewCustomers { found: 1, .. })
@@ -111,7 +111,7 @@ fn too_few_customers_or_no_repeat_buyers_is_a_clear_error_and_no_predictions() {
     let once: Vec<CustomerFacts> = (0..50)
         .map(|i| buyer(i, 1, 10 + i as u64, 10 + i as u64, 0))
         .collect();
-    let out = predict_population(&once, as_of(), &Policy::default());
+    let out = predict_population(&once, as_of(), &Policy::default(), None);
     assert_eq!(out.model.clone().unwrap_err(), FitError::NoRepeatBuyers);
     assert!(out.iter().all(|p| p.is_none()));
 }
@@ -119,10 +119,10 @@ fn too_few_customers_or_no_repeat_buyers_is_a_clear_error_and_no_predictions() {
 #[test]
 fn model_clv_is_the_discounted_purchases_times_value_times_margin() {
     let customers = population(300);
-    let out = predict_population(&customers, as_of(), &Policy::default());
+    let out = predict_population(&customers, as_of(), &Policy::default(), None);
     let mut no_discount = Policy::default();
     no_discount.predictive.monthly_discount_rate = 0.0;
-    let undiscounted = predict_population(&customers, as_of(), &no_discount);
+    let undiscounted = predict_population(&customers, as_of(), &no_discount, None);
     for ((f, p), q) in customers.iter().zip(out.iter()).zip(undiscounted.iter()) {
         let (p, q) = (p.unwrap(), q.unwrap());
         let margin = margin_share(f, None);

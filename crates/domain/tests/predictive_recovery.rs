@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Beta, Distribution, Exp, Gamma};
 use tierwise_domain::predictive::{
-    BgNbdParams, GammaGammaParams, RepeatSummary, SpendSummary, Variant, fit, fit_spend,
+    BgNbdParams, GammaGammaParams, RepeatSummary, SpendSummary, Variant, fit, fit_from, fit_spend,
     spend_log_likelihood, total_log_likelihood,
 };
 
@@ -183,4 +183,47 @@ fn gamma_gamma_parameters_are_recovered_from_simulated_spend() {
             assert!(at(&near) < ll, "{near:?} beats the optimum");
         }
     }
+}
+
+#[test]
+fn a_warm_start_reaches_the_same_optimum_in_fewer_iterations() {
+    let truth = BgNbdParams {
+        r: 0.9,
+        alpha: 6.0,
+        a: 1.5,
+        b: 4.0,
+    };
+    let data = simulate(&truth, Variant::Modified, 10_000, 5);
+    let cold = fit(Variant::Modified, &data).unwrap();
+    // Last month's parameters: a few percent off this month's optimum.
+    let nearby = BgNbdParams {
+        r: cold.params.r * 1.04,
+        alpha: cold.params.alpha * 0.97,
+        a: cold.params.a * 0.96,
+        b: cold.params.b * 1.03,
+    };
+    let warm = fit_from(Variant::Modified, &data, Some(&nearby)).unwrap();
+    assert!(
+        warm.iterations < cold.iterations,
+        "{} vs {}",
+        warm.iterations,
+        cold.iterations
+    );
+    for (w, c, name) in [
+        (warm.params.r, cold.params.r, "r"),
+        (warm.params.alpha, cold.params.alpha, "alpha"),
+        (warm.params.a, cold.params.a, "a"),
+        (warm.params.b, cold.params.b, "b"),
+    ] {
+        within(w, c, 1e-3, name);
+    }
+    // A start that is no use (non-finite) falls back to the cold start.
+    let nonsense = BgNbdParams {
+        r: f64::NAN,
+        ..nearby
+    };
+    assert_eq!(
+        fit_from(Variant::Modified, &data, Some(&nonsense)).unwrap(),
+        cold
+    );
 }

@@ -268,7 +268,17 @@ fn grade_and_store(
     // otherwise peak together (+100 MB per million customers), and the fit spreads over the
     // cores itself. Dry runs compare tiers only.
     let predict = run.is_some() && policy.predictive.enabled;
-    let predictions = predict.then(|| predict_population(&facts.customers, period.as_of(), policy));
+    let predictions = if predict {
+        let previous = previous_model(conn, period)?;
+        Some(predict_population(
+            &facts.customers,
+            period.as_of(),
+            policy,
+            previous.as_ref(),
+        ))
+    } else {
+        None
+    };
     if predict {
         watch.lap("predict");
     }
@@ -344,6 +354,17 @@ fn grade_and_store(
     }
     report.timings = watch.laps.clone();
     Ok(report)
+}
+
+/// The predictive models the previous period's published run fitted, if any (a start for this
+/// period's fit; unreadable JSON is no start, not an error).
+fn previous_model(
+    conn: &mut DbConnection,
+    period: Period,
+) -> Result<Option<PredictiveModel>, GradingError> {
+    Ok(store::published_run(conn, period.prev())?
+        .and_then(|run| run.predictive)
+        .and_then(|json| serde_json::from_str(&json).ok()))
 }
 
 fn timings_json(laps: &[(String, u64)]) -> String {

@@ -197,6 +197,29 @@ backend_tests! {
         assert!(predictions(&db, period).values().all(|p| *p == GradePrediction::default()));
     }
 
+    fn a_run_starts_its_fit_from_the_previous_periods_parameters(db) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
+        import(&db, &path);
+        let (september, october) = (Period::parse("2026-09").unwrap(), Period::parse("2026-10").unwrap());
+        let policy = Policy::default();
+        // October alone: a cold start.
+        let cold = grade_period(&db.db, october, &policy, Mode::Publish).unwrap().predictive.unwrap();
+        // With September published first, October starts from September's parameters.
+        grade_period(&db.db, september, &policy, Mode::Publish).unwrap();
+        let warm = grade_period(&db.db, october, &policy, Mode::Publish).unwrap().predictive.unwrap();
+        assert!(
+            warm.purchases.iterations < cold.purchases.iterations,
+            "{} vs {}",
+            warm.purchases.iterations,
+            cold.purchases.iterations
+        );
+        let (w, c) = (warm.purchases.params, cold.purchases.params);
+        for (warm, cold, name) in [(w.r, c.r, "r"), (w.alpha, c.alpha, "alpha"), (w.a, c.a, "a"), (w.b, c.b, "b")] {
+            close(warm, cold, 1e-3, name);
+        }
+        close(warm.purchases.log_likelihood, cold.purchases.log_likelihood, 1e-9, "log-likelihood");
+    }
+
     fn a_population_the_model_cannot_fit_still_publishes_without_predictions(db) {
         // Twelve customers who each bought once: nothing tells buying rate from drop-out.
         let dir = tempfile::tempdir().unwrap();

@@ -237,10 +237,14 @@ type SummaryKey = (u32, i64, i64);
 /// Purchase model: every customer with an order up to D. Spend model: customers with x ≥ 1 and
 /// repeat amount > 0, m_x = repeat amount / x. CLV = value · margin · Σ_{k=1..H} (E[Y(k·u)] −
 /// E[Y((k−1)·u)]) / (1+d)^k with u a month in model units (see [`predictive::discounted_clv`]).
+///
+/// `previous`, the models of the period before, starts the purchase fit near its optimum when
+/// it used the same variant and time unit (month to month the parameters move little).
 pub fn predict_population(
     customers: &[CustomerFacts],
     as_of: NaiveDate,
     policy: &Policy,
+    previous: Option<&PredictiveModel>,
 ) -> Predictions {
     let settings = &policy.predictive;
     let unit = settings.time_unit.days();
@@ -289,7 +293,10 @@ pub fn predict_population(
         .zip(&weights)
         .map(|(k, w)| (to_model(k), *w))
         .collect();
-    let purchases = predictive::fit(settings.variant, &data);
+    let start = previous
+        .filter(|m| m.purchases.variant == settings.variant && m.time_unit == settings.time_unit)
+        .map(|m| &m.purchases.params);
+    let purchases = predictive::fit_from(settings.variant, &data, start);
     drop(data);
     let purchases = match purchases {
         Ok(fit) => fit,
