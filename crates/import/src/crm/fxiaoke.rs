@@ -22,7 +22,7 @@ use tierwise_domain::{
 use super::http::{Attempt, Http, HttpSettings, transport_error};
 use super::{
     Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable,
-    decimal_text, masked, optional_money, text, text_or_number_id,
+    configured_cost, decimal_text, masked, text, text_or_number_id,
 };
 
 /// `[crm.fxiaoke]` settings.
@@ -495,14 +495,8 @@ impl Connector for Fxiaoke {
                 let day = millis(record, "order_time")?
                     .and_then(|ms| self.date(ms))
                     .ok_or_else(|| Unmappable::field("order_time", "is missing"))?;
-                let cost = optional_money(
-                    "cost",
-                    self.settings
-                        .cost_field
-                        .as_deref()
-                        .and_then(|f| record.get(f)),
-                    self.currency,
-                )?;
+                let cost =
+                    configured_cost(record, self.settings.cost_field.as_deref(), self.currency)?;
                 Ok((
                     Mapped::Order(Order::new(id, customer, day, amount, cost, None)?),
                     changed,

@@ -14,7 +14,7 @@ pub mod zoho;
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 use serde_json::Value;
 use tierwise_domain::{Customer, EmailAddress, ExternalId, Locale, Order, Owner, SourceName};
 use tierwise_store::crm::{owner_emails, save_sync_state, sync_state};
@@ -381,19 +381,29 @@ pub(crate) fn text_or_number_id(
     }
 }
 
-/// An optional amount (a cost field named in configuration): None when the record has no
-/// amount there; an amount that does not parse rejects the record as `field`.
-pub(crate) fn optional_money(
-    field: &'static str,
-    value: Option<&Value>,
+/// An order's cost from the field configuration names (`cost_field`): None when none is
+/// configured or the record has no amount there; an amount that does not parse rejects the
+/// record as `cost`.
+pub(crate) fn configured_cost(
+    record: &Value,
+    cost_field: Option<&str>,
     currency: tierwise_domain::Currency,
 ) -> Result<Option<tierwise_domain::Money>, Unmappable> {
-    match value.and_then(decimal_text) {
+    match cost_field
+        .and_then(|f| record.get(f))
+        .and_then(decimal_text)
+    {
         Some(raw) => Ok(Some(tierwise_domain::Money::parse_decimal(
-            field, &raw, currency,
+            "cost", &raw, currency,
         )?)),
         None => Ok(None),
     }
+}
+
+/// A `YYYY-MM-DD` date from `field`, or why it is not one.
+pub(crate) fn iso_date(field: &'static str, day: &str) -> Result<NaiveDate, Unmappable> {
+    NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .map_err(|_| Unmappable::field(field, format!("'{day}' is not a date like 2024-05-02")))
 }
 
 /// A secret as `config show` prints it.

@@ -12,7 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -23,7 +23,7 @@ use tierwise_domain::{
 use super::http::{Attempt, Http, HttpSettings, transport_error};
 use super::{
     Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable,
-    decimal_text, masked, optional_money, text,
+    configured_cost, decimal_text, iso_date, masked, text,
 };
 
 /// `[crm.salesforce]` settings.
@@ -574,20 +574,8 @@ impl Connector for Salesforce {
                 let amount = Money::parse_decimal("Amount", &amount, currency)?;
                 let day = text(record, "CloseDate")
                     .ok_or_else(|| Unmappable::field("CloseDate", "is missing on a won deal"))?;
-                let day = NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| {
-                    Unmappable::field(
-                        "CloseDate",
-                        format!("'{day}' is not a date like 2024-05-02"),
-                    )
-                })?;
-                let cost = optional_money(
-                    "cost",
-                    self.settings
-                        .cost_field
-                        .as_deref()
-                        .and_then(|f| record.get(f)),
-                    currency,
-                )?;
+                let day = iso_date("CloseDate", day)?;
+                let cost = configured_cost(record, self.settings.cost_field.as_deref(), currency)?;
                 Ok((
                     Mapped::Order(Order::new(id, customer, day, amount, cost, None)?),
                     changed,

@@ -18,7 +18,7 @@ use tierwise_domain::{Currency, Customer, EmailAddress, Locale, Money, Order, Ow
 use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
 use super::{
     Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable,
-    decimal_text, masked, optional_money, text, text_or_number_id,
+    configured_cost, decimal_text, iso_date, masked, text, text_or_number_id,
 };
 
 /// `[crm.zoho]` settings.
@@ -495,20 +495,9 @@ impl Connector for Zoho {
                 let amount = Money::parse_decimal("Amount", &amount, self.currency)?;
                 let day = text(record, "Closing_Date")
                     .ok_or_else(|| Unmappable::field("Closing_Date", "is missing on a won deal"))?;
-                let day = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| {
-                    Unmappable::field(
-                        "Closing_Date",
-                        format!("'{day}' is not a date like 2024-05-02"),
-                    )
-                })?;
-                let cost = optional_money(
-                    "cost",
-                    self.settings
-                        .cost_field
-                        .as_deref()
-                        .and_then(|f| record.get(f)),
-                    self.currency,
-                )?;
+                let day = iso_date("Closing_Date", day)?;
+                let cost =
+                    configured_cost(record, self.settings.cost_field.as_deref(), self.currency)?;
                 Ok((
                     Mapped::Order(Order::new(id, customer, day, amount, cost, None)?),
                     changed,
