@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tierwise_import::crm::hubspot::{Hubspot, HubspotSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
-use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
+use tierwise_store::testing::{TestDb, assert_same_rows, deleted_snapshot, source_snapshot};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 mod support;
@@ -78,8 +78,17 @@ fn shaped(record: &Value, properties: &[String]) -> Value {
             props.insert(p.to_owned(), v.clone());
         }
     }
-    json!({"id": record["id"], "properties": props, "archived": false,
-        "createdAt": record["properties"]["createdate"], "updatedAt": record["properties"]["hs_lastmodifieddate"]})
+    let mut out = json!({"id": record["id"], "properties": props, "archived": archived(record),
+        "createdAt": record["properties"]["createdate"], "updatedAt": record["properties"]["hs_lastmodifieddate"]});
+    if archived(record) {
+        out["archivedAt"] = record["archivedAt"].clone();
+    }
+    out
+}
+
+/// Archived (deleted or merged away): only `archived=true` lists show it, searches never do.
+fn archived(record: &Value) -> bool {
+    record["archived"].as_bool() == Some(true)
 }
 
 impl Respond for FakeHubspot {
@@ -155,7 +164,11 @@ impl Respond for FakeHubspot {
             }
             let properties: Vec<String> =
                 query["properties"].split(',').map(str::to_owned).collect();
-            let mut sorted: Vec<&Value> = records.iter().collect();
+            let want_archived = query.get("archived").map(String::as_str) == Some("true");
+            let mut sorted: Vec<&Value> = records
+                .iter()
+                .filter(|r| archived(r) == want_archived)
+                .collect();
             sorted.sort_by_key(|r| r["id"].as_str().unwrap().parse::<u64>().unwrap());
             let start = query.get("after").map_or(0, |a| {
                 sorted
@@ -210,6 +223,7 @@ impl Respond for FakeHubspot {
             .clone();
         let mut matching: Vec<&Value> = records
             .iter()
+            .filter(|r| !archived(r))
             .filter(|r| {
                 filters.iter().all(|f| {
                     let value: i64 = f["value"].as_str().unwrap().parse().unwrap();
@@ -357,7 +371,7 @@ fn expected(s: &Source) -> Vec<String> {
     for c in s
         .companies
         .iter()
-        .filter(|c| !c["properties"]["name"].is_null())
+        .filter(|c| !c["properties"]["name"].is_null() && !archived(c))
     {
         let id = c["id"].as_str().unwrap().to_owned();
         customers.insert(
@@ -371,11 +385,9 @@ fn expected(s: &Source) -> Vec<String> {
         );
     }
     let mut orders: BTreeMap<String, OrderRow> = BTreeMap::new();
-    for d in s
-        .deals
-        .iter()
-        .filter(|d| d["properties"]["dealstage"] == "closedwon" && !d["company"].is_null())
-    {
+    for d in s.deals.iter().filter(|d| {
+        d["properties"]["dealstage"] == "closedwon" && !d["company"].is_null() && !archived(d)
+    }) {
         let id = d["id"].as_str().unwrap().to_owned();
         let p = &d["properties"];
         let amount: f64 = p["amount"].as_str().unwrap().parse().unwrap();
@@ -482,6 +494,48 @@ backend_tests! {
         assert!(s.searches.iter().all(|b| b.get("after").is_none_or(|a| a.as_str().unwrap().parse::<usize>().unwrap() < CAP)));
         assert!(report.entities[1].records >= 100 && report.entities[1].records < 250, "{report:?}");
         assert!(report.entities[2].records >= 1 && report.entities[2].records < 10, "{report:?}");
+    }
+
+    fn archived_companies_and_deals_are_marked_deleted_and_kept(db) {
+        let harness = Harness::new(seeded());
+        harness.sync(&db).unwrap();
+        assert!(deleted_snapshot(&mut db.conn(), "hubspot").is_empty());
+        {
+            // Company 5 merged into another, deal 1 deleted, deal 3 (never won) deleted too.
+            let mut s = harness.source.lock().unwrap();
+            let archive = |r: &mut Value| {
+                r["archived"] = json!(true);
+                r["archivedAt"] = json!("2024-05-28T10:00:00.000Z");
+            };
+            for r in s.companies.iter_mut().filter(|c| c["id"] == "18342005") {
+                archive(r);
+            }
+            for r in s.deals.iter_mut().filter(|d| d["id"] == "9100001" || d["id"] == "9100003") {
+                archive(r);
+            }
+        }
+        let report = harness.sync(&db).unwrap();
+        let marked: Vec<(&str, u64, u64)> = report.entities.iter().skip(3).map(|e| (e.entity, e.records, e.deleted)).collect();
+        assert_eq!(marked, [("deleted_customers", 1, 1), ("deleted_orders", 2, 1)], "{report:?}");
+        assert_eq!(
+            deleted_snapshot(&mut db.conn(), "hubspot"),
+            [
+                "customer 18342005: archived in hubspot (deleted or merged)",
+                "order 9100001: archived in hubspot (deleted or merged)",
+            ]
+        );
+        // The live rows are the source's, less the merged company (its deals stay: HubSpot
+        // moves them to the surviving company, which an incremental run then reads).
+        let live: Vec<String> = expected(&harness.source.lock().unwrap())
+            .into_iter()
+            .filter(|r| !r.starts_with("customer (\"18342005\""))
+            .collect();
+        assert_same_rows(&snapshot(&db), &live, "live rows");
+        // Archived records are listed again every run; nothing is marked twice.
+        let again = harness.sync(&db).unwrap();
+        assert!(again.entities.iter().all(|e| e.deleted == 0), "{again:?}");
+        let lists = &harness.source.lock().unwrap().lists;
+        assert!(lists.iter().any(|q| q.get("archived").map(String::as_str) == Some("true")));
     }
 
     fn a_daily_limit_stops_cleanly_and_the_next_run_resumes(db) {

@@ -18,7 +18,7 @@ use tierwise_import::crm::http::HttpSettings;
 use tierwise_import::crm::pipedrive::{Pipedrive, PipedriveSettings};
 use tierwise_import::crm::{CrmError, CustomerFields, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
-use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
+use tierwise_store::testing::{TestDb, assert_same_rows, deleted_snapshot, source_snapshot};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 mod support;
@@ -53,6 +53,8 @@ struct Source {
     faults: VecDeque<Option<Fault>>,
     /// `updated_since` of every list request, as sent.
     since_seen: Vec<Option<String>>,
+    /// `updated_since` of every request for deleted deals, as sent.
+    deleted_since_seen: Vec<Option<String>>,
     /// Records served by list requests.
     served: u64,
     /// Every list answer takes this long (to stop a run mid-way by dropping it).
@@ -84,7 +86,13 @@ impl Respond for FakePipedrive {
                 .set_body_json(json!({"success": true, "data": source.users}));
         }
         let query: BTreeMap<String, String> = request.url.query_pairs().into_owned().collect();
-        source.since_seen.push(query.get("updated_since").cloned());
+        if query.get("status").map(String::as_str) == Some("deleted") {
+            source
+                .deleted_since_seen
+                .push(query.get("updated_since").cloned());
+        } else {
+            source.since_seen.push(query.get("updated_since").cloned());
+        }
         let fault = source.faults.pop_front().flatten();
         let limit: usize = query
             .get("limit")
@@ -402,6 +410,50 @@ backend_tests! {
         assert!(orgs_overlap >= 1 && deals_overlap >= 1, "the newest change is always re-read");
         assert_eq!(report.entities[1].records, 4 + orgs_overlap, "{report:?}");
         assert_eq!(report.entities[2].records, 1 + deals_overlap, "{report:?}");
+    }
+
+    fn deleted_deals_are_marked_kept_and_revived_when_won_again(db) {
+        let harness = Harness::new(seeded());
+        harness.sync(&db, &SyncOptions::default()).unwrap();
+        assert!(deleted_snapshot(&mut db.conn(), "pipedrive").is_empty());
+        let delete = |ids: &[i64], minute: u32| {
+            let mut s = harness.source.lock().unwrap();
+            for id in ids {
+                let d = s.deals.get_mut(id).unwrap();
+                d["status"] = json!("deleted");
+                d["update_time"] = json!(at(26, minute));
+            }
+        };
+        // Deals 1 and 2 were imported as won; deal 3 was lost, so there is nothing to mark.
+        delete(&[1, 2, 3], 0);
+        let report = harness.sync(&db, &SyncOptions::default()).unwrap();
+        let deletions = report.entities.iter().find(|e| e.entity == "deleted_orders").unwrap();
+        assert_eq!((deletions.records, deletions.deleted), (3, 2), "{report:?}");
+        assert_eq!(
+            deleted_snapshot(&mut db.conn(), "pipedrive"),
+            ["order 1: deleted in pipedrive", "order 2: deleted in pipedrive"]
+        );
+        // The live rows are the source's live rows; the deleted deals are kept, marked.
+        assert_same_rows(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "after deletions");
+        // The next run asks for deletions since the newest one seen (less the overlap) and
+        // marks nothing twice.
+        let again = harness.sync(&db, &SyncOptions::default()).unwrap();
+        let deletions = again.entities.iter().find(|e| e.entity == "deleted_orders").unwrap();
+        assert_eq!(deletions.deleted, 0);
+        assert_eq!(
+            harness.source.lock().unwrap().deleted_since_seen.last().cloned().flatten().as_deref(),
+            Some("2024-05-25T23:55:00Z")
+        );
+        // Deal 1 restored and won again: live again, its mark cleared by the upsert.
+        {
+            let mut s = harness.source.lock().unwrap();
+            let d = s.deals.get_mut(&1).unwrap();
+            d["status"] = json!("won");
+            d["update_time"] = json!(at(27, 0));
+        }
+        harness.sync(&db, &SyncOptions::default()).unwrap();
+        assert_eq!(deleted_snapshot(&mut db.conn(), "pipedrive"), ["order 2: deleted in pipedrive"]);
+        assert_same_rows(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "after a revival");
     }
 
     fn a_run_that_stops_part_way_resumes_to_the_same_store(db) {

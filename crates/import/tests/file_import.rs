@@ -42,6 +42,66 @@ O2,C1,2026/02/05,\"1,200\",,\n\
 O3,C2,2026-03-05,80,40,\n";
 
 backend_tests! {
+    fn a_large_first_load_rebuilds_the_index_by_customer_as_the_migration_made_it(db) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut orders = String::from("order_id,customer_id,order_date,amount\n");
+        for i in 0..1_200 {
+            // Customers out of order, as in real files, and one id twice (the later wins).
+            let id = if i == 700 { 5 } else { i };
+            orders.push_str(&format!("O{id},C{},2026-01-{:02},{}.5\n", (i * 37) % 101, 1 + i % 28, i));
+        }
+        let orders = write(dir.path(), "orders.csv", orders.as_bytes());
+        let mut invoices = String::from("invoice_id,customer_id,issued_date,due_date,amount,paid_date\n");
+        for i in 0..1_200 {
+            invoices.push_str(&format!("I{i},C{},2026-01-01,2026-02-{:02},{i},\n", (i * 53) % 101, 1 + i % 28));
+        }
+        let invoices = write(dir.path(), "invoices.csv", invoices.as_bytes());
+        let migrated = [
+            tierwise_store::testing::index_definitions(&mut db.conn(), "orders"),
+            tierwise_store::testing::index_definitions(&mut db.conn(), "invoices"),
+        ];
+        assert!(migrated[0].iter().any(|d| d.starts_with("orders_customer_date_idx")), "{migrated:?}");
+
+        let import = |db: &tierwise_store::testing::TestDb, path: &Path, kind, defer_from| {
+            let mut opts = options(kind);
+            opts.batch_size = 300;
+            opts.defer_indexes_from_rows = defer_from;
+            import_file(&db.db, path, &opts).unwrap()
+        };
+        let sqlite = db.backend() == tierwise_store::testing::TestBackend::Sqlite;
+        for (path, kind) in [(&orders, RecordKind::Orders), (&invoices, RecordKind::Invoices)] {
+            let report = import(&db, path, kind, 200);
+            assert_eq!((report.totals.rows_read, report.totals.rows_rejected), (1_200, 0));
+            // An empty table and chunks of 300 rows: SQLite rebuilds; PostgreSQL has no need.
+            assert_eq!(report.indexes_rebuilt, usize::from(sqlite), "{kind:?}");
+        }
+        assert_eq!(
+            [
+                tierwise_store::testing::index_definitions(&mut db.conn(), "orders"),
+                tierwise_store::testing::index_definitions(&mut db.conn(), "invoices"),
+            ],
+            migrated
+        );
+
+        // The same files loaded without deferring give the same rows, ids included.
+        let plain = tierwise_store::testing::TestDb::new(db.backend());
+        for (path, kind) in [(&orders, RecordKind::Orders), (&invoices, RecordKind::Invoices)] {
+            assert_eq!(import(&plain, path, kind, 0).indexes_rebuilt, 0);
+        }
+        assert_eq!(data_snapshot(&mut db.conn()), data_snapshot(&mut plain.conn()));
+
+        // A top-up smaller than a quarter of the table keeps its index up to date instead.
+        let mut top_up = String::from("order_id,customer_id,order_date,amount\n");
+        for i in 0..250 {
+            top_up.push_str(&format!("N{i},C{},2026-03-01,1\n", i % 101));
+        }
+        let top_up = write(dir.path(), "top_up.csv", top_up.as_bytes());
+        let report = import(&db, &top_up, RecordKind::Orders, 200);
+        assert_eq!((report.totals.rows_written, report.indexes_rebuilt), (250, 0));
+        let c5 = find_customer(&mut db.conn(), "file", "C5").unwrap().unwrap();
+        assert!(!orders_of_customer(&mut db.conn(), c5.id).unwrap().is_empty());
+    }
+
     fn customers_carry_across_chunks(db) {
         // Batches of 100 rows: later chunks meet customers created by earlier ones, and a
         // customer named only by a superseded duplicate must still be created when it reappears.

@@ -507,6 +507,7 @@ struct OrderCopyRow {
     order_date: NaiveDate,
     amount_minor: i64,
     cost_minor: Option<i64>,
+    deleted_at: Option<chrono::NaiveDateTime>,
 }
 
 /// An invoice as PostgreSQL's binary `COPY` hands it out.
@@ -520,7 +521,8 @@ struct InvoiceCopyRow {
     paid_on: Option<NaiveDate>,
 }
 
-/// Streams every order dated on or before `as_of`, in storage order. PostgreSQL streams the
+/// Streams every order dated on or before `as_of` and not deleted at its source, in storage
+/// order. PostgreSQL streams the
 /// table with binary `COPY TO` (libpq's row-by-row mode cost several times as much per row),
 /// which leaves the connection unusable afterwards: pass a dedicated one and drop it.
 fn for_each_order(
@@ -541,11 +543,12 @@ fn for_each_order(
                     orders::order_date,
                     orders::amount_minor,
                     orders::cost_minor,
+                    orders::deleted_at.is_null(),
                 ))
-                .load_iter::<(i64, SqliteDay, i64, Option<i64>), DefaultLoadingMode>(c)?;
+                .load_iter::<(i64, SqliteDay, i64, Option<i64>, bool), DefaultLoadingMode>(c)?;
             for row in rows {
-                let (customer_id, SqliteDay(day), amount, cost) = row?;
-                if day > as_of_day {
+                let (customer_id, SqliteDay(day), amount, cost, live) = row?;
+                if day > as_of_day || !live {
                     continue;
                 }
                 each(OrderFact {
@@ -561,7 +564,7 @@ fn for_each_order(
             let rows = diesel::copy_to(orders::table).load::<OrderCopyRow, _>(c)?;
             for row in rows {
                 let row = row?;
-                if row.order_date <= as_of {
+                if row.order_date <= as_of && row.deleted_at.is_none() {
                     each(OrderFact {
                         customer_id: row.customer_id,
                         day: epoch_day(row.order_date),
@@ -782,6 +785,17 @@ fn load_facts_in_transaction(
             });
             keys.into_iter().map(|(_, _, id)| id).collect()
         }
+    };
+    // Customers deleted at their source keep their history but are graded no more.
+    let deleted: Vec<i64> = with_backend!(conn, c => customers::table
+        .filter(customers::deleted_at.is_not_null())
+        .select(customers::id)
+        .load(c)?);
+    let ids = if deleted.is_empty() {
+        ids
+    } else {
+        let deleted: std::collections::HashSet<i64> = deleted.into_iter().collect();
+        ids.into_iter().filter(|id| !deleted.contains(id)).collect()
     };
     let positions = Positions::new(&ids);
     let mut facts: Vec<CustomerFacts> = ids

@@ -58,6 +58,8 @@ diesel::table! {
         prospect_rating -> Nullable<Integer>,
         attributes -> Text,
         import_run_id -> Nullable<BigInt>,
+        deleted_at -> Nullable<Timestamp>,
+        deleted_reason -> Nullable<Text>,
     }
 }
 
@@ -73,6 +75,8 @@ diesel::table! {
         currency -> Text,
         quantity -> Nullable<BigInt>,
         import_run_id -> Nullable<BigInt>,
+        deleted_at -> Nullable<Timestamp>,
+        deleted_reason -> Nullable<Text>,
     }
 }
 

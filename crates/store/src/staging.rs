@@ -218,6 +218,8 @@ pub(crate) enum OnUpdate {
     KeepIfNull(&'static str),
     /// `attributes` JSON: an empty object means the file carried none; keep what we had.
     KeepIfEmptyJson(&'static str),
+    /// Set to NULL: a deletion mark, cleared when the source sends the record as live again.
+    Clear(&'static str),
 }
 
 impl OnUpdate {
@@ -225,6 +227,7 @@ impl OnUpdate {
         match self {
             Self::Replace(c) => (format!("excluded.{c}"), c),
             Self::KeepIfNull(c) => (format!("COALESCE(excluded.{c}, {target}.{c})"), c),
+            Self::Clear(c) => ("NULL".to_owned(), c),
             Self::KeepIfEmptyJson(c) => (
                 format!("CASE WHEN excluded.{c} = '{{}}' THEN {target}.{c} ELSE excluded.{c} END"),
                 c,

@@ -246,6 +246,34 @@ impl Drop for TestDb {
     }
 }
 
+/// The definitions of `table`'s indexes, by name (SQLite's `CREATE INDEX` text, PostgreSQL's
+/// `indexdef`), to check that a load left them as the migrations made them.
+#[expect(clippy::expect_used, reason = "test helper")]
+pub fn index_definitions(conn: &mut DbConnection, table: &str) -> Vec<String> {
+    use diesel::sql_types::Text;
+    #[derive(QueryableByName)]
+    struct Definition {
+        #[diesel(sql_type = Text)]
+        definition: String,
+    }
+    let rows: Vec<Definition> = match conn {
+        DbConnection::Sqlite(c) => diesel::sql_query(
+            "SELECT name || ': ' || COALESCE(sql, '(constraint)') AS definition \
+             FROM sqlite_master WHERE type = 'index' AND tbl_name = ? ORDER BY name",
+        )
+        .bind::<Text, _>(table)
+        .load(c),
+        DbConnection::Postgresql(c) => diesel::sql_query(
+            "SELECT indexname || ': ' || indexdef AS definition FROM pg_indexes \
+             WHERE tablename = $1 ORDER BY indexname",
+        )
+        .bind::<Text, _>(table)
+        .load(c),
+    }
+    .expect("index definitions");
+    rows.into_iter().map(|r| r.definition).collect()
+}
+
 /// Every row of the data tables, rendered in key order: equal snapshots mean equal data.
 #[expect(clippy::expect_used, reason = "test helper")]
 #[expect(clippy::type_complexity, reason = "one tuple per table row, used once")]
@@ -281,10 +309,10 @@ pub fn data_snapshot(conn: &mut DbConnection) -> Vec<String> {
     out
 }
 
-/// The owners, customers and orders of `source` by content alone: no internal ids or import
-/// runs, owners and customers named by email and external id. Two stores that imported the
-/// same records by different routes (a resumed run, an uninterrupted one) have equal
-/// snapshots.
+/// The owners and the live (not deleted) customers and orders of `source` by content alone: no
+/// internal ids or import runs, owners and customers named by email and external id. Two stores
+/// that imported the same records by different routes (a resumed run, an uninterrupted one)
+/// have equal snapshots. [`deleted_snapshot`] lists the rest.
 #[expect(clippy::expect_used, reason = "test helper")]
 pub fn source_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -298,6 +326,7 @@ pub fn source_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
         let cu: Vec<(String, String, Option<String>, Option<chrono::NaiveDate>)> = customers::table
             .left_join(owners::table.on(customers::owner_id.eq(owners::id.nullable())))
             .filter(customers::source.eq(source))
+            .filter(customers::deleted_at.is_null())
             .order(customers::external_id)
             .select((customers::external_id, customers::name, owners::email.nullable(), customers::created_on))
             .load(c).expect("customers");
@@ -305,10 +334,35 @@ pub fn source_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
         let or: Vec<(String, String, chrono::NaiveDate, i64, Option<i64>, String)> = orders::table
             .inner_join(customers::table)
             .filter(orders::source.eq(source))
+            .filter(orders::deleted_at.is_null())
             .order(orders::external_id)
             .select((orders::external_id, customers::external_id, orders::order_date, orders::amount_minor, orders::cost_minor, orders::currency))
             .load(c).expect("orders");
         out.extend(or.iter().map(|r| format!("order {r:?}")));
+    });
+    out
+}
+
+/// The customers and orders of `source` marked deleted, as `customer <id>: <reason>` and
+/// `order <id>: <reason>`, in id order.
+#[expect(clippy::expect_used, reason = "test helper")]
+pub fn deleted_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    with_backend!(conn, c => {
+        let cu: Vec<(String, Option<String>)> = customers::table
+            .filter(customers::source.eq(source))
+            .filter(customers::deleted_at.is_not_null())
+            .order(customers::external_id)
+            .select((customers::external_id, customers::deleted_reason))
+            .load(c).expect("customers");
+        out.extend(cu.iter().map(|(id, why)| format!("customer {id}: {}", why.as_deref().unwrap_or(""))));
+        let or: Vec<(String, Option<String>)> = orders::table
+            .filter(orders::source.eq(source))
+            .filter(orders::deleted_at.is_not_null())
+            .order(orders::external_id)
+            .select((orders::external_id, orders::deleted_reason))
+            .load(c).expect("orders");
+        out.extend(or.iter().map(|(id, why)| format!("order {id}: {}", why.as_deref().unwrap_or(""))));
     });
     out
 }

@@ -46,6 +46,7 @@ fn ctx(conn: &mut DbConnection, create_missing: bool) -> LoadContext {
         create_missing_customers: create_missing,
         default_locale: Locale::ZhCn,
         known_customers: Default::default(),
+        deferred_indexes: Default::default(),
     }
 }
 

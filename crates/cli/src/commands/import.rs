@@ -55,13 +55,23 @@ fn crm(settings: &Settings, source: &str, full: bool) -> anyhow::Result<ExitCode
                 e.pages.to_string(),
                 e.records.to_string(),
                 e.written.to_string(),
+                e.deleted.to_string(),
                 e.rejected.to_string(),
                 if e.resumed { "resumed" } else { "" }.to_owned(),
             ]
         })
         .collect();
     print_table(
-        &["entity", "run", "pages", "read", "written", "rejected", ""],
+        &[
+            "entity",
+            "run",
+            "pages",
+            "read",
+            "written",
+            "marked deleted",
+            "rejected",
+            "",
+        ],
         &rows,
     );
     if report.rejected() > 0 {

@@ -6,7 +6,8 @@
 //! ordered by `_id`), never by offset, because offsets past 10,000 fail; changes come from a
 //! `last_modified_time` filter. Throttling (14001, 30004) waits at least 20 s, a spent daily
 //! quota (30002) stops the run cleanly. Times are epoch milliseconds; dates such as an order's
-//! day are taken in the tenant's time zone.
+//! day are taken in the tenant's time zone. A voided record (`life_status` invalid, 作废) or one
+//! flagged `is_deleted` is marked deleted in the store.
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use tierwise_domain::{
 
 use super::http::{Attempt, Http, HttpSettings, transport_error};
 use super::{
-    Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable,
+    Connector, CrmError, CustomerFields, Deleted, Entity, Lookups, Mapped, RawPage, Unmappable,
     configured_cost, decimal_text, masked, text, text_or_number_id,
 };
 
@@ -354,7 +355,14 @@ impl Connector for Fxiaoke {
             Entity::Customers => (
                 "accounts",
                 "AccountObj",
-                vec!["_id", "name", "owner", "create_time", "last_modified_time"],
+                vec![
+                    "_id",
+                    "name",
+                    "owner",
+                    "create_time",
+                    "life_status",
+                    "last_modified_time",
+                ],
             ),
             _ => (
                 "orders",
@@ -435,6 +443,21 @@ impl Connector for Fxiaoke {
     ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         let changed =
             millis(record, "last_modified_time")?.and_then(DateTime::from_timestamp_millis);
+        let voided = text(record, "life_status") == Some("invalid");
+        let flagged = record.get("is_deleted").and_then(Value::as_bool) == Some(true);
+        if entity != Entity::Owners && (voided || flagged) {
+            // A voided order is not a purchase, and a voided customer is no longer one.
+            let deleted = Deleted {
+                external_id: text_or_number_id(record, "_id")?,
+                at: changed,
+                reason: if voided {
+                    "voided in fxiaoke (作废)".into()
+                } else {
+                    "deleted in fxiaoke".into()
+                },
+            };
+            return Ok((Mapped::Deleted(deleted), changed));
+        }
         match entity {
             Entity::Owners => {
                 let id = text_or_number_id(record, "openUserId")?;
@@ -470,11 +493,8 @@ impl Connector for Fxiaoke {
                     .apply(customer, |f| record.get(f))?;
                 Ok((Mapped::Customer(customer), changed))
             }
+            Entity::DeletedCustomers | Entity::DeletedOrders => Ok((Mapped::Ignored, changed)),
             Entity::Orders => {
-                // A voided order (作废) is not a purchase.
-                if text(record, "life_status") == Some("invalid") {
-                    return Ok((Mapped::Ignored, changed));
-                }
                 let id = text_or_number_id(record, "_id")?;
                 let customer = match record.get("account_id") {
                     Some(Value::String(s)) if !s.is_empty() => {

@@ -6,7 +6,9 @@
 //! whole window shares one change time it walks that time by `hs_object_id` keyset, then goes
 //! on after it. Search results carry no associations, so each page of deals reads its companies
 //! through the v4 associations batch endpoint. A 429 waits for `Retry-After` (or the 10-second
-//! window); a `DAILY` policy stops the run cleanly.
+//! window); a `DAILY` policy stops the run cleanly. Archived companies and deals (deleted, or
+//! merged into another record) are listed with `archived=true` after the live records, and
+//! marked deleted in the store.
 
 use std::time::Duration;
 
@@ -20,7 +22,8 @@ use tierwise_domain::{
 
 use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
 use super::{
-    Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable, masked,
+    Connector, CrmError, CustomerFields, Deleted, Entity, Lookups, Mapped, RawPage, Unmappable,
+    masked,
 };
 
 /// `[crm.hubspot]` settings.
@@ -244,6 +247,31 @@ impl Hubspot {
         })
     }
 
+    /// A page of archived (deleted or merged-away) records. HubSpot has no change filter on
+    /// them, so every run lists them all; marking an already marked record changes nothing.
+    async fn archived_page(
+        &self,
+        entity: Entity,
+        after: Option<&str>,
+    ) -> Result<RawPage, CrmError> {
+        let (what, path) = object_of(entity);
+        let mut query = vec![
+            ("limit", self.settings.page_size.to_string()),
+            ("properties", "hs_lastmodifieddate".to_owned()),
+            ("archived", "true".into()),
+        ];
+        if let Some(after) = after {
+            query.push(("after", after.to_owned()));
+        }
+        let body = self
+            .request(what, &format!("/crm/v3/objects/{path}"), &query, None)
+            .await?;
+        Ok(RawPage {
+            records: results(&body),
+            next: next_after(&body),
+        })
+    }
+
     /// A search page (incremental runs) at `at`; the records and where the search goes next.
     async fn search_page(&self, entity: Entity, at: &SearchAt) -> Result<RawPage, CrmError> {
         let (what, path) = object_of(entity);
@@ -385,7 +413,9 @@ impl Hubspot {
 fn object_of(entity: Entity) -> (&'static str, &'static str) {
     match entity {
         Entity::Customers => ("companies", "companies"),
-        _ => ("deals", "deals"),
+        Entity::DeletedCustomers => ("archived companies", "companies"),
+        Entity::DeletedOrders => ("archived deals", "deals"),
+        Entity::Orders | Entity::Owners => ("deals", "deals"),
     }
 }
 
@@ -480,6 +510,16 @@ impl Connector for Hubspot {
         &self.source
     }
 
+    fn entities(&self) -> Vec<Entity> {
+        vec![
+            Entity::Owners,
+            Entity::Customers,
+            Entity::Orders,
+            Entity::DeletedCustomers,
+            Entity::DeletedOrders,
+        ]
+    }
+
     async fn page(
         &self,
         entity: Entity,
@@ -499,6 +539,9 @@ impl Connector for Hubspot {
                 records: results(&body),
                 next: next_after(&body),
             });
+        }
+        if matches!(entity, Entity::DeletedCustomers | Entity::DeletedOrders) {
+            return self.archived_page(entity, cursor).await;
         }
         let page = match (since, cursor) {
             (None, None) => self.list_page(entity, None).await?,
@@ -560,8 +603,21 @@ impl Connector for Hubspot {
                 changed,
             ));
         }
-        let changed = modified_millis(record)?.and_then(DateTime::from_timestamp_millis);
         let id = ExternalId::parse("id", &record.get("id").map(id_text).unwrap_or_default())?;
+        if matches!(entity, Entity::DeletedCustomers | Entity::DeletedOrders) {
+            let at = record
+                .get("archivedAt")
+                .and_then(Value::as_str)
+                .map(|t| iso_time("archivedAt", t))
+                .transpose()?;
+            let deleted = Deleted {
+                external_id: id,
+                at,
+                reason: "archived in hubspot (deleted or merged)".into(),
+            };
+            return Ok((Mapped::Deleted(deleted), at));
+        }
+        let changed = modified_millis(record)?.and_then(DateTime::from_timestamp_millis);
         let property = |name: &str| {
             record
                 .pointer(&format!("/properties/{name}"))

@@ -3,7 +3,9 @@
 //! connector's position, so a run that dies resumes from its last committed page, and moves the
 //! watermark only when the run completes (re-reading an overlap window, deduplicated by the
 //! upsert on `(source, external_id)`). Records that do not map go to import_rejects with their
-//! raw JSON and the reason; the run goes on.
+//! raw JSON and the reason; the run goes on. Records the source reports deleted or merged away
+//! (in its listings, or in a listing of deletions read as an entity of its own) are marked in
+//! the store, not removed and not kept as live.
 
 pub mod fxiaoke;
 pub mod http;
@@ -19,8 +21,8 @@ use serde_json::Value;
 use tierwise_domain::{Customer, EmailAddress, ExternalId, Locale, Order, Owner, SourceName};
 use tierwise_store::crm::{owner_emails, save_sync_state, sync_state};
 use tierwise_store::load::{
-    CustomerRef, LoadContext, LoadedTable, Staged, analyze_after_load, load_customers, load_orders,
-    load_owners,
+    CustomerRef, DeletableTable, LoadContext, LoadedTable, Staged, analyze_after_load,
+    load_customers, load_orders, load_owners, mark_deleted,
 };
 use tierwise_store::runs::{Reject, RunStatus, RunTotals, finish_import_run, insert_rejects};
 use tierwise_store::{Database, ImportRunId, StoreError};
@@ -193,6 +195,10 @@ pub enum Entity {
     Customers,
     /// Orders (won deals).
     Orders,
+    /// Customers the source lists as deleted or merged away (a listing of its own).
+    DeletedCustomers,
+    /// Orders the source lists as deleted (a listing of its own).
+    DeletedOrders,
 }
 
 impl Entity {
@@ -202,6 +208,17 @@ impl Entity {
             Self::Owners => "owners",
             Self::Customers => "customers",
             Self::Orders => "orders",
+            Self::DeletedCustomers => "deleted_customers",
+            Self::DeletedOrders => "deleted_orders",
+        }
+    }
+
+    /// The table a deletion read for this entity marks.
+    fn deletes_from(self) -> Option<DeletableTable> {
+        match self {
+            Self::Customers | Self::DeletedCustomers => Some(DeletableTable::Customers),
+            Self::Orders | Self::DeletedOrders => Some(DeletableTable::Orders),
+            Self::Owners => None,
         }
     }
 }
@@ -224,8 +241,22 @@ pub enum Mapped {
     Customer(Customer),
     /// An order of a customer.
     Order(Order),
+    /// Deleted or merged away at the source: marked in the store if held there.
+    Deleted(Deleted),
     /// Read but not imported (a deal that is not won).
     Ignored,
+}
+
+/// A record the source reports deleted or merged away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    /// Its id at the source.
+    pub external_id: ExternalId,
+    /// When the source says it was deleted, if it says.
+    pub at: Option<DateTime<Utc>>,
+    /// Why, for people reading the store (`deleted in zoho (recycle bin)`,
+    /// `merged into 0015g00000XyZ12AAB`).
+    pub reason: String,
 }
 
 /// A record that did not map: the field at fault and why.
@@ -489,6 +520,8 @@ pub struct EntityReport {
     pub written: u64,
     /// Records rejected.
     pub rejected: u64,
+    /// Records of the store marked deleted (the source deleted or merged them away).
+    pub deleted: u64,
     /// Customers created from orders naming a customer not imported yet.
     pub customers_created: u64,
     /// The run resumed one that had stopped part-way.
@@ -693,8 +726,8 @@ async fn sync_entity<C: Connector>(
     };
     let table = match entity {
         Entity::Owners => LoadedTable::Owners,
-        Entity::Customers => LoadedTable::Customers,
-        Entity::Orders => LoadedTable::Orders,
+        Entity::Customers | Entity::DeletedCustomers => LoadedTable::Customers,
+        Entity::Orders | Entity::DeletedOrders => LoadedTable::Orders,
     };
     db.run(move |c| {
         finish_import_run(c, run, status, &totals, error.as_deref())?;
@@ -756,39 +789,49 @@ impl Batch {
         } = std::mem::take(self);
         let rejected: u64 = rejects.iter().map(|(_, r)| r.len() as u64).sum();
         let (source, run, locale) = (target.source.clone(), target.run, target.locale);
+        let entity = target.entity;
         let saved = state.clone();
-        let (written, customers_created) = target
+        let loaded = target
             .db
             .run(move |c| {
                 tierwise_store::transaction(c, |tx| {
-                    let written = load_page(tx, &source, run, locale, records)?;
+                    let loaded = load_page(tx, &source, entity, run, locale, records)?;
                     for (origin, rejects) in &rejects {
                         insert_rejects(tx, run, origin, rejects)?;
                     }
                     save_sync_state(tx, &saved)?;
-                    Ok(written)
+                    Ok(loaded)
                 })
             })
             .await?;
         report.pages += pages;
         report.records += read;
-        report.written += written;
-        report.customers_created += customers_created;
+        report.written += loaded.written;
+        report.deleted += loaded.deleted;
+        report.customers_created += loaded.customers_created;
         report.rejected += rejected;
         tracing::debug!(entity = target.entity.as_str(), pages, read, "pages stored");
         Ok(())
     }
 }
 
-/// Loads a batch's records; returns how many were written, and how many customers orders
-/// created.
+/// What loading a batch did.
+#[derive(Debug, Default)]
+struct PageLoaded {
+    written: u64,
+    deleted: u64,
+    customers_created: u64,
+}
+
+/// Loads a batch's records of `entity`.
 fn load_page(
     tx: &mut tierwise_store::DbConnection,
     source: &SourceName,
+    entity: Entity,
     run: ImportRunId,
     locale: Locale,
     mapped: Vec<Staged<Mapped>>,
-) -> Result<(u64, u64), StoreError> {
+) -> Result<PageLoaded, StoreError> {
     let ctx = LoadContext {
         source: source.clone(),
         run,
@@ -797,8 +840,11 @@ fn load_page(
         create_missing_customers: true,
         default_locale: locale,
         known_customers: Default::default(),
+        // Pages are small and the watermark commits each batch: nothing to defer.
+        deferred_indexes: Default::default(),
     };
     let (mut owners, mut customers, mut orders) = (Vec::new(), Vec::new(), Vec::new());
+    let mut deleted = Vec::new();
     for Staged { line, record } in mapped {
         match record {
             Mapped::Owner(o) => owners.push(Staged { line, record: o }),
@@ -807,22 +853,36 @@ fn load_page(
                 line,
                 record: (o, CustomerRef::default()),
             }),
+            Mapped::Deleted(d) => deleted.push(d),
             Mapped::Ignored => {}
         }
     }
-    let (mut written, mut customers_created) = (0, 0);
+    let mut loaded = PageLoaded::default();
     if !owners.is_empty() {
-        written += load_owners(tx, &ctx, &owners)?.written;
+        loaded.written += load_owners(tx, &ctx, &owners)?.written;
     }
     if !customers.is_empty() {
-        written += load_customers(tx, &ctx, &customers)?.written;
+        loaded.written += load_customers(tx, &ctx, &customers)?.written;
     }
     if !orders.is_empty() {
         let outcome = load_orders(tx, &ctx, &orders)?;
-        written += outcome.written;
-        customers_created += outcome.customers_created;
+        loaded.written += outcome.written;
+        loaded.customers_created += outcome.customers_created;
     }
-    Ok((written, customers_created))
+    if let (Some(table), false) = (entity.deletes_from(), deleted.is_empty()) {
+        // A deletion without a time is dated by the run that learned of it.
+        let now = Utc::now().naive_utc();
+        let deletions: Vec<_> = deleted
+            .iter()
+            .map(|d| tierwise_store::load::Deletion {
+                external_id: d.external_id.as_str(),
+                at: d.at.map_or(now, |t| t.naive_utc()),
+                reason: &d.reason,
+            })
+            .collect();
+        loaded.deleted = mark_deleted(tx, source, table, &deletions)?;
+    }
+    Ok(loaded)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Pipedrive: users are owners (`GET /v1/users`), organisations are customers and won deals
-//! are orders (`GET /api/v2/organizations|deals`, cursor paging, `updated_since`). The API
+//! are orders (`GET /api/v2/organizations|deals`, cursor paging, `updated_since`); deals listed
+//! with `status=deleted` mark their orders deleted. The API
 //! token travels in the `x-api-token` header, never in a URL. Throttling (429) waits for
 //! `Retry-After` or `x-ratelimit-reset`; a spent daily token budget
 //! (`x-daily-ratelimit-token-remaining: 0`) stops the run cleanly; a 403 after 429s is a hard
@@ -17,7 +18,7 @@ use tierwise_domain::{
 
 use super::http::{Attempt, Http, HttpSettings, header_number, retry_after, transport_error};
 use super::{
-    Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable,
+    Connector, CrmError, CustomerFields, Deleted, Entity, Lookups, Mapped, RawPage, Unmappable,
     decimal_text, masked, text,
 };
 
@@ -232,6 +233,7 @@ impl Connector for Pipedrive {
         }
         let (what, path) = match entity {
             Entity::Customers => ("organizations", "/api/v2/organizations"),
+            Entity::DeletedOrders => ("deleted deals", "/api/v2/deals"),
             _ => ("deals", "/api/v2/deals"),
         };
         // Ordered by id (stable while records change); changed ones by `updated_since`.
@@ -242,8 +244,11 @@ impl Connector for Pipedrive {
                 since.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
             ));
         }
-        if entity == Entity::Orders {
-            query.push(("status", "won".into()));
+        match entity {
+            Entity::Orders => query.push(("status", "won".into())),
+            // Deleted deals are listed only when asked for by status.
+            Entity::DeletedOrders => query.push(("status", "deleted".into())),
+            _ => {}
         }
         if let Some(cursor) = cursor {
             query.push(("cursor", cursor.to_owned()));
@@ -265,7 +270,27 @@ impl Connector for Pipedrive {
             Entity::Owners => map_user(record, lookups),
             Entity::Customers => map_organization(record, lookups, &self.settings.customer_fields),
             Entity::Orders => map_deal(record, self.settings.cost_field.as_deref()),
+            Entity::DeletedOrders => {
+                let changed = time(record, "update_time")?;
+                let deleted = Deleted {
+                    external_id: id_of(record, "id")?,
+                    at: changed,
+                    reason: "deleted in pipedrive".into(),
+                };
+                Ok((Mapped::Deleted(deleted), changed))
+            }
+            // Pipedrive does not list deleted organisations.
+            Entity::DeletedCustomers => Ok((Mapped::Ignored, None)),
         }
+    }
+
+    fn entities(&self) -> Vec<Entity> {
+        vec![
+            Entity::Owners,
+            Entity::Customers,
+            Entity::Orders,
+            Entity::DeletedOrders,
+        ]
     }
 }
 

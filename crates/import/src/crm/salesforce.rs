@@ -1,5 +1,7 @@
 //! Salesforce: Users are owners, Accounts are customers and won Opportunities are orders, read
-//! with SOQL through the REST query resource (`{instance_url}/services/data/vXX.X/query`).
+//! with SOQL through the REST query resource (`{instance_url}/services/data/vXX.X/query`;
+//! `queryAll` for Accounts and Opportunities, which also returns deleted rows: `IsDeleted =
+//! true` marks the record deleted, or merged into its `MasterRecordId`).
 //! Access comes from the OAuth token endpoint (refresh-token flow, or client credentials when no
 //! refresh token is configured). Salesforce gives no token lifetime, so a token is kept until
 //! the API answers `INVALID_SESSION_ID`, then renewed once. Changes are read with `WHERE
@@ -22,7 +24,7 @@ use tierwise_domain::{
 
 use super::http::{Attempt, Http, HttpSettings, transport_error};
 use super::{
-    Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable,
+    Connector, CrmError, CustomerFields, Deleted, Entity, Lookups, Mapped, RawPage, Unmappable,
     configured_cost, decimal_text, iso_date, masked, text,
 };
 
@@ -305,7 +307,9 @@ impl Salesforce {
             ),
             Entity::Customers => {
                 let mut fields =
-                    "Id, Name, OwnerId, Owner.Email, CreatedDate, SystemModstamp".to_owned();
+                    "Id, Name, OwnerId, Owner.Email, CreatedDate, SystemModstamp, IsDeleted, \
+                     MasterRecordId"
+                        .to_owned();
                 for field in self.settings.customer_fields.names() {
                     fields.push_str(", ");
                     fields.push_str(field);
@@ -314,7 +318,7 @@ impl Salesforce {
             }
             Entity::Orders => {
                 let mut fields =
-                    "Id, AccountId, Amount, CloseDate, IsWon, SystemModstamp".to_owned();
+                    "Id, AccountId, Amount, CloseDate, IsWon, SystemModstamp, IsDeleted".to_owned();
                 if self.settings.multi_currency {
                     fields.push_str(", CurrencyIsoCode");
                 }
@@ -323,6 +327,10 @@ impl Salesforce {
                     fields.push_str(cost);
                 }
                 (fields, "Opportunity", Some("IsWon = true"))
+            }
+            // Deletions come with the records (queryAll): never asked for on their own.
+            Entity::DeletedCustomers | Entity::DeletedOrders => {
+                ("Id".to_owned(), "Account", Some("IsDeleted = true"))
             }
         };
         let mut conditions: Vec<String> = filter.into_iter().map(str::to_owned).collect();
@@ -345,8 +353,13 @@ impl Salesforce {
     fn first_page_path(&self, entity: Entity, since: Option<DateTime<Utc>>) -> String {
         let query: String =
             url::form_urlencoded::byte_serialize(self.soql(entity, since).as_bytes()).collect();
+        // queryAll also returns deleted and merged-away rows (IsDeleted = true).
+        let resource = match entity {
+            Entity::Owners => "query",
+            _ => "queryAll",
+        };
         format!(
-            "/services/data/{}/query?q={query}",
+            "/services/data/{}/{resource}?q={query}",
             self.settings.api_version
         )
     }
@@ -441,8 +454,8 @@ impl Connector for Salesforce {
         }
         let what = match entity {
             Entity::Owners => "users",
-            Entity::Customers => "accounts",
-            Entity::Orders => "opportunities",
+            Entity::Customers | Entity::DeletedCustomers => "accounts",
+            Entity::Orders | Entity::DeletedOrders => "opportunities",
         };
         let first = self.first_page_path(entity, since);
         // A cursor is the `nextRecordsUrl` Salesforce gave; only a path on the instance.
@@ -513,6 +526,20 @@ impl Connector for Salesforce {
         lookups: &Lookups,
     ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         let changed = time(record, "SystemModstamp")?;
+        if entity != Entity::Owners
+            && record.get("IsDeleted").and_then(Value::as_bool) == Some(true)
+        {
+            let reason = match record.get("MasterRecordId").and_then(Value::as_str) {
+                Some(master) => format!("merged into {master} in salesforce"),
+                None => "deleted in salesforce".to_owned(),
+            };
+            let deleted = Deleted {
+                external_id: id_of(record, "Id")?,
+                at: changed,
+                reason,
+            };
+            return Ok((Mapped::Deleted(deleted), changed));
+        }
         match entity {
             Entity::Owners => {
                 let id = id_of(record, "Id")?;
@@ -548,6 +575,7 @@ impl Connector for Salesforce {
                     .apply(customer, |f| record.get(f))?;
                 Ok((Mapped::Customer(customer), changed))
             }
+            Entity::DeletedCustomers | Entity::DeletedOrders => Ok((Mapped::Ignored, changed)),
             Entity::Orders => {
                 if record.get("IsWon").and_then(Value::as_bool) != Some(true) {
                     return Ok((Mapped::Ignored, changed));

@@ -4,7 +4,8 @@
 //! 10 per 10 minutes), refreshed a minute early, and refreshed once more when the API answers
 //! `INVALID_TOKEN`. Paging follows `page_token` (pages past 2,000 records need it), changes come
 //! from `If-Modified-Since`, and 204/304 mean an empty page. Zoho sends no `Retry-After` on 429,
-//! so throttling waits by back-off.
+//! so throttling waits by back-off. Deleted Accounts and Deals are read from
+//! `/{module}/deleted` (recycle bin and purged, since the watermark) and marked deleted.
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use tierwise_domain::{Currency, Customer, EmailAddress, Locale, Money, Order, Ow
 
 use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
 use super::{
-    Connector, CrmError, CustomerFields, Entity, Lookups, Mapped, RawPage, Unmappable,
+    Connector, CrmError, CustomerFields, Deleted, Entity, Lookups, Mapped, RawPage, Unmappable,
     configured_cost, decimal_text, iso_date, masked, text, text_or_number_id,
 };
 
@@ -333,6 +334,16 @@ impl Connector for Zoho {
         &self.source
     }
 
+    fn entities(&self) -> Vec<Entity> {
+        vec![
+            Entity::Owners,
+            Entity::Customers,
+            Entity::Orders,
+            Entity::DeletedCustomers,
+            Entity::DeletedOrders,
+        ]
+    }
+
     async fn page(
         &self,
         entity: Entity,
@@ -340,18 +351,33 @@ impl Connector for Zoho {
         cursor: Option<&str>,
     ) -> Result<RawPage, CrmError> {
         let per_page = self.settings.page_size.to_string();
-        if entity == Entity::Owners {
-            // Users page by number (an org has far fewer than 2,000).
+        // Users and deletions page by number (an org has far fewer than 2,000 users, and
+        // deletions since the last run are few).
+        let numbered = match entity {
+            Entity::Owners => Some(("users", "/users", "AllUsers", "users", None)),
+            Entity::DeletedCustomers => Some((
+                "deleted accounts",
+                "/Accounts/deleted",
+                "all",
+                "data",
+                since,
+            )),
+            Entity::DeletedOrders => {
+                Some(("deleted deals", "/Deals/deleted", "all", "data", since))
+            }
+            Entity::Customers | Entity::Orders => None,
+        };
+        if let Some((what, path, kind, key, since)) = numbered {
             let page = cursor.unwrap_or("1").to_owned();
             let query = [
-                ("type", "AllUsers".to_owned()),
+                ("type", kind.to_owned()),
                 ("per_page", per_page),
                 ("page", page.clone()),
             ];
-            let body = self.get("users", "/users", &query, None).await?;
-            let users = body
+            let body = self.get(what, path, &query, since).await?;
+            let records = body
                 .as_ref()
-                .and_then(|b| b.get("users"))
+                .and_then(|b| b.get(key))
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
@@ -365,10 +391,7 @@ impl Connector for Zoho {
                     .map(|p| (p + 1).to_string())
                     .unwrap_or_default()
             });
-            return Ok(RawPage {
-                records: users,
-                next,
-            });
+            return Ok(RawPage { records, next });
         }
         let (what, path, fields) = match entity {
             Entity::Customers => {
@@ -434,6 +457,20 @@ impl Connector for Zoho {
         lookups: &Lookups,
     ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         match entity {
+            Entity::DeletedCustomers | Entity::DeletedOrders => {
+                let at = time(record, "deleted_time")?;
+                let reason = match text(record, "type") {
+                    Some("recycle") => "deleted in zoho (in the recycle bin)",
+                    Some("permanent") => "deleted in zoho (purged)",
+                    _ => "deleted in zoho",
+                };
+                let deleted = Deleted {
+                    external_id: text_or_number_id(record, "id")?,
+                    at,
+                    reason: reason.into(),
+                };
+                Ok((Mapped::Deleted(deleted), at))
+            }
             Entity::Owners => {
                 let id = text_or_number_id(record, "id")?;
                 let email = EmailAddress::parse(text(record, "email").unwrap_or_default())?;
