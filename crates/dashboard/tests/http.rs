@@ -444,6 +444,22 @@ backend_tests! {
             let (_, html) = get(&app, &cookie, &format!("/customers/{hostile}")).await;
             assert!(html.contains("id=\"score-breakdown\"") && html.contains("S03"));
             assert_eq!(one["may_override"], true);
+            assert!(one["records"]["deleted"].is_null() && one["records"]["orders"][0]["deleted_reason"].is_null());
+            // Deleted at its source: the page says so (escaped) and strikes the deleted order.
+            let source = tierwise_domain::SourceName::parse("file").unwrap();
+            let at = chrono::NaiveDate::from_ymd_opt(2026, 11, 2).unwrap().and_hms_opt(8, 0, 0).unwrap();
+            for (table, id) in [(tierwise_store::load::DeletableTable::Customers, "C03"), (tierwise_store::load::DeletableTable::Orders, "S03")] {
+                let deletion = tierwise_store::load::Deletion { external_id: id, at, reason: "merged into <b>C04</b>" };
+                assert_eq!(tierwise_store::load::mark_deleted(&mut db.conn(), &source, table, &[deletion]).unwrap(), 1);
+            }
+            let (_, html) = get(&app, &cookie, &format!("/customers/{hostile}")).await;
+            assert!(html.contains("id=\"deleted\"") && html.contains("2026-11-02"), "{html}");
+            assert!(html.contains("merged into &lt;b&gt;C04&lt;&#x2f;b&gt;") && !html.contains("<b>C04"), "{html}");
+            assert!(html.contains("<s title="), "the deleted order is struck through");
+            let (_, json) = get(&app, &cookie, &format!("/api/v1/customers/{hostile}")).await;
+            let one: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(one["records"]["deleted"][1], "merged into <b>C04</b>");
+            assert_eq!(one["records"]["orders"][0]["deleted_reason"], "merged into <b>C04</b>");
             let (status, _) = get(&app, &cookie, "/api/v1/customers/999999").await;
             assert_eq!(status, StatusCode::NOT_FOUND);
         });

@@ -120,6 +120,40 @@ backend_tests! {
         assert_eq!(compared, 333);
     }
 
+    fn records_deleted_at_their_source_are_not_graded(db) {
+        let dir = tempfile::tempdir().unwrap();
+        import_orders(&db, dir.path(), "sep.csv", &september());
+        import_orders(&db, dir.path(), "oct.csv", OCTOBER);
+        let policy = Policy::default();
+        grade_period(&db.db, p("2026-09"), &policy, Mode::Publish).unwrap();
+        // The source deleted customer C05 and C10's October order.
+        let source = tierwise_domain::SourceName::parse("file").unwrap();
+        let at = chrono::NaiveDate::from_ymd_opt(2026, 10, 20).unwrap().and_hms_opt(9, 0, 0).unwrap();
+        for (table, id) in [
+            (tierwise_store::load::DeletableTable::Customers, "C05"),
+            (tierwise_store::load::DeletableTable::Orders, "O10"),
+        ] {
+            let deletion = tierwise_store::load::Deletion { external_id: id, at, reason: "deleted in a test" };
+            let marked = tierwise_store::load::mark_deleted(&mut db.conn(), &source, table, &[deletion.clone()]).unwrap();
+            assert_eq!(marked, 1);
+            // Marking again changes nothing.
+            assert_eq!(tierwise_store::load::mark_deleted(&mut db.conn(), &source, table, &[deletion]).unwrap(), 0);
+        }
+        let oct = grade_period(&db.db, p("2026-10"), &policy, Mode::Publish).unwrap();
+        assert_eq!(oct.summary.graded, 9);
+        let mut graded = Vec::new();
+        for_each_graded_customer(&mut db.conn(), p("2026-10"), |c| {
+            graded.push((c.external_id, c.frequency, c.monetary));
+            Ok(())
+        })
+        .unwrap();
+        assert!(graded.iter().all(|g| g.0 != "C05"), "{graded:?}");
+        // C10 keeps only its September order: 1 purchase of 100.00.
+        assert_eq!(graded.last().unwrap(), &("C10".to_owned(), 1, 10_000));
+        // The deleted customer keeps its September grade.
+        assert!(tiers(&db, "2026-09").iter().any(|t| t.0 == "C05"));
+    }
+
     fn two_periods_give_the_expected_changes_and_migration(db) {
         let dir = tempfile::tempdir().unwrap();
         import_orders(&db, dir.path(), "sep.csv", &september());

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tierwise_import::crm::fxiaoke::{Fxiaoke, FxiaokeSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
-use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
+use tierwise_store::testing::{TestDb, assert_same_rows, deleted_snapshot, source_snapshot};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 mod support;
@@ -243,7 +243,11 @@ fn expected(s: &Source) -> Vec<String> {
             .map(|u| u["email"].as_str().unwrap().to_owned())
     };
     let mut customers: BTreeMap<String, CustomerRow> = BTreeMap::new();
-    for a in s.accounts.iter().filter(|a| !a["name"].is_null()) {
+    for a in s
+        .accounts
+        .iter()
+        .filter(|a| !a["name"].is_null() && a["life_status"] != "invalid")
+    {
         let id = a["_id"].as_str().unwrap().to_owned();
         let created = chrono::DateTime::from_timestamp_millis(
             a["create_time"].as_i64().unwrap() + 8 * 3_600_000,
@@ -375,6 +379,40 @@ backend_tests! {
         // Accounts are asked for from the newest change less 5 minutes (GT that less 1 ms).
         assert_eq!(s.filters_seen[0][0]["field_values"][0], json!(newest - 5 * 60_000 - 1));
         assert!(report.entities[1].records >= 1 && report.entities[1].records < 10, "{report:?}");
+    }
+
+    fn voided_accounts_and_orders_are_marked_deleted_and_kept(db) {
+        let harness = Harness::new(seeded());
+        harness.sync(&db).unwrap();
+        assert!(deleted_snapshot(&mut db.conn(), "fxiaoke").is_empty());
+        {
+            // Account 21 (whose orders are all voided already) and live order 1 are voided.
+            let mut s = harness.source.lock().unwrap();
+            s.accounts[20]["life_status"] = json!("invalid");
+            s.accounts[20]["last_modified_time"] = json!(at(26, 0));
+            s.orders[0]["life_status"] = json!("invalid");
+            s.orders[0]["last_modified_time"] = json!(at(26, 1));
+        }
+        let report = harness.sync(&db).unwrap();
+        let marked: Vec<u64> = report.entities.iter().map(|e| e.deleted).collect();
+        assert_eq!(marked, [0, 1, 1], "{report:?}");
+        let (account, order) = {
+            let s = harness.source.lock().unwrap();
+            (s.accounts[20]["_id"].as_str().unwrap().to_owned(), s.orders[0]["_id"].as_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            deleted_snapshot(&mut db.conn(), "fxiaoke"),
+            [format!("customer {account}: voided in fxiaoke (作废)"), format!("order {order}: voided in fxiaoke (作废)")]
+        );
+        assert_same_rows(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "live rows after voiding");
+        // Restored (back to normal): live again.
+        {
+            let mut s = harness.source.lock().unwrap();
+            s.orders[0]["life_status"] = json!("normal");
+            s.orders[0]["last_modified_time"] = json!(at(27, 0));
+        }
+        harness.sync(&db).unwrap();
+        assert_eq!(deleted_snapshot(&mut db.conn(), "fxiaoke"), [format!("customer {account}: voided in fxiaoke (作废)")]);
     }
 
     fn a_spent_daily_quota_stops_cleanly_and_the_next_run_resumes(db) {

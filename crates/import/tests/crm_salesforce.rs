@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tierwise_import::crm::salesforce::{Salesforce, SalesforceSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
-use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
+use tierwise_store::testing::{TestDb, assert_same_rows, deleted_snapshot, source_snapshot};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 mod support;
@@ -27,6 +27,8 @@ use support::{CustomerRow, OrderRow, OwnerRow, expected_rows, fast_http, owner_r
 const CLIENT_SECRET: &str = "sf-consumer-secret-5d1";
 const REFRESH: &str = "5Aep861refresh.token.c0ffee";
 const QUERY: &str = "/services/data/v60.0/query";
+/// The query resource that also returns deleted rows (`IsDeleted = true`).
+const QUERY_ALL: &str = "/services/data/v60.0/queryAll";
 /// Longer than the connector's timeout in these tests (0.5 s).
 const SLOW: std::time::Duration = std::time::Duration::from_millis(1500);
 
@@ -70,7 +72,7 @@ fn sf_error(status: u16, code: &str, message: &str) -> ResponseTemplate {
 
 /// The tiny SOQL subset the connector sends: `SELECT … FROM <object> [WHERE [IsWon = true AND]
 /// [SystemModstamp >= <datetime>]] ORDER BY SystemModstamp, Id`.
-fn run_soql(s: &Source, soql: &str) -> Vec<Value> {
+fn run_soql(s: &Source, soql: &str, with_deleted: bool) -> Vec<Value> {
     let object = soql
         .split(" FROM ")
         .nth(1)
@@ -97,6 +99,7 @@ fn run_soql(s: &Source, soql: &str) -> Vec<Value> {
     };
     let mut matching: Vec<Value> = records
         .iter()
+        .filter(|r| with_deleted || r["IsDeleted"] != true)
         .filter(|r| since.is_none_or(|since| stamp(r) >= since))
         .filter(|r| !soql.contains("IsWon = true") || r["IsWon"] == true)
         .cloned()
@@ -170,7 +173,7 @@ impl Respond for FakeSalesforce {
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("batchSize="))
             .map_or(2000, |n| n.parse().unwrap());
-        let (locator, offset) = if path == QUERY {
+        let (locator, offset) = if path == QUERY || path == QUERY_ALL {
             let soql = request
                 .url
                 .query_pairs()
@@ -179,7 +182,7 @@ impl Respond for FakeSalesforce {
                 .1
                 .into_owned();
             s.soql_seen.push(soql.clone());
-            let result = run_soql(&s, &soql);
+            let result = run_soql(&s, &soql, path == QUERY_ALL);
             let locator = format!("01gRO00000{:08}", s.locators.len() + 1);
             s.locators.insert(locator.clone(), result);
             (locator, 0)
@@ -293,7 +296,11 @@ fn expected(s: &Source) -> Vec<String> {
             .map(|u| u["Email"].as_str().unwrap().to_owned())
     };
     let mut customers: BTreeMap<String, CustomerRow> = BTreeMap::new();
-    for a in s.accounts.iter().filter(|a| !a["Name"].is_null()) {
+    for a in s
+        .accounts
+        .iter()
+        .filter(|a| !a["Name"].is_null() && a["IsDeleted"] != true)
+    {
         let id = a["Id"].as_str().unwrap().to_owned();
         customers.insert(
             id.clone(),
@@ -309,7 +316,7 @@ fn expected(s: &Source) -> Vec<String> {
     for o in s
         .opportunities
         .iter()
-        .filter(|o| o["IsWon"] == true && !o["AccountId"].is_null())
+        .filter(|o| o["IsWon"] == true && !o["AccountId"].is_null() && o["IsDeleted"] != true)
     {
         let id = o["Id"].as_str().unwrap().to_owned();
         orders.insert(
@@ -443,6 +450,42 @@ backend_tests! {
         assert!(accounts_soql.contains(&format!("SystemModstamp >= {from}")), "{accounts_soql}");
         assert!(report.entities[1].records >= 1 && report.entities[1].records < 10, "{report:?}");
         assert!(report.entities[2].records >= 1 && report.entities[2].records < 10, "{report:?}");
+    }
+
+    fn deleted_and_merged_records_from_query_all_are_marked_and_kept(db) {
+        let harness = Harness::new(seeded());
+        harness.sync(&db, &SyncOptions::default()).unwrap();
+        assert!(deleted_snapshot(&mut db.conn(), "salesforce").is_empty());
+        {
+            // Account 10 deleted, account 13 merged into account 12 (neither has a won
+            // opportunity), won opportunity 1 deleted; queryAll returns them with IsDeleted.
+            let mut s = harness.source.lock().unwrap();
+            for (index, master) in [(9, None), (12, Some(s.accounts[11]["Id"].clone()))] {
+                let a = &mut s.accounts[index];
+                a["IsDeleted"] = json!(true);
+                a["SystemModstamp"] = json!(at(26, 0));
+                if let Some(master) = master {
+                    a["MasterRecordId"] = master;
+                }
+            }
+            s.opportunities[0]["IsDeleted"] = json!(true);
+            s.opportunities[0]["SystemModstamp"] = json!(at(26, 1));
+            s.soql_seen.clear();
+        }
+        let report = harness.sync(&db, &SyncOptions::default()).unwrap();
+        let marked: Vec<u64> = report.entities.iter().map(|e| e.deleted).collect();
+        assert_eq!(marked, [0, 2, 1], "{report:?}");
+        assert_eq!(
+            deleted_snapshot(&mut db.conn(), "salesforce"),
+            [
+                "customer 001xx0000000000010: deleted in salesforce",
+                "customer 001xx0000000000013: merged into 001xx0000000000012 in salesforce",
+                "order 006xx0000000000001: deleted in salesforce",
+            ]
+        );
+        let s = harness.source.lock().unwrap();
+        assert_same_rows(&snapshot(&db), &expected(&s), "live rows after deletions");
+        assert!(s.soql_seen.iter().all(|q| !q.contains("FROM Account") || q.contains("IsDeleted")), "{:?}", s.soql_seen);
     }
 
     fn a_resumed_run_whose_locator_expired_reads_again_and_ends_the_same(db) {

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tierwise_import::crm::zoho::{Zoho, ZohoSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
-use tierwise_store::testing::{TestDb, assert_same_rows, source_snapshot};
+use tierwise_store::testing::{TestDb, assert_same_rows, deleted_snapshot, source_snapshot};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 mod support;
@@ -53,6 +53,10 @@ struct Source {
     faults: VecDeque<Option<Fault>>,
     /// `If-Modified-Since` of every list call.
     since_seen: Vec<Option<String>>,
+    /// Deleted records as `/{module}/deleted` lists them, with their `module`.
+    deleted: Vec<Value>,
+    /// `If-Modified-Since` of every call for deleted records.
+    deleted_since_seen: Vec<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -98,6 +102,45 @@ impl Respond for FakeZoho {
         if path == "/crm/v8/users" {
             return ResponseTemplate::new(200).set_body_json(json!({"users": s.users,
                 "info": {"more_records": false}}));
+        }
+        if let Some(module) = path
+            .strip_prefix("/crm/v8/")
+            .and_then(|p| p.strip_suffix("/deleted"))
+        {
+            // Paged by number; only deletions after If-Modified-Since; 204 when none.
+            let since = request
+                .headers
+                .get("if-modified-since")
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned);
+            s.deleted_since_seen.push(since.clone());
+            let since = since.map(|t| chrono::DateTime::parse_from_rfc3339(&t).unwrap());
+            let matching: Vec<&Value> = s
+                .deleted
+                .iter()
+                .filter(|d| d["module"] == module)
+                .filter(|d| {
+                    since.is_none_or(|since| {
+                        chrono::DateTime::parse_from_rfc3339(d["deleted_time"].as_str().unwrap())
+                            .unwrap()
+                            > since
+                    })
+                })
+                .collect();
+            if matching.is_empty() {
+                return ResponseTemplate::new(204);
+            }
+            let per_page: usize = query["per_page"].parse().unwrap();
+            let page_no: usize = query["page"].parse().unwrap();
+            let page: Vec<&Value> = matching
+                .iter()
+                .skip((page_no - 1) * per_page)
+                .take(per_page)
+                .copied()
+                .collect();
+            let more = page_no * per_page < matching.len();
+            return ResponseTemplate::new(200).set_body_json(json!({"data": page,
+                "info": {"per_page": per_page, "count": page.len(), "page": page_no, "more_records": more}}));
         }
         if !query.contains_key("fields") {
             return ResponseTemplate::new(400).set_body_json(json!({"code": "REQUIRED_PARAM_MISSING",
@@ -391,6 +434,45 @@ backend_tests! {
         assert_same_rows(&snapshot(&db), &expected(&s), "after the incremental run");
         assert_eq!(s.since_seen[0].as_deref(), Some(from.as_str()), "{:?}", s.since_seen);
         assert!(report.entities[1].records < 10 && report.entities[1].records >= 1, "{report:?}");
+    }
+
+    fn deleted_accounts_and_deals_are_marked_and_kept(db) {
+        let harness = Harness::new(seeded());
+        harness.sync(&db).unwrap();
+        assert!(deleted_snapshot(&mut db.conn(), "zoho").is_empty());
+        {
+            // Accounts 10 and 13 (no won deals) and won deal 1 go to the recycle bin or are
+            // purged: gone from the lists, listed by /{module}/deleted.
+            let mut s = harness.source.lock().unwrap();
+            for (index, kind, time) in [(12, "permanent", "2024-05-27T09:00:00+08:00"), (9, "recycle", "2024-05-27T10:00:00+08:00")] {
+                let a = s.accounts.remove(index);
+                s.deleted.push(json!({"id": a["id"], "display_name": a["Account_Name"], "type": kind,
+                    "deleted_time": time, "deleted_by": {"name": "Li Wei", "id": "9001"}, "module": "Accounts"}));
+            }
+            let d = s.deals.remove(0);
+            s.deleted.push(json!({"id": d["id"], "display_name": d["Deal_Name"], "type": "recycle",
+                "deleted_time": "2024-05-27T11:00:00+08:00", "module": "Deals"}));
+        }
+        let report = harness.sync(&db).unwrap();
+        let marked: Vec<(&str, u64)> = report.entities.iter().skip(3).map(|e| (e.entity, e.deleted)).collect();
+        assert_eq!(marked, [("deleted_customers", 2), ("deleted_orders", 1)], "{report:?}");
+        assert_eq!(
+            deleted_snapshot(&mut db.conn(), "zoho"),
+            [
+                "customer 4876876000000000010: deleted in zoho (in the recycle bin)",
+                "customer 4876876000000000013: deleted in zoho (purged)",
+                "order 5550000000001: deleted in zoho (in the recycle bin)",
+            ]
+        );
+        assert_same_rows(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "live rows after deletions");
+        // The next run asks for deletions after the newest one seen, less the overlap.
+        harness.source.lock().unwrap().deleted_since_seen.clear();
+        let again = harness.sync(&db).unwrap();
+        assert!(again.entities.iter().all(|e| e.deleted == 0), "{again:?}");
+        assert_eq!(
+            harness.source.lock().unwrap().deleted_since_seen,
+            [Some("2024-05-27T01:55:00+00:00".to_owned()), Some("2024-05-27T02:55:00+00:00".to_owned())]
+        );
     }
 
     fn a_refused_refresh_token_says_what_to_fix_and_shows_no_secret(db) {

@@ -424,6 +424,8 @@ pub struct OrderRow {
     pub cost: Option<i64>,
     /// ISO 4217.
     pub currency: String,
+    /// Why the source deleted it, when it did (deleted orders are listed, not counted).
+    pub deleted_reason: Option<String>,
 }
 
 /// An invoice with its payment.
@@ -468,6 +470,8 @@ pub struct CustomerRecords {
     pub last_call: Option<chrono::NaiveDate>,
     /// Latest visit.
     pub last_visit: Option<chrono::NaiveDate>,
+    /// When and why the source deleted the customer, if it did (it is graded no more).
+    pub deleted: Option<(chrono::NaiveDateTime, String)>,
 }
 
 /// Reads [`CustomerRecords`] for customer `id`.
@@ -482,7 +486,7 @@ pub fn customer_records(
             .filter(orders::customer_id.eq(id))
             .order((orders::order_date.desc(), orders::id.desc()))
             .limit(limit)
-            .select((orders::external_id, orders::order_date, orders::amount_minor, orders::cost_minor, orders::currency))
+            .select((orders::external_id, orders::order_date, orders::amount_minor, orders::cost_minor, orders::currency, orders::deleted_reason))
             .load(c)?,
         invoices: invoices::table
             .filter(invoices::customer_id.eq(id))
@@ -498,7 +502,16 @@ pub fn customer_records(
             .load(c)?,
         last_call: None,
         last_visit: None,
+        deleted: None,
     });
+    let deleted: Option<(Option<chrono::NaiveDateTime>, Option<String>)> = with_backend!(conn, c => crate::schema::customers::table
+        .find(id)
+        .select((crate::schema::customers::deleted_at, crate::schema::customers::deleted_reason))
+        .first(c)
+        .optional()?);
+    if let Some((Some(at), reason)) = deleted {
+        records.deleted = Some((at, reason.unwrap_or_default()));
+    }
     let latest: Vec<(String, Option<chrono::NaiveDateTime>)> = with_backend!(conn, c => activities::table
         .filter(activities::customer_id.eq(id))
         .filter(activities::kind.eq_any(["call", "visit"]))
