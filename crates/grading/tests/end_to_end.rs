@@ -134,7 +134,7 @@ backend_tests! {
             (tierwise_store::load::DeletableTable::Orders, "O10"),
         ] {
             let deletion = tierwise_store::load::Deletion { external_id: id, at, reason: "deleted in a test" };
-            let marked = tierwise_store::load::mark_deleted(&mut db.conn(), &source, table, &[deletion.clone()]).unwrap();
+            let marked = tierwise_store::load::mark_deleted(&mut db.conn(), &source, table, std::slice::from_ref(&deletion)).unwrap();
             assert_eq!(marked, 1);
             // Marking again changes nothing.
             assert_eq!(tierwise_store::load::mark_deleted(&mut db.conn(), &source, table, &[deletion]).unwrap(), 0);

@@ -54,6 +54,13 @@ impl Respond for GeneratedPipedrive {
                 .set_body_json(json!({"success": true, "data": users}));
         }
         let query: BTreeMap<String, String> = request.url.query_pairs().into_owned().collect();
+        // No activities and no deleted deals: the benchmark measures organisations and deals.
+        let deleted = query.get("status").map(String::as_str) == Some("deleted");
+        if request.url.path() == "/api/v2/activities" || deleted {
+            return ResponseTemplate::new(200).set_body_json(
+                json!({"success": true, "data": [], "additional_data": {"next_cursor": null}}),
+            );
+        }
         let limit: i64 = query
             .get("limit")
             .and_then(|l| l.parse().ok())

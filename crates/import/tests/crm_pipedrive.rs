@@ -18,7 +18,9 @@ use tierwise_import::crm::http::HttpSettings;
 use tierwise_import::crm::pipedrive::{Pipedrive, PipedriveSettings};
 use tierwise_import::crm::{CrmError, CustomerFields, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
-use tierwise_store::testing::{TestDb, assert_same_rows, deleted_snapshot, source_snapshot};
+use tierwise_store::testing::{
+    TestDb, activity_snapshot, assert_same_rows, deleted_snapshot, source_snapshot,
+};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 mod support;
@@ -49,6 +51,7 @@ struct Source {
     users: Vec<Value>,
     organizations: BTreeMap<i64, Value>,
     deals: BTreeMap<i64, Value>,
+    activities: BTreeMap<i64, Value>,
     /// Faults for the coming list requests (organizations and deals), in order; `None` = serve.
     faults: VecDeque<Option<Fault>>,
     /// `updated_since` of every list request, as sent.
@@ -103,10 +106,10 @@ impl Respond for FakePipedrive {
             .and_then(|c| c.strip_prefix("id:")?.parse().ok())
             .unwrap_or(0);
         let since = query.get("updated_since").cloned();
-        let table = if path == "/api/v2/deals" {
-            &source.deals
-        } else {
-            &source.organizations
+        let table = match path.as_str() {
+            "/api/v2/deals" => &source.deals,
+            "/api/v2/activities" => &source.activities,
+            _ => &source.organizations,
         };
         let matching: Vec<Value> = table
             .range(after + 1..)
@@ -219,7 +222,51 @@ fn seeded() -> Source {
             "won_time": format!("2024-04-{:02}T15:00:00Z", 1 + id % 28), "update_time": at(2 + (id % 9) as u32, (id % 500) as u32),
             "custom_fields": {"c0st": {"type": "monetary", "value": 50 + id, "currency": "CNY"}}}));
     }
+    // 240 activities on organisations 1..=240: calls, meetings, visits (a custom type),
+    // emails and tasks; every fourth planned (not done); some on a person alone; one on an
+    // organisation created after the customers pass (never imported): it must be rejected.
+    for id in 1..=240_i64 {
+        let kind = ["call", "meeting", "visit", "email", "task"][(id % 5) as usize];
+        let org = match id {
+            _ if id % 11 == 0 => Value::Null,
+            101 => json!(5_000),
+            _ => json!(id),
+        };
+        let done = id % 4 != 0;
+        let marked = (done && id % 3 != 0).then(|| format!("2024-04-{:02}T09:{:02}:00Z", 1 + id % 28, id % 60));
+        s.activities.insert(id, json!({"id": id, "subject": format!("Contact {id}"), "type": kind,
+            "owner_id": 11 + id % 3, "org_id": org, "person_id": 500 + id, "done": done,
+            "due_date": format!("2024-04-{:02}", 1 + id % 28), "due_time": if id % 2 == 0 { json!("14:30:00") } else { Value::Null },
+            "marked_as_done_time": marked, "is_deleted": false,
+            "add_time": "2024-03-01T08:00:00Z", "update_time": at(4 + (id % 7) as u32, (id % 300) as u32)}));
+    }
     s
+}
+
+/// The activities the store must hold: done contacts of a known kind on an imported
+/// organisation, at the time marked done or else when due.
+fn expected_activities(source: &Source) -> Vec<String> {
+    let emails: BTreeMap<i64, String> = source.users.iter()
+        .map(|u| (u["id"].as_i64().unwrap(), u["email"].as_str().unwrap().to_owned()))
+        .collect();
+    let mut out = Vec::new();
+    for a in source.activities.values() {
+        let kind = a["type"].as_str().unwrap();
+        let org = a["org_id"].as_i64();
+        if a["done"] != true || kind == "task" || org.is_none() || org == Some(5_000) {
+            continue;
+        }
+        let at = match a["marked_as_done_time"].as_str() {
+            Some(t) => chrono::DateTime::parse_from_rfc3339(t).unwrap().naive_utc(),
+            None => chrono::NaiveDate::parse_from_str(a["due_date"].as_str().unwrap(), "%Y-%m-%d").unwrap()
+                .and_time(a["due_time"].as_str().map_or(chrono::NaiveTime::MIN, |t| chrono::NaiveTime::parse_from_str(t, "%H:%M:%S").unwrap())),
+        };
+        let row = (a["id"].to_string(), org.unwrap().to_string(), emails.get(&a["owner_id"].as_i64().unwrap()).cloned(),
+            kind.to_owned(), at, a["subject"].as_str().map(str::to_owned));
+        out.push((a["id"].to_string(), format!("activity {row:?}")));
+    }
+    out.sort();
+    out.into_iter().map(|(_, r)| r).collect()
 }
 
 /// What the store must hold after importing `source`: the same snapshot rows the store renders.
@@ -311,6 +358,7 @@ impl Harness {
                 backoff_ms: 10,
                 max_backoff_secs: 1,
             },
+            ..PipedriveSettings::default()
         })
         .unwrap()
     }
@@ -347,8 +395,9 @@ backend_tests! {
         // The custom field configured as the `nps` attribute, read from `custom_fields`.
         let org = tierwise_store::queries::find_customer(&mut db.conn(), "pipedrive", "30").unwrap().unwrap();
         assert_eq!(org.attributes.get("nps"), Some(&8.0));
-        // The two bad records are kept with their JSON and the reason; nothing else is.
-        assert_eq!(report.rejected(), 2, "{report:?}");
+        // The two bad records and the activity of an organisation never imported are kept with
+        // their JSON and the reason; nothing else is.
+        assert_eq!(report.rejected(), 3, "{report:?}");
         let customers = &report.entities[1];
         let run = customers.run.unwrap();
         let rejects = tierwise_store::runs::rejects_of_run(&mut db.conn(), run, 10).unwrap();
@@ -396,7 +445,8 @@ backend_tests! {
         let s = harness.source.lock().unwrap();
         assert_same_rows(&snapshot(&db), &expected(&s), "after the incremental run");
         assert_eq!(s.since_seen.first().cloned().flatten(), Some(orgs_from.clone()), "{:?}", s.since_seen);
-        assert_eq!(s.since_seen.last().cloned().flatten(), Some(deals_from.clone()), "{:?}", s.since_seen);
+        // Organisations, deals, then activities.
+        assert_eq!(s.since_seen[1].clone(), Some(deals_from.clone()), "{:?}", s.since_seen);
         // Read: the 4 changed organisations and the 1 changed deal, plus the few whose last
         // change lies inside the overlap; not the thousand others.
         let in_overlap = |records: &BTreeMap<i64, Value>, from: &str, won_only: bool| {
@@ -410,6 +460,34 @@ backend_tests! {
         assert!(orgs_overlap >= 1 && deals_overlap >= 1, "the newest change is always re-read");
         assert_eq!(report.entities[1].records, 4 + orgs_overlap, "{report:?}");
         assert_eq!(report.entities[2].records, 1 + deals_overlap, "{report:?}");
+    }
+
+    fn done_activities_are_imported_as_contacts_and_unknown_customers_rejected(db) {
+        let harness = Harness::new(seeded());
+        let report = harness.sync(&db, &SyncOptions::default()).unwrap();
+        let activities = report.entities.iter().find(|e| e.entity == "activities").unwrap();
+        let expected = expected_activities(&harness.source.lock().unwrap());
+        assert_same_rows(&activity_snapshot(&mut db.conn(), "pipedrive"), &expected, "activities");
+        assert!(expected.len() > 100, "{}", expected.len());
+        // Activity 101 names organisation 5000, which is not imported: the activity is
+        // rejected with its JSON, naming the customer.
+        assert_eq!((activities.records, activities.rejected), (240, 1), "{report:?}");
+        let rejects = tierwise_store::runs::rejects_of_run(&mut db.conn(), activities.run.unwrap(), 10).unwrap();
+        assert!(rejects[0].reason.contains("customer 5000 is not imported") && rejects[0].raw_record.contains("\"id\":101"), "{rejects:?}");
+        // A call logged since: the next run reads it.
+        {
+            let mut s = harness.source.lock().unwrap();
+            s.activities.insert(1_000, json!({"id": 1_000, "subject": "Follow-up", "type": "call",
+                "owner_id": 12, "org_id": 5, "done": true, "due_date": "2024-05-20", "due_time": null,
+                "marked_as_done_time": "2024-05-20T10:00:00Z", "is_deleted": false,
+                "add_time": "2024-05-20T09:00:00Z", "update_time": at(28, 0)}));
+        }
+        let report = harness.sync(&db, &SyncOptions::default()).unwrap();
+        let activities = report.entities.iter().find(|e| e.entity == "activities").unwrap();
+        assert_eq!(activities.written, 1, "{report:?}");
+        assert!(activities.records < 20, "only the recent changes are read: {report:?}");
+        let expected = expected_activities(&harness.source.lock().unwrap());
+        assert_same_rows(&activity_snapshot(&mut db.conn(), "pipedrive"), &expected, "activities after the incremental run");
     }
 
     fn deleted_deals_are_marked_kept_and_revived_when_won_again(db) {

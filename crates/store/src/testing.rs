@@ -343,6 +343,22 @@ pub fn source_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
     out
 }
 
+/// The activities of `source` by content: `activity (id, customer id, owner email, kind,
+/// occurred at, note)`, in id order.
+#[expect(clippy::expect_used, reason = "test helper")]
+pub fn activity_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
+    with_backend!(conn, c => {
+        let rows: Vec<(String, String, Option<String>, String, chrono::NaiveDateTime, Option<String>)> = activities::table
+            .inner_join(customers::table)
+            .left_join(owners::table.on(activities::owner_id.eq(owners::id.nullable())))
+            .filter(activities::source.eq(source))
+            .order(activities::external_id)
+            .select((activities::external_id, customers::external_id, owners::email.nullable(), activities::kind, activities::occurred_at, activities::note))
+            .load(c).expect("activities");
+        rows.iter().map(|r| format!("activity {r:?}")).collect()
+    })
+}
+
 /// The customers and orders of `source` marked deleted, as `customer <id>: <reason>` and
 /// `order <id>: <reason>`, in id order.
 #[expect(clippy::expect_used, reason = "test helper")]

@@ -351,6 +351,9 @@ impl Connector for Fxiaoke {
                 next: None,
             });
         }
+        if entity == Entity::Activities {
+            return Err(super::not_read(entity));
+        }
         let (what, object, mut fields) = match entity {
             Entity::Customers => (
                 "accounts",
@@ -493,7 +496,9 @@ impl Connector for Fxiaoke {
                     .apply(customer, |f| record.get(f))?;
                 Ok((Mapped::Customer(customer), changed))
             }
-            Entity::DeletedCustomers | Entity::DeletedOrders => Ok((Mapped::Ignored, changed)),
+            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::Activities => {
+                Ok((Mapped::Ignored, changed))
+            }
             Entity::Orders => {
                 let id = text_or_number_id(record, "_id")?;
                 let customer = match record.get("account_id") {

@@ -415,7 +415,7 @@ fn object_of(entity: Entity) -> (&'static str, &'static str) {
         Entity::Customers => ("companies", "companies"),
         Entity::DeletedCustomers => ("archived companies", "companies"),
         Entity::DeletedOrders => ("archived deals", "deals"),
-        Entity::Orders | Entity::Owners => ("deals", "deals"),
+        Entity::Orders | Entity::Owners | Entity::Activities => ("deals", "deals"),
     }
 }
 
@@ -542,6 +542,9 @@ impl Connector for Hubspot {
         }
         if matches!(entity, Entity::DeletedCustomers | Entity::DeletedOrders) {
             return self.archived_page(entity, cursor).await;
+        }
+        if entity == Entity::Activities {
+            return Err(super::not_read(entity));
         }
         let page = match (since, cursor) {
             (None, None) => self.list_page(entity, None).await?,

@@ -18,11 +18,13 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 use serde_json::Value;
-use tierwise_domain::{Customer, EmailAddress, ExternalId, Locale, Order, Owner, SourceName};
+use tierwise_domain::{
+    Activity, Customer, EmailAddress, ExternalId, Locale, Order, Owner, SourceName,
+};
 use tierwise_store::crm::{owner_emails, save_sync_state, sync_state};
 use tierwise_store::load::{
     CustomerRef, DeletableTable, LoadContext, LoadedTable, Staged, analyze_after_load,
-    load_customers, load_orders, load_owners, mark_deleted,
+    load_activities, load_customers, load_orders, load_owners, mark_deleted,
 };
 use tierwise_store::runs::{Reject, RunStatus, RunTotals, finish_import_run, insert_rejects};
 use tierwise_store::{Database, ImportRunId, StoreError};
@@ -195,6 +197,8 @@ pub enum Entity {
     Customers,
     /// Orders (won deals).
     Orders,
+    /// Contacts with customers: calls, visits, emails, meetings.
+    Activities,
     /// Customers the source lists as deleted or merged away (a listing of its own).
     DeletedCustomers,
     /// Orders the source lists as deleted (a listing of its own).
@@ -208,6 +212,7 @@ impl Entity {
             Self::Owners => "owners",
             Self::Customers => "customers",
             Self::Orders => "orders",
+            Self::Activities => "activities",
             Self::DeletedCustomers => "deleted_customers",
             Self::DeletedOrders => "deleted_orders",
         }
@@ -218,7 +223,7 @@ impl Entity {
         match self {
             Self::Customers | Self::DeletedCustomers => Some(DeletableTable::Customers),
             Self::Orders | Self::DeletedOrders => Some(DeletableTable::Orders),
-            Self::Owners => None,
+            Self::Owners | Self::Activities => None,
         }
     }
 }
@@ -241,6 +246,9 @@ pub enum Mapped {
     Customer(Customer),
     /// An order of a customer.
     Order(Order),
+    /// A contact with a customer; the customer must be imported already (an activity names no
+    /// more of it than its id), else the activity is rejected with its JSON.
+    Activity(Activity),
     /// Deleted or merged away at the source: marked in the store if held there.
     Deleted(Deleted),
     /// Read but not imported (a deal that is not won).
@@ -312,6 +320,15 @@ impl Lookups {
         })?;
         Ok(EmailAddress::parse(email)?)
     }
+}
+
+/// The error of a connector asked for an entity it does not read (its `entities` never lists
+/// it, so this is a programming error, said plainly).
+pub(crate) fn not_read(entity: Entity) -> CrmError {
+    CrmError::Setup(format!(
+        "this connector does not read {}",
+        entity.as_str()
+    ))
 }
 
 /// A record's field as text, when it is a JSON string.
@@ -656,6 +673,13 @@ async fn sync_entity<C: Connector>(
                             state.run_max_seen =
                                 Some(state.run_max_seen.map_or(changed, |m| m.max(changed)));
                         }
+                        if matches!(m, Mapped::Activity(_)) {
+                            // Kept until stored: the store may still refuse it.
+                            batch.raw.insert(
+                                batch.records.len(),
+                                (page_no, line, record.to_string()),
+                            );
+                        }
                         batch.records.push(Staged { line, record: m });
                     }
                     Err(why) => rejects.push(Reject {
@@ -728,6 +752,7 @@ async fn sync_entity<C: Connector>(
         Entity::Owners => LoadedTable::Owners,
         Entity::Customers | Entity::DeletedCustomers => LoadedTable::Customers,
         Entity::Orders | Entity::DeletedOrders => LoadedTable::Orders,
+        Entity::Activities => LoadedTable::Activities,
     };
     db.run(move |c| {
         finish_import_run(c, run, status, &totals, error.as_deref())?;
@@ -764,6 +789,8 @@ struct Target<'a> {
 #[derive(Default)]
 struct Batch {
     records: Vec<Staged<Mapped>>,
+    /// The page, line and JSON of records the store may refuse, by their index in `records`.
+    raw: HashMap<usize, (i64, u64, String)>,
     /// Rejects by origin (`pipedrive customers page 7`).
     rejects: Vec<(String, Vec<Reject>)>,
     pages: u64,
@@ -783,24 +810,46 @@ impl Batch {
         }
         let Batch {
             records,
-            rejects,
+            raw,
+            mut rejects,
             pages,
             read,
         } = std::mem::take(self);
-        let rejected: u64 = rejects.iter().map(|(_, r)| r.len() as u64).sum();
         let (source, run, locale) = (target.source.clone(), target.run, target.locale);
         let entity = target.entity;
         let saved = state.clone();
-        let loaded = target
+        let (loaded, rejected) = target
             .db
             .run(move |c| {
                 tierwise_store::transaction(c, |tx| {
                     let loaded = load_page(tx, &source, entity, run, locale, records)?;
+                    // Records the store refused (their customer is not imported) are rejects.
+                    for (index, customer) in &loaded.unknown_customers {
+                        let Some((page, line, json)) = raw.get(index) else {
+                            continue;
+                        };
+                        let origin = format!("{} {} page {page}", source.as_str(), entity.as_str());
+                        let reject = Reject {
+                            line: *line,
+                            field: None,
+                            reason: format!(
+                                "customer {customer} is not imported (rejected, or created after \
+                                 this run read the customers); run the import again with --full \
+                                 once it is"
+                            ),
+                            raw_record: json.clone(),
+                        };
+                        match rejects.iter_mut().find(|(o, _)| *o == origin) {
+                            Some((_, list)) => list.push(reject),
+                            None => rejects.push((origin, vec![reject])),
+                        }
+                    }
                     for (origin, rejects) in &rejects {
                         insert_rejects(tx, run, origin, rejects)?;
                     }
                     save_sync_state(tx, &saved)?;
-                    Ok(loaded)
+                    let rejected: u64 = rejects.iter().map(|(_, r)| r.len() as u64).sum();
+                    Ok((loaded, rejected))
                 })
             })
             .await?;
@@ -821,6 +870,8 @@ struct PageLoaded {
     written: u64,
     deleted: u64,
     customers_created: u64,
+    /// Records refused because their customer is unknown: index in the batch, customer id.
+    unknown_customers: Vec<(usize, String)>,
 }
 
 /// Loads a batch's records of `entity`.
@@ -845,8 +896,14 @@ fn load_page(
     };
     let (mut owners, mut customers, mut orders) = (Vec::new(), Vec::new(), Vec::new());
     let mut deleted = Vec::new();
-    for Staged { line, record } in mapped {
+    let mut activities = Vec::new();
+    for (index, Staged { line, record }) in mapped.into_iter().enumerate() {
         match record {
+            // Numbered by their place in the batch, so a refusal finds its JSON.
+            Mapped::Activity(a) => activities.push(Staged {
+                line: index as u64,
+                record: a,
+            }),
             Mapped::Owner(o) => owners.push(Staged { line, record: o }),
             Mapped::Customer(c) => customers.push(Staged { line, record: c }),
             Mapped::Order(o) => orders.push(Staged {
@@ -868,6 +925,18 @@ fn load_page(
         let outcome = load_orders(tx, &ctx, &orders)?;
         loaded.written += outcome.written;
         loaded.customers_created += outcome.customers_created;
+    }
+    if !activities.is_empty() {
+        let outcome = load_activities(tx, &ctx, &activities)?;
+        loaded.written += outcome.written;
+        for index in outcome.unknown_customer_lines {
+            let customer = activities
+                .iter()
+                .find(|a| a.line == index)
+                .map(|a| a.record.customer.as_str().to_owned())
+                .unwrap_or_default();
+            loaded.unknown_customers.push((index as usize, customer));
+        }
     }
     if let (Some(table), false) = (entity.deletes_from(), deleted.is_empty()) {
         // A deletion without a time is dated by the run that learned of it.

@@ -1,19 +1,22 @@
 //! Pipedrive: users are owners (`GET /v1/users`), organisations are customers and won deals
 //! are orders (`GET /api/v2/organizations|deals`, cursor paging, `updated_since`); deals listed
-//! with `status=deleted` mark their orders deleted. The API
+//! with `status=deleted` mark their orders deleted; done activities of the configured types
+//! (`/api/v2/activities`) are calls, visits, emails and meetings. The API
 //! token travels in the `x-api-token` header, never in a URL. Throttling (429) waits for
 //! `Retry-After` or `x-ratelimit-reset`; a spent daily token budget
 //! (`x-daily-ratelimit-token-remaining: 0`) stops the run cleanly; a 403 after 429s is a hard
 //! stop, never retried into.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tierwise_domain::{
-    Contact, Currency, Customer, EmailAddress, ExternalId, Locale, Money, Order, Owner, SourceName,
+    Activity, ActivityKind, Contact, Currency, Customer, EmailAddress, ExternalId, Locale, Money,
+    Order, Owner, SourceName,
 };
 
 use super::http::{Attempt, Http, HttpSettings, header_number, retry_after, transport_error};
@@ -40,6 +43,9 @@ pub struct PipedriveSettings {
     pub cost_field: Option<String>,
     /// Custom organization fields to import, by field key (`[crm.pipedrive.customer_fields]`).
     pub customer_fields: CustomerFields,
+    /// Which activity types (their `key_string`, Settings → Activities) count as which contact:
+    /// call, visit, email or meeting. Done activities of other types are not contacts.
+    pub activity_kinds: BTreeMap<String, String>,
     /// Timeouts and retries.
     pub http: HttpSettings,
 }
@@ -53,6 +59,15 @@ impl Default for PipedriveSettings {
             page_size: 500,
             cost_field: None,
             customer_fields: CustomerFields::default(),
+            activity_kinds: [
+                ("call", "call"),
+                ("meeting", "meeting"),
+                ("email", "email"),
+                ("visit", "visit"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
             http: HttpSettings::default(),
         }
     }
@@ -77,6 +92,14 @@ impl Pipedrive {
             return Err(CrmError::Setup(
                 "pipedrive: no API token; set TIERWISE__CRM__PIPEDRIVE__API_TOKEN".into(),
             ));
+        }
+        for (key, kind) in &settings.activity_kinds {
+            ActivityKind::parse(kind).map_err(|e| {
+                CrmError::Setup(format!(
+                    "crm.pipedrive.activity_kinds.{key}: {}",
+                    e.reason
+                ))
+            })?;
         }
         if !(1..=500).contains(&settings.page_size) {
             return Err(CrmError::Setup(format!(
@@ -234,6 +257,7 @@ impl Connector for Pipedrive {
         let (what, path) = match entity {
             Entity::Customers => ("organizations", "/api/v2/organizations"),
             Entity::DeletedOrders => ("deleted deals", "/api/v2/deals"),
+            Entity::Activities => ("activities", "/api/v2/activities"),
             _ => ("deals", "/api/v2/deals"),
         };
         // Ordered by id (stable while records change); changed ones by `updated_since`.
@@ -279,6 +303,7 @@ impl Connector for Pipedrive {
                 };
                 Ok((Mapped::Deleted(deleted), changed))
             }
+            Entity::Activities => self.map_activity(record, lookups),
             // Pipedrive does not list deleted organisations.
             Entity::DeletedCustomers => Ok((Mapped::Ignored, None)),
         }
@@ -289,8 +314,69 @@ impl Connector for Pipedrive {
             Entity::Owners,
             Entity::Customers,
             Entity::Orders,
+            Entity::Activities,
             Entity::DeletedOrders,
         ]
+    }
+}
+
+impl Pipedrive {
+    /// A done activity of a configured type with an organisation is a contact; planned ones,
+    /// other types and activities with a person alone are not.
+    fn map_activity(
+        &self,
+        record: &Value,
+        lookups: &Lookups,
+    ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+        let changed = time(record, "update_time")?;
+        let kind = text(record, "type").and_then(|t| self.settings.activity_kinds.get(t));
+        let done = record.get("done").and_then(Value::as_bool) == Some(true);
+        let deleted = record.get("is_deleted").and_then(Value::as_bool) == Some(true);
+        let (Some(kind), true, false) = (kind, done, deleted) else {
+            return Ok((Mapped::Ignored, changed));
+        };
+        let customer = match record.get("org_id") {
+            Some(Value::Null) | None => return Ok((Mapped::Ignored, changed)),
+            Some(_) => id_of(record, "org_id")?,
+        };
+        let kind = ActivityKind::parse(kind)?;
+        // When it was marked done; else when it was due (a day, perhaps with a time).
+        let occurred_at = match time(record, "marked_as_done_time")? {
+            Some(t) => t,
+            None => {
+                let day = text(record, "due_date")
+                    .ok_or_else(|| Unmappable::field("due_date", "is missing on a done activity"))?;
+                let day = super::iso_date("due_date", day)?;
+                // v2 writes `15:00:00`, v1 wrote `15:00`; an activity may have no time.
+                let at = text(record, "due_time")
+                    .and_then(|t| {
+                        chrono::NaiveTime::parse_from_str(t, "%H:%M:%S")
+                            .or_else(|_| chrono::NaiveTime::parse_from_str(t, "%H:%M"))
+                            .ok()
+                    })
+                    .unwrap_or_default();
+                day.and_time(at).and_utc()
+            }
+        };
+        // A user who is not among the imported ones leaves the contact without an owner.
+        let owner_email = match record.get("owner_id") {
+            Some(Value::Null) | None => None,
+            Some(_) => lookups
+                .owner_email("owner_id", &id_of(record, "owner_id")?)
+                .ok(),
+        };
+        let note = text(record, "subject")
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_owned);
+        let activity = Activity {
+            external_id: id_of(record, "id")?,
+            customer,
+            owner_email,
+            kind,
+            occurred_at,
+            note,
+        };
+        Ok((Mapped::Activity(activity), changed))
     }
 }
 

@@ -328,8 +328,9 @@ impl Salesforce {
                 }
                 (fields, "Opportunity", Some("IsWon = true"))
             }
-            // Deletions come with the records (queryAll): never asked for on their own.
-            Entity::DeletedCustomers | Entity::DeletedOrders => {
+            // Deletions come with the records (queryAll): never asked for on their own; nor are
+            // activities read yet.
+            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::Activities => {
                 ("Id".to_owned(), "Account", Some("IsDeleted = true"))
             }
         };
@@ -456,6 +457,7 @@ impl Connector for Salesforce {
             Entity::Owners => "users",
             Entity::Customers | Entity::DeletedCustomers => "accounts",
             Entity::Orders | Entity::DeletedOrders => "opportunities",
+            Entity::Activities => return Err(super::not_read(entity)),
         };
         let first = self.first_page_path(entity, since);
         // A cursor is the `nextRecordsUrl` Salesforce gave; only a path on the instance.
@@ -575,7 +577,9 @@ impl Connector for Salesforce {
                     .apply(customer, |f| record.get(f))?;
                 Ok((Mapped::Customer(customer), changed))
             }
-            Entity::DeletedCustomers | Entity::DeletedOrders => Ok((Mapped::Ignored, changed)),
+            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::Activities => {
+                Ok((Mapped::Ignored, changed))
+            }
             Entity::Orders => {
                 if record.get("IsWon").and_then(Value::as_bool) != Some(true) {
                     return Ok((Mapped::Ignored, changed));

@@ -365,6 +365,7 @@ impl Connector for Zoho {
             Entity::DeletedOrders => {
                 Some(("deleted deals", "/Deals/deleted", "all", "data", since))
             }
+            Entity::Activities => return Err(super::not_read(entity)),
             Entity::Customers | Entity::Orders => None,
         };
         if let Some((what, path, kind, key, since)) = numbered {
@@ -457,6 +458,7 @@ impl Connector for Zoho {
         lookups: &Lookups,
     ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         match entity {
+            Entity::Activities => Ok((Mapped::Ignored, None)),
             Entity::DeletedCustomers | Entity::DeletedOrders => {
                 let at = time(record, "deleted_time")?;
                 let reason = match text(record, "type") {
