@@ -233,7 +233,8 @@ fn seeded() -> Source {
             _ => json!(id),
         };
         let done = id % 4 != 0;
-        let marked = (done && id % 3 != 0).then(|| format!("2024-04-{:02}T09:{:02}:00Z", 1 + id % 28, id % 60));
+        let marked = (done && id % 3 != 0)
+            .then(|| format!("2024-04-{:02}T09:{:02}:00Z", 1 + id % 28, id % 60));
         s.activities.insert(id, json!({"id": id, "subject": format!("Contact {id}"), "type": kind,
             "owner_id": 11 + id % 3, "org_id": org, "person_id": 500 + id, "done": done,
             "due_date": format!("2024-04-{:02}", 1 + id % 28), "due_time": if id % 2 == 0 { json!("14:30:00") } else { Value::Null },
@@ -246,8 +247,15 @@ fn seeded() -> Source {
 /// The activities the store must hold: done contacts of a known kind on an imported
 /// organisation, at the time marked done or else when due.
 fn expected_activities(source: &Source) -> Vec<String> {
-    let emails: BTreeMap<i64, String> = source.users.iter()
-        .map(|u| (u["id"].as_i64().unwrap(), u["email"].as_str().unwrap().to_owned()))
+    let emails: BTreeMap<i64, String> = source
+        .users
+        .iter()
+        .map(|u| {
+            (
+                u["id"].as_i64().unwrap(),
+                u["email"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     let mut out = Vec::new();
     for a in source.activities.values() {
@@ -258,11 +266,20 @@ fn expected_activities(source: &Source) -> Vec<String> {
         }
         let at = match a["marked_as_done_time"].as_str() {
             Some(t) => chrono::DateTime::parse_from_rfc3339(t).unwrap().naive_utc(),
-            None => chrono::NaiveDate::parse_from_str(a["due_date"].as_str().unwrap(), "%Y-%m-%d").unwrap()
-                .and_time(a["due_time"].as_str().map_or(chrono::NaiveTime::MIN, |t| chrono::NaiveTime::parse_from_str(t, "%H:%M:%S").unwrap())),
+            None => chrono::NaiveDate::parse_from_str(a["due_date"].as_str().unwrap(), "%Y-%m-%d")
+                .unwrap()
+                .and_time(a["due_time"].as_str().map_or(chrono::NaiveTime::MIN, |t| {
+                    chrono::NaiveTime::parse_from_str(t, "%H:%M:%S").unwrap()
+                })),
         };
-        let row = (a["id"].to_string(), org.unwrap().to_string(), emails.get(&a["owner_id"].as_i64().unwrap()).cloned(),
-            kind.to_owned(), at, a["subject"].as_str().map(str::to_owned));
+        let row = (
+            a["id"].to_string(),
+            org.unwrap().to_string(),
+            emails.get(&a["owner_id"].as_i64().unwrap()).cloned(),
+            kind.to_owned(),
+            at,
+            a["subject"].as_str().map(str::to_owned),
+        );
         out.push((a["id"].to_string(), format!("activity {row:?}")));
     }
     out.sort();

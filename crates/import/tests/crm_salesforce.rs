@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 use tierwise_import::crm::salesforce::{Salesforce, SalesforceSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
-use tierwise_store::testing::{TestDb, assert_same_rows, deleted_snapshot, source_snapshot};
+use tierwise_store::testing::{
+    TestDb, activity_snapshot, assert_same_rows, deleted_snapshot, source_snapshot,
+};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 mod support;
@@ -48,6 +50,8 @@ struct Source {
     users: Vec<Value>,
     accounts: Vec<Value>,
     opportunities: Vec<Value>,
+    tasks: Vec<Value>,
+    events: Vec<Value>,
     live_tokens: Vec<String>,
     minted: u32,
     /// End every live session after this many more query calls.
@@ -80,15 +84,30 @@ fn run_soql(s: &Source, soql: &str, with_deleted: bool) -> Vec<Value> {
         .split(' ')
         .next()
         .unwrap();
-    let since = soql
-        .split("SystemModstamp >= ")
-        .nth(1)
-        .map(|rest| chrono::DateTime::parse_from_rfc3339(rest.split(' ').next().unwrap()).unwrap());
+    let literal = |after: &str| {
+        soql.split(after).nth(1).map(|rest| {
+            let value = rest.split([' ', ')']).next().unwrap();
+            chrono::DateTime::parse_from_rfc3339(value).unwrap()
+        })
+    };
+    let since = literal("SystemModstamp >= ");
+    let started_by = literal("StartDateTime <= ");
+    // Events also match when they started since the watermark.
+    let or_started = soql.contains("OR StartDateTime >= ");
     let records = match object {
         "User" => &s.users,
         "Account" => &s.accounts,
         "Opportunity" => &s.opportunities,
+        "Task" => &s.tasks,
+        "Event" => &s.events,
         other => panic!("unexpected object {other}"),
+    };
+    let start = |r: &Value| {
+        chrono::DateTime::parse_from_str(
+            r["StartDateTime"].as_str().unwrap(),
+            "%Y-%m-%dT%H:%M:%S%.f%z",
+        )
+        .unwrap()
     };
     let stamp = |r: &Value| {
         chrono::DateTime::parse_from_str(
@@ -100,7 +119,12 @@ fn run_soql(s: &Source, soql: &str, with_deleted: bool) -> Vec<Value> {
     let mut matching: Vec<Value> = records
         .iter()
         .filter(|r| with_deleted || r["IsDeleted"] != true)
-        .filter(|r| since.is_none_or(|since| stamp(r) >= since))
+        .filter(|r| {
+            since.is_none_or(|since| stamp(r) >= since || (or_started && start(r) >= since))
+        })
+        .filter(|r| started_by.is_none_or(|by| start(r) <= by))
+        .filter(|r| !soql.contains("IsClosed = true") || r["IsClosed"] == true)
+        .filter(|r| !soql.contains("IsDeleted = false") || r["IsDeleted"] != true)
         .filter(|r| !soql.contains("IsWon = true") || r["IsWon"] == true)
         .cloned()
         .collect();
@@ -411,9 +435,9 @@ backend_tests! {
         let s = harness.source.lock().unwrap();
         assert_same_rows(&snapshot(&db), &expected(&s), "the store equals the source");
         assert_eq!(s.minted, 2, "one session, renewed once when it ended");
-        // Users 1, accounts 3 pages + 3 failed tries (503, cut-off, too slow), opportunities 2:
-        // the slow answer was abandoned and asked again.
-        assert_eq!(s.calls, 9);
+        // Users 1, accounts 3 pages + 3 failed tries (503, cut-off, too slow), opportunities 2,
+        // activities 2 (Tasks, then Events): the slow answer was abandoned and asked again.
+        assert_eq!(s.calls, 11);
         assert_eq!(report.rejected(), 2, "{report:?}");
         let customers = &report.entities[1];
         let rejects = tierwise_store::runs::rejects_of_run(&mut db.conn(), customers.run.unwrap(), 10).unwrap();
@@ -474,7 +498,7 @@ backend_tests! {
         }
         let report = harness.sync(&db, &SyncOptions::default()).unwrap();
         let marked: Vec<u64> = report.entities.iter().map(|e| e.deleted).collect();
-        assert_eq!(marked, [0, 2, 1], "{report:?}");
+        assert_eq!(marked, [0, 2, 1, 0], "{report:?}");
         assert_eq!(
             deleted_snapshot(&mut db.conn(), "salesforce"),
             [
@@ -486,6 +510,60 @@ backend_tests! {
         let s = harness.source.lock().unwrap();
         assert_same_rows(&snapshot(&db), &expected(&s), "live rows after deletions");
         assert!(s.soql_seen.iter().all(|q| !q.contains("FROM Account") || q.contains("IsDeleted")), "{:?}", s.soql_seen);
+    }
+
+    fn closed_call_and_email_tasks_and_past_events_are_contacts(db) {
+        let harness = Harness::new(seeded());
+        let account = |i: u32| format!("001xx{i:013}");
+        {
+            let mut s = harness.source.lock().unwrap();
+            let owner = s.users[0]["Id"].clone();
+            let task = |id: &str, account: Value, subtype: &str, closed: bool, completed: Value, deleted: bool| {
+                json!({"attributes": {"type": "Task"}, "Id": id, "AccountId": account, "OwnerId": owner,
+                    "Subject": format!("Task {id}"), "TaskSubtype": subtype, "IsClosed": closed,
+                    "ActivityDate": "2024-05-03", "CompletedDateTime": completed, "IsDeleted": deleted,
+                    "SystemModstamp": at(5, 10)})
+            };
+            s.tasks = vec![
+                task("00Txx0000000001", json!(account(1)), "Call", true, json!("2024-05-03T08:15:00.000+0000"), false),
+                task("00Txx0000000002", json!(account(2)), "Email", true, Value::Null, false),
+                task("00Txx0000000003", json!(account(3)), "Call", false, Value::Null, false),
+                task("00Txx0000000004", json!(account(4)), "Task", true, Value::Null, false),
+                task("00Txx0000000005", Value::Null, "Call", true, Value::Null, false),
+                task("00Txx0000000006", json!(account(6)), "Call", true, Value::Null, true),
+            ];
+            let event = |id: &str, account: u32, start: &str| {
+                json!({"attributes": {"type": "Event"}, "Id": id, "AccountId": format!("001xx{account:013}"),
+                    "OwnerId": owner, "Subject": format!("Visit {id}"), "StartDateTime": start,
+                    "IsDeleted": false, "SystemModstamp": at(5, 20)})
+            };
+            s.events = vec![
+                event("00Uxx0000000001", 7, "2024-05-10T02:00:00.000+0000"),
+                event("00Uxx0000000002", 8, "2099-01-01T02:00:00.000+0000"),
+            ];
+        }
+        let report = harness.sync(&db, &SyncOptions::default()).unwrap();
+        let activities = report.entities.iter().find(|e| e.entity == "activities").unwrap();
+        // Read: the four closed, undeleted tasks and the past event; three are contacts.
+        assert_eq!((activities.records, activities.written, activities.rejected), (5, 3, 0), "{report:?}");
+        let row = |id: &str, account: u32, kind: &str, at: &str, note: &str| {
+            let at = chrono::NaiveDateTime::parse_from_str(at, "%Y-%m-%d %H:%M").unwrap();
+            format!("activity {:?}", (id.to_owned(), format!("001xx{account:013}"), Some("li.wei@example.com".to_owned()), kind.to_owned(), at, Some(note.to_owned())))
+        };
+        assert_eq!(activity_snapshot(&mut db.conn(), "salesforce"), [
+            row("00Txx0000000001", 1, "call", "2024-05-03 08:15", "Task 00Txx0000000001"),
+            row("00Txx0000000002", 2, "email", "2024-05-03 00:00", "Task 00Txx0000000002"),
+            row("00Uxx0000000001", 7, "meeting", "2024-05-10 02:00", "Visit 00Uxx0000000001"),
+        ]);
+        // The planned event takes place: it has not changed, yet the next run reads it because
+        // it started since the watermark.
+        harness.source.lock().unwrap().events[1]["StartDateTime"] = json!("2026-01-05T03:00:00.000+0000");
+        harness.sync(&db, &SyncOptions::default()).unwrap();
+        let stored = activity_snapshot(&mut db.conn(), "salesforce");
+        assert_eq!(stored.len(), 4, "{stored:?}");
+        assert_eq!(stored[3], row("00Uxx0000000002", 8, "meeting", "2026-01-05 03:00", "Visit 00Uxx0000000002"));
+        let soql = harness.source.lock().unwrap().soql_seen.clone();
+        assert!(soql.iter().any(|q| q.contains("FROM Task") && q.contains("IsClosed = true")), "{soql:?}");
     }
 
     fn a_resumed_run_whose_locator_expired_reads_again_and_ends_the_same(db) {

@@ -325,10 +325,7 @@ impl Lookups {
 /// The error of a connector asked for an entity it does not read (its `entities` never lists
 /// it, so this is a programming error, said plainly).
 pub(crate) fn not_read(entity: Entity) -> CrmError {
-    CrmError::Setup(format!(
-        "this connector does not read {}",
-        entity.as_str()
-    ))
+    CrmError::Setup(format!("this connector does not read {}", entity.as_str()))
 }
 
 /// A record's field as text, when it is a JSON string.
@@ -675,10 +672,9 @@ async fn sync_entity<C: Connector>(
                         }
                         if matches!(m, Mapped::Activity(_)) {
                             // Kept until stored: the store may still refuse it.
-                            batch.raw.insert(
-                                batch.records.len(),
-                                (page_no, line, record.to_string()),
-                            );
+                            batch
+                                .raw
+                                .insert(batch.records.len(), (page_no, line, record.to_string()));
                         }
                         batch.records.push(Staged { line, record: m });
                     }

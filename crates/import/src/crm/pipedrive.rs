@@ -95,10 +95,7 @@ impl Pipedrive {
         }
         for (key, kind) in &settings.activity_kinds {
             ActivityKind::parse(kind).map_err(|e| {
-                CrmError::Setup(format!(
-                    "crm.pipedrive.activity_kinds.{key}: {}",
-                    e.reason
-                ))
+                CrmError::Setup(format!("crm.pipedrive.activity_kinds.{key}: {}", e.reason))
             })?;
         }
         if !(1..=500).contains(&settings.page_size) {
@@ -344,8 +341,9 @@ impl Pipedrive {
         let occurred_at = match time(record, "marked_as_done_time")? {
             Some(t) => t,
             None => {
-                let day = text(record, "due_date")
-                    .ok_or_else(|| Unmappable::field("due_date", "is missing on a done activity"))?;
+                let day = text(record, "due_date").ok_or_else(|| {
+                    Unmappable::field("due_date", "is missing on a done activity")
+                })?;
                 let day = super::iso_date("due_date", day)?;
                 // v2 writes `15:00:00`, v1 wrote `15:00`; an activity may have no time.
                 let at = text(record, "due_time")

@@ -14,12 +14,13 @@
 
 use std::cell::{Cell, RefCell};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tierwise_domain::{
-    Currency, Customer, EmailAddress, ExternalId, Locale, Money, Order, Owner, SourceName,
+    Activity, ActivityKind, Currency, Customer, EmailAddress, ExternalId, Locale, Money, Order,
+    Owner, SourceName,
 };
 
 use super::http::{Attempt, Http, HttpSettings, transport_error};
@@ -61,6 +62,9 @@ pub struct SalesforceSettings {
     /// Stop the run (cleanly, resumed next time) once the org's daily API allocation is used
     /// past this percentage.
     pub max_api_usage_percent: f64,
+    /// What a past Event counts as: `meeting` (the default) or `visit` where the team logs
+    /// customer visits as events. Closed Tasks of subtype Call or Email are calls and emails.
+    pub event_kind: String,
     /// Timeouts and retries.
     pub http: HttpSettings,
 }
@@ -80,6 +84,7 @@ impl Default for SalesforceSettings {
             cost_field: None,
             customer_fields: CustomerFields::default(),
             max_api_usage_percent: 80.0,
+            event_kind: "meeting".into(),
             http: HttpSettings::default(),
         }
     }
@@ -111,6 +116,8 @@ impl std::fmt::Debug for Salesforce {
 }
 
 const SOURCE: &str = "salesforce";
+/// Marks an activities position inside the Events query.
+const EVENTS: &str = "events:";
 const CREDENTIALS: &str = "[crm.salesforce] client_id and login_url, \
      TIERWISE__CRM__SALESFORCE__CLIENT_SECRET and TIERWISE__CRM__SALESFORCE__REFRESH_TOKEN";
 
@@ -132,6 +139,8 @@ impl Salesforce {
                 "salesforce: credentials missing; set {CREDENTIALS}"
             )));
         }
+        ActivityKind::parse(&settings.event_kind)
+            .map_err(|e| CrmError::Setup(format!("crm.salesforce.event_kind: {}", e.reason)))?;
         if !(200..=2000).contains(&settings.batch_size) {
             return Err(CrmError::Setup(format!(
                 "crm.salesforce.batch_size: {} is outside 200..=2000",
@@ -351,6 +360,45 @@ impl Salesforce {
         soql
     }
 
+    /// The SOQL reading activities: closed Tasks changed since `since`, or Events that have
+    /// started by `now` and either changed since `since` or started since then (an event
+    /// planned long ago becomes a contact when it takes place, without changing).
+    fn activity_soql(events: bool, since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+        let stamp = |t: DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let mut soql = if events {
+            format!(
+                "SELECT Id, AccountId, OwnerId, Subject, StartDateTime, SystemModstamp, IsDeleted \
+                 FROM Event WHERE IsDeleted = false AND StartDateTime <= {}",
+                stamp(now)
+            )
+        } else {
+            "SELECT Id, AccountId, OwnerId, Subject, TaskSubtype, ActivityDate, \
+             CompletedDateTime, SystemModstamp, IsDeleted FROM Task WHERE IsDeleted = false \
+             AND IsClosed = true"
+                .to_owned()
+        };
+        if let Some(since) = since {
+            let since = stamp(since);
+            if events {
+                soql.push_str(&format!(
+                    " AND (SystemModstamp >= {since} OR StartDateTime >= {since})"
+                ));
+            } else {
+                soql.push_str(&format!(" AND SystemModstamp >= {since}"));
+            }
+        }
+        soql.push_str(" ORDER BY SystemModstamp, Id");
+        soql
+    }
+
+    fn query_path(&self, resource: &str, soql: &str) -> String {
+        let query: String = url::form_urlencoded::byte_serialize(soql.as_bytes()).collect();
+        format!(
+            "/services/data/{}/{resource}?q={query}",
+            self.settings.api_version
+        )
+    }
+
     fn first_page_path(&self, entity: Entity, since: Option<DateTime<Utc>>) -> String {
         let query: String =
             url::form_urlencoded::byte_serialize(self.soql(entity, since).as_bytes()).collect();
@@ -444,6 +492,15 @@ impl Connector for Salesforce {
         &self.source
     }
 
+    fn entities(&self) -> Vec<Entity> {
+        vec![
+            Entity::Owners,
+            Entity::Customers,
+            Entity::Orders,
+            Entity::Activities,
+        ]
+    }
+
     async fn page(
         &self,
         entity: Entity,
@@ -457,9 +514,18 @@ impl Connector for Salesforce {
             Entity::Owners => "users",
             Entity::Customers | Entity::DeletedCustomers => "accounts",
             Entity::Orders | Entity::DeletedOrders => "opportunities",
-            Entity::Activities => return Err(super::not_read(entity)),
+            Entity::Activities => "activities",
         };
-        let first = self.first_page_path(entity, since);
+        // Activities are two queries, Tasks then Events; an Event position is marked.
+        let events = cursor.is_some_and(|c| c.starts_with(EVENTS));
+        let cursor = cursor
+            .map(|c| c.trim_start_matches(EVENTS))
+            .filter(|c| !c.is_empty());
+        let first = if entity == Entity::Activities {
+            self.query_path("queryAll", &Self::activity_soql(events, since, Utc::now()))
+        } else {
+            self.first_page_path(entity, since)
+        };
         // A cursor is the `nextRecordsUrl` Salesforce gave; only a path on the instance.
         let path = match cursor {
             Some(next) if next.starts_with("/services/data/") => next.to_owned(),
@@ -507,7 +573,10 @@ impl Connector for Salesforce {
             .unwrap_or_default();
         let done = body.get("done").and_then(Value::as_bool).unwrap_or(true);
         let next = match (done, body.get("nextRecordsUrl").and_then(Value::as_str)) {
+            // The Tasks are read: the Events next.
+            (true, _) if entity == Entity::Activities && !events => Some(EVENTS.to_owned()),
             (true, _) => None,
+            (false, Some(url)) if events => Some(format!("{EVENTS}{url}")),
             (false, Some(url)) => Some(url.to_owned()),
             (false, None) => {
                 return Err(CrmError::Http {
@@ -528,9 +597,8 @@ impl Connector for Salesforce {
         lookups: &Lookups,
     ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         let changed = time(record, "SystemModstamp")?;
-        if entity != Entity::Owners
-            && record.get("IsDeleted").and_then(Value::as_bool) == Some(true)
-        {
+        let deletable = matches!(entity, Entity::Customers | Entity::Orders);
+        if deletable && record.get("IsDeleted").and_then(Value::as_bool) == Some(true) {
             let reason = match record.get("MasterRecordId").and_then(Value::as_str) {
                 Some(master) => format!("merged into {master} in salesforce"),
                 None => "deleted in salesforce".to_owned(),
@@ -577,9 +645,8 @@ impl Connector for Salesforce {
                     .apply(customer, |f| record.get(f))?;
                 Ok((Mapped::Customer(customer), changed))
             }
-            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::Activities => {
-                Ok((Mapped::Ignored, changed))
-            }
+            Entity::Activities => self.map_activity(record, lookups, changed),
+            Entity::DeletedCustomers | Entity::DeletedOrders => Ok((Mapped::Ignored, changed)),
             Entity::Orders => {
                 if record.get("IsWon").and_then(Value::as_bool) != Some(true) {
                     return Ok((Mapped::Ignored, changed));
@@ -614,6 +681,67 @@ impl Connector for Salesforce {
                 ))
             }
         }
+    }
+}
+
+impl Salesforce {
+    /// A closed Task of subtype Call or Email, or a past Event, on an account is a contact;
+    /// other tasks, deleted ones and those without an account are not.
+    fn map_activity(
+        &self,
+        record: &Value,
+        lookups: &Lookups,
+        changed: Option<DateTime<Utc>>,
+    ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+        let is_event = record.pointer("/attributes/type").and_then(Value::as_str) == Some("Event");
+        let deleted = record.get("IsDeleted").and_then(Value::as_bool) == Some(true);
+        let Some(Value::String(_)) = record.get("AccountId") else {
+            return Ok((Mapped::Ignored, changed));
+        };
+        if deleted {
+            return Ok((Mapped::Ignored, changed));
+        }
+        let (kind, occurred_at) = if is_event {
+            let start = time(record, "StartDateTime")?
+                .ok_or_else(|| Unmappable::field("StartDateTime", "is missing on an event"))?;
+            (ActivityKind::parse(&self.settings.event_kind)?, start)
+        } else {
+            let kind = match text(record, "TaskSubtype") {
+                Some("Call") => ActivityKind::Call,
+                Some("Email" | "ListEmail" | "List Email") => ActivityKind::Email,
+                _ => return Ok((Mapped::Ignored, changed)),
+            };
+            // When it was completed; else its due day.
+            let at = match time(record, "CompletedDateTime")? {
+                Some(t) => t,
+                None => {
+                    let day = text(record, "ActivityDate").ok_or_else(|| {
+                        Unmappable::field("ActivityDate", "is missing on a closed task")
+                    })?;
+                    iso_date("ActivityDate", day)?
+                        .and_time(NaiveTime::MIN)
+                        .and_utc()
+                }
+            };
+            (kind, at)
+        };
+        let owner_email = match record.get("OwnerId") {
+            Some(Value::String(_)) => lookups
+                .owner_email("OwnerId", &id_of(record, "OwnerId")?)
+                .ok(),
+            _ => None,
+        };
+        let activity = Activity {
+            external_id: id_of(record, "Id")?,
+            customer: id_of(record, "AccountId")?,
+            owner_email,
+            kind,
+            occurred_at,
+            note: text(record, "Subject")
+                .filter(|s| !s.trim().is_empty())
+                .map(str::to_owned),
+        };
+        Ok((Mapped::Activity(activity), changed))
     }
 }
 
