@@ -346,6 +346,7 @@ pub fn source_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
 /// The activities of `source` by content: `activity (id, customer id, owner email, kind,
 /// occurred at, note)`, in id order.
 #[expect(clippy::expect_used, reason = "test helper")]
+#[expect(clippy::type_complexity, reason = "one tuple per activity, used once")]
 pub fn activity_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
     with_backend!(conn, c => {
         let rows: Vec<(String, String, Option<String>, String, chrono::NaiveDateTime, Option<String>)> = activities::table
