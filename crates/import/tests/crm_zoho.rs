@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use tierwise_import::crm::zoho::{Zoho, ZohoSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
-use tierwise_store::testing::{TestDb, assert_same_rows, deleted_snapshot, source_snapshot};
+use tierwise_store::testing::{
+    TestDb, activity_snapshot, assert_same_rows, deleted_snapshot, source_snapshot,
+};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 mod support;
@@ -44,6 +46,7 @@ struct Source {
     users: Vec<Value>,
     accounts: Vec<Value>,
     deals: Vec<Value>,
+    calls: Vec<Value>,
     /// Tokens currently accepted.
     live_tokens: Vec<String>,
     minted: u32,
@@ -166,10 +169,10 @@ impl Respond for FakeZoho {
             Some(Fault::Slow) => delay = SLOW,
             None => {}
         }
-        let records = if path == "/crm/v8/Deals" {
-            &s.deals
-        } else {
-            &s.accounts
+        let records = match path.as_str() {
+            "/crm/v8/Deals" => &s.deals,
+            "/crm/v8/Calls" => &s.calls,
+            _ => &s.accounts,
         };
         let since = since.map(|t| chrono::DateTime::parse_from_rfc3339(&t).unwrap());
         let mut matching: Vec<&Value> = records
@@ -454,7 +457,10 @@ backend_tests! {
                 "deleted_time": "2024-05-27T11:00:00+08:00", "module": "Deals"}));
         }
         let report = harness.sync(&db).unwrap();
-        let marked: Vec<(&str, u64)> = report.entities.iter().skip(3).map(|e| (e.entity, e.deleted)).collect();
+        let marked: Vec<(&str, u64)> = report.entities.iter()
+            .filter(|e| e.entity.starts_with("deleted_"))
+            .map(|e| (e.entity, e.deleted))
+            .collect();
         assert_eq!(marked, [("deleted_customers", 2), ("deleted_orders", 1)], "{report:?}");
         assert_eq!(
             deleted_snapshot(&mut db.conn(), "zoho"),
@@ -473,6 +479,41 @@ backend_tests! {
             harness.source.lock().unwrap().deleted_since_seen,
             [Some("2024-05-27T01:55:00+00:00".to_owned()), Some("2024-05-27T02:55:00+00:00".to_owned())]
         );
+    }
+
+    fn calls_that_took_place_on_an_account_are_contacts(db) {
+        let harness = Harness::new(seeded());
+        {
+            let mut s = harness.source.lock().unwrap();
+            let call = |id: &str, module: &str, what: &str, kind: &str, status: Value, start: &str| {
+                json!({"id": id, "Subject": format!("Call {id}"), "Call_Type": kind, "Outgoing_Call_Status": status,
+                    "Call_Start_Time": start, "$se_module": module, "What_Id": {"name": "x", "id": what},
+                    "Owner": {"name": "x", "id": "9002", "email": "wang.fang@example.com"},
+                    "Modified_Time": "2024-05-06T10:00:00+08:00"})
+            };
+            s.calls = vec![
+                call("6660000000001", "Accounts", "4876876000000000001", "Outbound", json!("Completed"), "2024-05-03T10:30:00+08:00"),
+                call("6660000000002", "Accounts", "4876876000000000002", "Inbound", Value::Null, "2024-05-04T09:00:00+08:00"),
+                call("6660000000003", "Accounts", "4876876000000000003", "Missed", Value::Null, "2024-05-04T09:00:00+08:00"),
+                call("6660000000004", "Accounts", "4876876000000000004", "Outbound", json!("Scheduled"), "2099-05-04T09:00:00+08:00"),
+                call("6660000000005", "Deals", "5550000000005", "Outbound", json!("Completed"), "2024-05-04T09:00:00+08:00"),
+                call("6660000000006", "Accounts", "4876876000099999999", "Outbound", json!("Completed"), "2024-05-05T09:00:00+08:00"),
+            ];
+        }
+        let report = harness.sync(&db).unwrap();
+        let calls = report.entities.iter().find(|e| e.entity == "activities").unwrap();
+        assert_eq!((calls.records, calls.written, calls.rejected), (6, 2, 1), "{report:?}");
+        let row = |id: &str, account: &str, at: &str| {
+            let at = chrono::NaiveDateTime::parse_from_str(at, "%Y-%m-%d %H:%M").unwrap();
+            format!("activity {:?}", (id.to_owned(), account.to_owned(), Some("wang.fang@example.com".to_owned()), "call".to_owned(), at, Some(format!("Call {id}"))))
+        };
+        // Stored in UTC.
+        assert_eq!(activity_snapshot(&mut db.conn(), "zoho"), [
+            row("6660000000001", "4876876000000000001", "2024-05-03 02:30"),
+            row("6660000000002", "4876876000000000002", "2024-05-04 01:00"),
+        ]);
+        let rejects = tierwise_store::runs::rejects_of_run(&mut db.conn(), calls.run.unwrap(), 10).unwrap();
+        assert!(rejects[0].reason.contains("customer 4876876000099999999 is not imported"), "{rejects:?}");
     }
 
     fn a_refused_refresh_token_says_what_to_fix_and_shows_no_secret(db) {

@@ -4,7 +4,8 @@
 //! 10 per 10 minutes), refreshed a minute early, and refreshed once more when the API answers
 //! `INVALID_TOKEN`. Paging follows `page_token` (pages past 2,000 records need it), changes come
 //! from `If-Modified-Since`, and 204/304 mean an empty page. Zoho sends no `Retry-After` on 429,
-//! so throttling waits by back-off. Deleted Accounts and Deals are read from
+//! so throttling waits by back-off. Calls logged on an account are contacts. Deleted Accounts
+//! and Deals are read from
 //! `/{module}/deleted` (recycle bin and purged, since the watermark) and marked deleted.
 
 use std::cell::RefCell;
@@ -14,7 +15,10 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tierwise_domain::{Currency, Customer, EmailAddress, Locale, Money, Order, Owner, SourceName};
+use tierwise_domain::{
+    Activity, ActivityKind, Currency, Customer, EmailAddress, Locale, Money, Order, Owner,
+    SourceName,
+};
 
 use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
 use super::{
@@ -339,6 +343,7 @@ impl Connector for Zoho {
             Entity::Owners,
             Entity::Customers,
             Entity::Orders,
+            Entity::Activities,
             Entity::DeletedCustomers,
             Entity::DeletedOrders,
         ]
@@ -365,8 +370,7 @@ impl Connector for Zoho {
             Entity::DeletedOrders => {
                 Some(("deleted deals", "/Deals/deleted", "all", "data", since))
             }
-            Entity::Activities => return Err(super::not_read(entity)),
-            Entity::Customers | Entity::Orders => None,
+            Entity::Customers | Entity::Orders | Entity::Activities => None,
         };
         if let Some((what, path, kind, key, since)) = numbered {
             let page = cursor.unwrap_or("1").to_owned();
@@ -403,6 +407,12 @@ impl Connector for Zoho {
                 }
                 ("accounts", "/Accounts", fields)
             }
+            Entity::Activities => (
+                "calls",
+                "/Calls",
+                "Subject,Call_Type,Call_Start_Time,Outgoing_Call_Status,What_Id,Owner,Modified_Time"
+                    .to_owned(),
+            ),
             _ => {
                 let mut fields =
                     "Deal_Name,Amount,Closing_Date,Stage,Account_Name,Owner,Modified_Time"
@@ -458,7 +468,7 @@ impl Connector for Zoho {
         lookups: &Lookups,
     ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         match entity {
-            Entity::Activities => Ok((Mapped::Ignored, None)),
+            Entity::Activities => map_call(record, lookups),
             Entity::DeletedCustomers | Entity::DeletedOrders => {
                 let at = time(record, "deleted_time")?;
                 let reason = match text(record, "type") {
@@ -544,6 +554,54 @@ impl Connector for Zoho {
             }
         }
     }
+}
+
+/// A call that took place on an account is a contact: not a missed call, not one scheduled,
+/// overdue or cancelled, not one in the future, and not one on a deal or contact alone.
+fn map_call(
+    record: &Value,
+    lookups: &Lookups,
+) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+    let changed = time(record, "Modified_Time")?;
+    let ignored = Ok((Mapped::Ignored, changed));
+    if text(record, "$se_module") != Some("Accounts") || text(record, "Call_Type") == Some("Missed")
+    {
+        return ignored;
+    }
+    if matches!(
+        text(record, "Outgoing_Call_Status"),
+        Some("Scheduled" | "Overdue" | "Cancelled")
+    ) {
+        return ignored;
+    }
+    let Some(at) = time(record, "Call_Start_Time")? else {
+        return ignored;
+    };
+    if at > Utc::now() {
+        return ignored;
+    }
+    let customer = text_or_number_id(record.get("What_Id").unwrap_or(&Value::Null), "id")
+        .map_err(|_| Unmappable::field("What_Id", "names no account id"))?;
+    let owner_email = match record.get("Owner") {
+        Some(Value::Object(o)) => match o.get("email").and_then(Value::as_str) {
+            Some(email) => EmailAddress::parse(email).ok(),
+            None => text_or_number_id(record.get("Owner").unwrap_or(&Value::Null), "id")
+                .ok()
+                .and_then(|id| lookups.owner_email("Owner", &id).ok()),
+        },
+        _ => None,
+    };
+    let activity = Activity {
+        external_id: text_or_number_id(record, "id")?,
+        customer,
+        owner_email,
+        kind: ActivityKind::Call,
+        occurred_at: at,
+        note: text(record, "Subject")
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_owned),
+    };
+    Ok((Mapped::Activity(activity), changed))
 }
 
 /// An ISO-8601 time with offset, as Zoho writes them.
