@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 use tierwise_import::crm::hubspot::{Hubspot, HubspotSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
-use tierwise_store::testing::{TestDb, assert_same_rows, deleted_snapshot, source_snapshot};
+use tierwise_store::testing::{
+    TestDb, activity_snapshot, assert_same_rows, deleted_snapshot, source_snapshot,
+};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 mod support;
@@ -46,6 +48,7 @@ struct Source {
     owners: Vec<Value>,
     companies: Vec<Value>,
     deals: Vec<Value>,
+    calls: Vec<Value>,
     faults: VecDeque<Option<Fault>>,
     /// Every search body, and every list query.
     searches: Vec<Value>,
@@ -111,14 +114,22 @@ impl Respond for FakeHubspot {
         if path == "/crm/v3/owners" {
             return ResponseTemplate::new(200).set_body_json(json!({"results": s.owners}));
         }
-        if path == "/crm/v4/associations/deals/companies/batch/read" {
+        if let Some(from_kind) = path
+            .strip_prefix("/crm/v4/associations/")
+            .and_then(|p| p.strip_suffix("/companies/batch/read"))
+        {
+            let from = if from_kind == "calls" {
+                &s.calls
+            } else {
+                &s.deals
+            };
             let body: Value = serde_json::from_slice(&request.body).unwrap();
             let results: Vec<Value> = body["inputs"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .filter_map(|input| {
-                    let deal = s.deals.iter().find(|d| d["id"] == input["id"])?;
+                    let deal = from.iter().find(|d| d["id"] == input["id"])?;
                     let company = deal["company"].as_str()?;
                     Some(json!({"from": {"id": deal["id"]}, "to": [{"toObjectId": company.parse::<u64>().unwrap(),
                         "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 5, "label": null}]}]}))
@@ -153,10 +164,10 @@ impl Respond for FakeHubspot {
         };
         if !search {
             s.lists.push(query.clone());
-            let records = if kind == "deals" {
-                &s.deals
-            } else {
-                &s.companies
+            let records = match kind {
+                "deals" => &s.deals,
+                "calls" => &s.calls,
+                _ => &s.companies,
             };
             let limit: usize = query["limit"].parse().unwrap();
             if limit > 100 {
@@ -202,10 +213,10 @@ impl Respond for FakeHubspot {
         }
         let body: Value = serde_json::from_slice(&request.body).unwrap();
         s.searches.push(body.clone());
-        let records = if kind == "deals" {
-            &s.deals
-        } else {
-            &s.companies
+        let records = match kind {
+            "deals" => &s.deals,
+            "calls" => &s.calls,
+            _ => &s.companies,
         };
         let limit = body["limit"].as_u64().unwrap() as usize;
         let after: usize = body
@@ -515,7 +526,10 @@ backend_tests! {
             }
         }
         let report = harness.sync(&db).unwrap();
-        let marked: Vec<(&str, u64, u64)> = report.entities.iter().skip(3).map(|e| (e.entity, e.records, e.deleted)).collect();
+        let marked: Vec<(&str, u64, u64)> = report.entities.iter()
+            .filter(|e| e.entity.starts_with("deleted_"))
+            .map(|e| (e.entity, e.records, e.deleted))
+            .collect();
         assert_eq!(marked, [("deleted_customers", 1, 1), ("deleted_orders", 2, 1)], "{report:?}");
         assert_eq!(
             deleted_snapshot(&mut db.conn(), "hubspot"),
@@ -536,6 +550,40 @@ backend_tests! {
         assert!(again.entities.iter().all(|e| e.deleted == 0), "{again:?}");
         let lists = &harness.source.lock().unwrap().lists;
         assert!(lists.iter().any(|q| q.get("archived").map(String::as_str) == Some("true")));
+    }
+
+    fn completed_calls_on_a_company_are_contacts_in_full_and_incremental_runs(db) {
+        let harness = Harness::new(seeded());
+        let call = |n: u32, company: Option<u32>, status: &str, at: &str, modified: String| {
+            json!({"id": (7_700_000 + n).to_string(), "company": company.map(|c| (18_342_000 + c).to_string()),
+                "properties": {"hs_timestamp": at, "hs_call_status": status, "hs_call_title": format!("Call {n}"),
+                "hubspot_owner_id": owner_id(2), "hs_lastmodifieddate": modified, "hs_object_id": (7_700_000 + n).to_string()}})
+        };
+        harness.source.lock().unwrap().calls = vec![
+            call(1, Some(1), "COMPLETED", "2024-05-02T09:30:00.000Z", at(4, 1)),
+            call(2, Some(2), "NO_ANSWER", "2024-05-02T10:00:00.000Z", at(4, 2)),
+            call(3, None, "COMPLETED", "2024-05-02T11:00:00.000Z", at(4, 3)),
+            call(4, Some(4), "COMPLETED", "1714644000000", at(4, 4)),
+        ];
+        let report = harness.sync(&db).unwrap();
+        let calls = report.entities.iter().find(|e| e.entity == "activities").unwrap();
+        assert_eq!((calls.records, calls.written, calls.rejected), (4, 2, 0), "{report:?}");
+        let row = |n: u32, company: u32, at: &str| {
+            let at = chrono::NaiveDateTime::parse_from_str(at, "%Y-%m-%d %H:%M").unwrap();
+            format!("activity {:?}", ((7_700_000 + n).to_string(), (18_342_000 + company).to_string(),
+                Some("wang.fang@example.com".to_owned()), "call".to_owned(), at, Some(format!("Call {n}"))))
+        };
+        // Epoch milliseconds are read too (1714644000000 = 2024-05-02 10:00 UTC).
+        assert_eq!(activity_snapshot(&mut db.conn(), "hubspot"), [row(1, 1, "2024-05-02 09:30"), row(4, 4, "2024-05-02 10:00")]);
+        // A call completed since: the incremental run searches calls and reads their companies
+        // through the associations endpoint.
+        harness.source.lock().unwrap().calls.push(call(5, Some(5), "COMPLETED", "2024-05-27T08:00:00.000Z", at(27, 0)));
+        let report = harness.sync(&db).unwrap();
+        let calls = report.entities.iter().find(|e| e.entity == "activities").unwrap();
+        assert_eq!(calls.written, 1, "{report:?}");
+        let stored = activity_snapshot(&mut db.conn(), "hubspot");
+        assert_eq!(stored.last().unwrap(), &row(5, 5, "2024-05-27 08:00"));
+        assert!(harness.source.lock().unwrap().searches.iter().any(|b| b["properties"].as_array().unwrap().iter().any(|p| p == "hs_call_status")));
     }
 
     fn a_daily_limit_stops_cleanly_and_the_next_run_resumes(db) {

@@ -6,7 +6,8 @@
 //! whole window shares one change time it walks that time by `hs_object_id` keyset, then goes
 //! on after it. Search results carry no associations, so each page of deals reads its companies
 //! through the v4 associations batch endpoint. A 429 waits for `Retry-After` (or the 10-second
-//! window); a `DAILY` policy stops the run cleanly. Archived companies and deals (deleted, or
+//! window); a `DAILY` policy stops the run cleanly. Completed calls on a company are contacts.
+//! Archived companies and deals (deleted, or
 //! merged into another record) are listed with `archived=true` after the live records, and
 //! marked deleted in the store.
 
@@ -17,7 +18,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tierwise_domain::{
-    Currency, Customer, EmailAddress, ExternalId, Money, Order, Owner, SourceName,
+    Activity, ActivityKind, Currency, Customer, EmailAddress, ExternalId, Money, Order, Owner,
+    SourceName,
 };
 
 use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
@@ -206,6 +208,12 @@ impl Hubspot {
     fn properties(&self, entity: Entity) -> Vec<String> {
         let mut properties: Vec<String> = match entity {
             Entity::Customers => vec!["name", "hubspot_owner_id", "createdate"],
+            Entity::Activities => vec![
+                "hs_timestamp",
+                "hs_call_status",
+                "hs_call_title",
+                "hubspot_owner_id",
+            ],
             _ => vec!["amount", "closedate", "dealstage", "deal_currency_code"],
         }
         .into_iter()
@@ -231,7 +239,7 @@ impl Hubspot {
             ("properties", self.properties(entity).join(",")),
             ("archived", "false".into()),
         ];
-        if entity == Entity::Orders {
+        if matches!(entity, Entity::Orders | Entity::Activities) {
             query.push(("associations", "companies".into()));
         }
         if let Some(after) = after {
@@ -365,7 +373,12 @@ impl Hubspot {
 
     /// Adds each deal's companies (`associations.companies.results[].id`, as the list endpoint
     /// gives them) from the v4 associations batch endpoint.
-    async fn with_companies(&self, mut deals: Vec<Value>) -> Result<Vec<Value>, CrmError> {
+    async fn with_companies(
+        &self,
+        entity: Entity,
+        mut deals: Vec<Value>,
+    ) -> Result<Vec<Value>, CrmError> {
+        let (what, path) = object_of(entity);
         let inputs: Vec<Value> = deals
             .iter()
             .filter_map(|d| d.get("id").cloned())
@@ -376,8 +389,8 @@ impl Hubspot {
         }
         let answer = self
             .request(
-                "deal companies",
-                "/crm/v4/associations/deals/companies/batch/read",
+                &format!("{what} companies"),
+                &format!("/crm/v4/associations/{path}/companies/batch/read"),
                 &[],
                 Some(&json!({"inputs": inputs})),
             )
@@ -415,7 +428,8 @@ fn object_of(entity: Entity) -> (&'static str, &'static str) {
         Entity::Customers => ("companies", "companies"),
         Entity::DeletedCustomers => ("archived companies", "companies"),
         Entity::DeletedOrders => ("archived deals", "deals"),
-        Entity::Orders | Entity::Owners | Entity::Activities => ("deals", "deals"),
+        Entity::Activities => ("calls", "calls"),
+        Entity::Orders | Entity::Owners => ("deals", "deals"),
     }
 }
 
@@ -515,6 +529,7 @@ impl Connector for Hubspot {
             Entity::Owners,
             Entity::Customers,
             Entity::Orders,
+            Entity::Activities,
             Entity::DeletedCustomers,
             Entity::DeletedOrders,
         ]
@@ -543,9 +558,6 @@ impl Connector for Hubspot {
         if matches!(entity, Entity::DeletedCustomers | Entity::DeletedOrders) {
             return self.archived_page(entity, cursor).await;
         }
-        if entity == Entity::Activities {
-            return Err(super::not_read(entity));
-        }
         let page = match (since, cursor) {
             (None, None) => self.list_page(entity, None).await?,
             (_, Some(cursor)) if cursor.starts_with("list:") => {
@@ -570,8 +582,8 @@ impl Connector for Hubspot {
         };
         // Search results carry no associations; list results do.
         let searched = since.is_some() && !cursor.is_some_and(|c| c.starts_with("list:"));
-        if entity == Entity::Orders && searched {
-            let records = self.with_companies(page.records).await?;
+        if matches!(entity, Entity::Orders | Entity::Activities) && searched {
+            let records = self.with_companies(entity, page.records).await?;
             return Ok(RawPage {
                 records,
                 next: page.next,
@@ -628,6 +640,37 @@ impl Connector for Hubspot {
                 .filter(|v| !v.trim().is_empty())
         };
         match entity {
+            Entity::Activities => {
+                // A completed call on a company is a contact; others are attempts or plans.
+                if property("hs_call_status") != Some("COMPLETED") {
+                    return Ok((Mapped::Ignored, changed));
+                }
+                let Some(company) = record
+                    .pointer("/associations/companies/results/0/id")
+                    .map(id_text)
+                else {
+                    return Ok((Mapped::Ignored, changed));
+                };
+                let occurred_at = property("hs_timestamp")
+                    .map(|t| iso_time("hs_timestamp", t))
+                    .transpose()?
+                    .ok_or_else(|| Unmappable::field("hs_timestamp", "is missing on a call"))?;
+                let owner_email = match property("hubspot_owner_id") {
+                    Some(owner_id) => ExternalId::parse("hubspot_owner_id", owner_id)
+                        .ok()
+                        .and_then(|id| lookups.owner_email("hubspot_owner_id", &id).ok()),
+                    None => None,
+                };
+                let activity = Activity {
+                    external_id: id,
+                    customer: ExternalId::parse("companies", &company)?,
+                    owner_email,
+                    kind: ActivityKind::Call,
+                    occurred_at,
+                    note: property("hs_call_title").map(str::to_owned),
+                };
+                Ok((Mapped::Activity(activity), changed))
+            }
             Entity::Customers => {
                 let owner = match property("hubspot_owner_id") {
                     Some(owner_id) => Some(lookups.owner_email(
