@@ -673,20 +673,42 @@ pub fn load_orders(
             .defer_if_worth_it(c, sqlite::DeferrableTable::Orders, staged.len())?;
         let ids =
             sqlite::customer_ids(c, ctx, ctx.create_missing_customers, &staged, &mut outcome)?;
-        outcome.written = sqlite::upsert_each(c, &staged, &ids, |c, r, customer_id| {
-            sqlite::OrderUpsert {
+        let values: Vec<sqlite::OrderValues> = staged
+            .iter()
+            .zip(&ids)
+            .filter_map(|(r, id)| {
+                id.map(|customer_id| sqlite::OrderValues {
+                    source: r.source,
+                    external_id: r.external_id,
+                    customer_id,
+                    order_date: sqlite::DateText::new(r.order_date),
+                    amount_minor: r.amount_minor,
+                    cost_minor: r.cost_minor,
+                    currency: r.currency,
+                    quantity: r.quantity,
+                    import_run_id: r.import_run_id,
+                })
+            })
+            .collect();
+        let blocks = values.chunks_exact(sqlite::ORDER_BLOCK);
+        let rest = blocks.remainder();
+        for block in blocks {
+            outcome.written += sqlite::OrderUpsertBlock(block).execute(c)? as u64;
+        }
+        for r in rest {
+            outcome.written += sqlite::OrderUpsert {
                 source: r.source,
                 external_id: r.external_id,
-                customer_id,
-                order_date: sqlite::DateText::new(r.order_date).as_str(),
+                customer_id: r.customer_id,
+                order_date: r.order_date.as_str(),
                 amount_minor: r.amount_minor,
                 cost_minor: r.cost_minor,
                 currency: r.currency,
                 quantity: r.quantity,
                 import_run_id: r.import_run_id,
             }
-            .execute(c)
-        })?;
+            .execute(c)? as u64;
+        }
         return Ok(outcome);
     }
     let merge = merge_sql(
