@@ -244,10 +244,9 @@ fn seeded() -> Source {
     s
 }
 
-/// The activities the store must hold: done contacts of a known kind on an imported
-/// organisation, at the time marked done or else when due.
-fn expected_activities(source: &Source) -> Vec<String> {
-    let emails: BTreeMap<i64, String> = source
+/// The users' emails by their id.
+fn user_emails(source: &Source) -> BTreeMap<i64, String> {
+    source
         .users
         .iter()
         .map(|u| {
@@ -256,7 +255,13 @@ fn expected_activities(source: &Source) -> Vec<String> {
                 u["email"].as_str().unwrap().to_owned(),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// The activities the store must hold: done contacts of a known kind on an imported
+/// organisation, at the time marked done or else when due.
+fn expected_activities(source: &Source) -> Vec<String> {
+    let emails = user_emails(source);
     let mut out = Vec::new();
     for a in source.activities.values() {
         let kind = a["type"].as_str().unwrap();
@@ -288,16 +293,7 @@ fn expected_activities(source: &Source) -> Vec<String> {
 
 /// What the store must hold after importing `source`: the same snapshot rows the store renders.
 fn expected(source: &Source) -> Vec<String> {
-    let emails: BTreeMap<i64, String> = source
-        .users
-        .iter()
-        .map(|u| {
-            (
-                u["id"].as_i64().unwrap(),
-                u["email"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let emails = user_emails(source);
     let owners: Vec<OwnerRow> = source
         .users
         .iter()

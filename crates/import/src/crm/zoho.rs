@@ -497,19 +497,7 @@ impl Connector for Zoho {
             }
             Entity::Customers => {
                 let id = text_or_number_id(record, "id")?;
-                let owner = match record.get("Owner") {
-                    Some(Value::Object(o)) => match o.get("email").and_then(Value::as_str) {
-                        Some(email) => Some(EmailAddress::parse(email)?),
-                        None => {
-                            let owner_id = text_or_number_id(
-                                record.get("Owner").unwrap_or(&Value::Null),
-                                "id",
-                            )?;
-                            Some(lookups.owner_email("Owner", &owner_id)?)
-                        }
-                    },
-                    _ => None,
-                };
+                let owner = owner_of(record, lookups)?;
                 let created_on = time(record, "Created_Time")?.map(|t| t.date_naive());
                 let customer = Customer::new(id, text(record, "Account_Name").unwrap_or_default())?
                     .with_owner(owner)
@@ -556,6 +544,20 @@ impl Connector for Zoho {
     }
 }
 
+/// The record's `Owner`: its email, else the imported user with its id; none without an owner.
+fn owner_of(record: &Value, lookups: &Lookups) -> Result<Option<EmailAddress>, Unmappable> {
+    let Some(owner @ Value::Object(o)) = record.get("Owner") else {
+        return Ok(None);
+    };
+    match o.get("email").and_then(Value::as_str) {
+        Some(email) => Ok(Some(EmailAddress::parse(email)?)),
+        None => {
+            let owner_id = text_or_number_id(owner, "id")?;
+            Ok(Some(lookups.owner_email("Owner", &owner_id)?))
+        }
+    }
+}
+
 /// A call that took place on an account is a contact: not a missed call, not one scheduled,
 /// overdue or cancelled, not one in the future, and not one on a deal or contact alone.
 fn map_call(
@@ -582,15 +584,8 @@ fn map_call(
     }
     let customer = text_or_number_id(record.get("What_Id").unwrap_or(&Value::Null), "id")
         .map_err(|_| Unmappable::field("What_Id", "names no account id"))?;
-    let owner_email = match record.get("Owner") {
-        Some(Value::Object(o)) => match o.get("email").and_then(Value::as_str) {
-            Some(email) => EmailAddress::parse(email).ok(),
-            None => text_or_number_id(record.get("Owner").unwrap_or(&Value::Null), "id")
-                .ok()
-                .and_then(|id| lookups.owner_email("Owner", &id).ok()),
-        },
-        _ => None,
-    };
+    // A user who is not among the imported ones leaves the contact without an owner.
+    let owner_email = owner_of(record, lookups).ok().flatten();
     let activity = Activity {
         external_id: text_or_number_id(record, "id")?,
         customer,
