@@ -15,7 +15,7 @@ use tierwise_domain::{Currency, Locale, SourceName};
 use tierwise_store::load::{
     DeferredIndexes, LoadContext, LoadOutcome, LoadedTable, Staged, analyze_after_load,
     finish_load, load_activities, load_customers, load_invoices, load_orders, load_owners,
-    with_temp_files_on_disk,
+    with_bulk_load_settings,
 };
 use tierwise_store::runs::{
     Reject, RunStatus, RunTotals, finish_import_run, insert_rejects, start_import_run,
@@ -185,7 +185,7 @@ pub fn import_file(
     let mut conn = db.conn()?;
     let origin = path.display().to_string();
     let run = start_import_run(&mut conn, &options.source, options.kind.as_str(), &origin)?;
-    let result = with_temp_files_on_disk(&mut conn, |conn| {
+    let result = with_bulk_load_settings(&mut conn, |conn| {
         tierwise_store::transaction(conn, |tx| load_file(tx, run, path, options))
     });
     match result {

@@ -12,7 +12,7 @@ use tierwise_import::{
 use tierwise_store::backend_tests;
 use tierwise_store::queries::{find_customer, orders_of_customer, table_counts};
 use tierwise_store::runs::{RunStatus, find_import_run, rejects_of_run};
-use tierwise_store::testing::data_snapshot;
+use tierwise_store::testing::{activity_snapshot, data_snapshot, invoice_snapshot};
 
 fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     let path = dir.join(name);
@@ -293,6 +293,51 @@ D002,K02,北京星河贸易有限公司,2026-03-05,99,,\r\n";
         let runs = tierwise_store::runs::recent_import_runs(&mut conn, 1).unwrap();
         assert_eq!(runs[0].status, RunStatus::Failed);
         assert!(runs[0].error.as_deref().unwrap_or("").contains("order_date"));
+    }
+
+    fn many_invoices_and_activities_load_exactly_as_written(db) {
+        // 150 rows: two statements of 64 rows on SQLite and 22 rows one at a time, every
+        // optional column both empty and filled.
+        let dir = tempfile::tempdir().unwrap();
+        import_file(&db.db, &write(dir.path(), "c.csv", CUSTOMERS.as_bytes()), &options(RecordKind::Customers)).unwrap();
+        let date = |day: u32| chrono::NaiveDate::from_ymd_opt(2026, 1 + day / 28, 1 + day % 28).unwrap();
+        let (mut invoices, mut activities) = (
+            String::from("invoice_id,customer_id,order_id,issued_date,due_date,amount,paid_date\n"),
+            String::from("activity_id,customer_id,kind,occurred_at,owner_email,note\n"),
+        );
+        let (mut expected_invoices, mut expected_activities) = (Vec::new(), Vec::new());
+        for i in 0..150u32 {
+            let customer = if i % 3 == 0 { "C1" } else { "C2" };
+            let order = (i % 2 == 0).then(|| format!("O{i}"));
+            let paid = (i % 5 != 0).then(|| date(i + 20));
+            invoices.push_str(&format!(
+                "I{i:03},{customer},{},{},{},{i}.25,{}\n",
+                order.clone().unwrap_or_default(), date(i), date(i + 10), paid.map(|d| d.to_string()).unwrap_or_default(),
+            ));
+            expected_invoices.push(format!("invoice {:?}", (
+                format!("I{i:03}"), customer.to_string(), order, date(i), date(i + 10), i64::from(i) * 100 + 25, "CNY".to_string(), paid,
+            )));
+            let owner = (i % 4 == 0).then(|| "li@example.com".to_string());
+            let note = (i % 3 == 1).then(|| format!("note {i}"));
+            let kind = if i % 2 == 0 { "call" } else { "visit" };
+            activities.push_str(&format!(
+                "A{i:03},{customer},{kind},{}T09:30:00Z,{},{}\n",
+                date(i), owner.clone().unwrap_or_default(), note.clone().unwrap_or_default(),
+            ));
+            expected_activities.push(format!("activity {:?}", (
+                format!("A{i:03}"), customer.to_string(), owner, kind.to_string(),
+                date(i).and_hms_opt(9, 30, 0).unwrap(), note,
+            )));
+        }
+        for (name, content, kind) in [("i.csv", &invoices, RecordKind::Invoices), ("a.csv", &activities, RecordKind::Activities)] {
+            let report = import_file(&db.db, &write(dir.path(), name, content.as_bytes()), &options(kind)).unwrap();
+            assert_eq!((report.totals.rows_written, report.totals.rows_rejected), (150, 0), "{kind:?}");
+            // Loaded again: nothing changed, nothing written.
+            let report = import_file(&db.db, &write(dir.path(), name, content.as_bytes()), &options(kind)).unwrap();
+            assert_eq!((report.totals.rows_written, report.totals.rows_unchanged), (0, 150), "{kind:?}");
+        }
+        assert_eq!(invoice_snapshot(&mut db.conn(), "file"), expected_invoices);
+        assert_eq!(activity_snapshot(&mut db.conn(), "file"), expected_activities);
     }
 
     fn invoices_and_activities_import(db) {

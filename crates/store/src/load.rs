@@ -52,23 +52,30 @@ pub struct LoadContext {
     pub deferred_indexes: DeferredIndexes,
 }
 
-/// Runs a load (its whole transaction) with SQLite's temporary files on disk rather than in
-/// memory, and puts them back afterwards; on PostgreSQL just runs it. Temporary storage can
-/// change only outside a transaction. Why: the sorter of an index rebuilt by
-/// [`DeferredIndexes`] writes its runs to temporary files, and in memory those took 2.4 s for
-/// 1M orders against 0.8 s on disk (where the OS caches them anyway).
-pub fn with_temp_files_on_disk<T, E: From<crate::StoreError>>(
+/// Runs a bulk load (its whole transaction) with SQLite set up for it, and sets the connection
+/// back afterwards; on PostgreSQL just runs it. Both settings can change only outside a
+/// transaction.
+/// - Temporary files on disk rather than in memory: the sorter of an index rebuilt by
+///   [`DeferredIndexes`] writes its runs to them, and in memory those took 2.4 s for 1M orders
+///   against 0.8 s on disk (where the OS caches them anyway).
+/// - Foreign keys not enforced: with the check, SQLite keeps an undo journal for every
+///   multi-row insert of customers, and with temporary files on disk that journal cost 450,000
+///   write calls in a 1M-order import. The loader writes an owner id only as the result of
+///   looking the owner up in the same statement, so the constraint holds without the check.
+pub fn with_bulk_load_settings<T, E: From<crate::StoreError>>(
     conn: &mut DbConnection,
     load: impl FnOnce(&mut DbConnection) -> Result<T, E>,
 ) -> Result<T, E> {
     let DbConnection::Sqlite(c) = conn else {
         return load(conn);
     };
-    c.batch_execute("PRAGMA temp_store = FILE")
+    c.batch_execute("PRAGMA temp_store = FILE; PRAGMA foreign_keys = OFF")
         .map_err(|e| E::from(e.into()))?;
     let result = load(conn);
     let restored = match conn {
-        DbConnection::Sqlite(c) => c.batch_execute("PRAGMA temp_store = MEMORY"),
+        DbConnection::Sqlite(c) => {
+            c.batch_execute("PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = ON")
+        }
         DbConnection::Postgresql(_) => Ok(()),
     };
     let value = result?;
@@ -645,6 +652,8 @@ pub fn load_orders(
             rows.iter().filter_map(|s| s.record.1.owner_email.as_ref()),
         )?;
     }
+    // Only the staging path reads `customer_known`; the SQLite path asks the memory itself.
+    let staging_used = matches!(conn, DbConnection::Postgresql(_));
     let mut staged = Vec::with_capacity(rows.len());
     for s in rows {
         let (order, customer) = &s.record;
@@ -653,7 +662,7 @@ pub fn load_orders(
             source: ctx.source.as_str(),
             external_id: order.external_id().as_str(),
             customer_external_id: order.customer().as_str(),
-            customer_known: ctx.known_customers.contains(order.customer().as_str()),
+            customer_known: staging_used && ctx.known_customers.contains(order.customer().as_str()),
             customer_name: customer.name.as_deref(),
             owner_email: customer.owner_email.as_ref().map(|e| e.as_str()),
             order_date: order.order_date(),
@@ -690,25 +699,7 @@ pub fn load_orders(
                 })
             })
             .collect();
-        let blocks = values.chunks_exact(sqlite::ORDER_BLOCK);
-        let rest = blocks.remainder();
-        for block in blocks {
-            outcome.written += sqlite::OrderUpsertBlock(block).execute(c)? as u64;
-        }
-        for r in rest {
-            outcome.written += sqlite::OrderUpsert {
-                source: r.source,
-                external_id: r.external_id,
-                customer_id: r.customer_id,
-                order_date: r.order_date.as_str(),
-                amount_minor: r.amount_minor,
-                cost_minor: r.cost_minor,
-                currency: r.currency,
-                quantity: r.quantity,
-                import_run_id: r.import_run_id,
-            }
-            .execute(c)? as u64;
-        }
+        outcome.written = sqlite::write_rows(c, &values)?;
         return Ok(outcome);
     }
     let merge = merge_sql(
@@ -752,6 +743,8 @@ pub fn load_invoices(
             rows.iter().filter_map(|s| s.record.1.owner_email.as_ref()),
         )?;
     }
+    // Only the staging path reads `customer_known`; the SQLite path asks the memory itself.
+    let staging_used = matches!(conn, DbConnection::Postgresql(_));
     let mut staged = Vec::with_capacity(rows.len());
     for s in rows {
         let (invoice, customer) = &s.record;
@@ -760,7 +753,8 @@ pub fn load_invoices(
             source: ctx.source.as_str(),
             external_id: invoice.external_id().as_str(),
             customer_external_id: invoice.customer().as_str(),
-            customer_known: ctx.known_customers.contains(invoice.customer().as_str()),
+            customer_known: staging_used
+                && ctx.known_customers.contains(invoice.customer().as_str()),
             customer_name: customer.name.as_deref(),
             owner_email: customer.owner_email.as_ref().map(|e| e.as_str()),
             order_external_id: invoice.order().map(|o| o.as_str()),
@@ -784,25 +778,25 @@ pub fn load_invoices(
         )?;
         let ids =
             sqlite::customer_ids(c, ctx, ctx.create_missing_customers, &staged, &mut outcome)?;
-        outcome.written = sqlite::upsert_each(c, &staged, &ids, |c, r, customer_id| {
-            sqlite::InvoiceUpsert {
-                source: r.source,
-                external_id: r.external_id,
-                customer_id,
-                order_external_id: r.order_external_id,
-                issued_on: sqlite::DateText::new(r.issued_on).as_str(),
-                due_on: sqlite::DateText::new(r.due_on).as_str(),
-                amount_minor: r.amount_minor,
-                currency: r.currency,
-                paid_on: r
-                    .paid_on
-                    .map(sqlite::DateText::new)
-                    .as_ref()
-                    .map(sqlite::DateText::as_str),
-                import_run_id: r.import_run_id,
-            }
-            .execute(c)
-        })?;
+        let values: Vec<sqlite::InvoiceValues> = staged
+            .iter()
+            .zip(&ids)
+            .filter_map(|(r, id)| {
+                id.map(|customer_id| sqlite::InvoiceValues {
+                    source: r.source,
+                    external_id: r.external_id,
+                    customer_id,
+                    order_external_id: r.order_external_id,
+                    issued_on: sqlite::DateText::new(r.issued_on),
+                    due_on: sqlite::DateText::new(r.due_on),
+                    amount_minor: r.amount_minor,
+                    currency: r.currency,
+                    paid_on: r.paid_on.map(sqlite::DateText::new),
+                    import_run_id: r.import_run_id,
+                })
+            })
+            .collect();
+        outcome.written = sqlite::write_rows(c, &values)?;
         return Ok(outcome);
     }
     let merge = merge_sql(
@@ -846,6 +840,8 @@ pub fn load_activities(
         )?,
         ..LoadOutcome::default()
     };
+    // Only the staging path reads `customer_known`; the SQLite path asks the memory itself.
+    let staging_used = matches!(conn, DbConnection::Postgresql(_));
     let mut staged: Vec<ActivityStagingRow> = rows
         .iter()
         .map(|s| ActivityStagingRow {
@@ -853,7 +849,8 @@ pub fn load_activities(
             source: ctx.source.as_str(),
             external_id: s.record.external_id.as_str(),
             customer_external_id: s.record.customer.as_str(),
-            customer_known: ctx.known_customers.contains(s.record.customer.as_str()),
+            customer_known: staging_used
+                && ctx.known_customers.contains(s.record.customer.as_str()),
             owner_email: s.record.owner_email.as_ref().map(|e| e.as_str()),
             kind: s.record.kind.as_str(),
             occurred_at: s.record.occurred_at.naive_utc(),
@@ -867,19 +864,23 @@ pub fn load_activities(
     }
     if let DbConnection::Sqlite(c) = conn {
         let ids = sqlite::customer_ids(c, ctx, false, &staged, &mut outcome)?;
-        outcome.written = sqlite::upsert_each(c, &staged, &ids, |c, r, customer_id| {
-            sqlite::ActivityUpsert {
-                source: r.source,
-                external_id: r.external_id,
-                customer_id,
-                owner_email: r.owner_email,
-                kind: r.kind,
-                occurred_at: r.occurred_at,
-                note: r.note,
-                import_run_id: r.import_run_id,
-            }
-            .execute(c)
-        })?;
+        let values: Vec<sqlite::ActivityValues> = staged
+            .iter()
+            .zip(&ids)
+            .filter_map(|(r, id)| {
+                id.map(|customer_id| sqlite::ActivityValues {
+                    source: r.source,
+                    external_id: r.external_id,
+                    customer_id,
+                    owner_email: r.owner_email,
+                    kind: r.kind,
+                    occurred_at: r.occurred_at,
+                    note: r.note,
+                    import_run_id: r.import_run_id,
+                })
+            })
+            .collect();
+        outcome.written = sqlite::write_rows(c, &values)?;
         return Ok(outcome);
     }
     let merge = merge_sql(

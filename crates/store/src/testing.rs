@@ -360,6 +360,22 @@ pub fn activity_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
     })
 }
 
+/// The invoices of `source` by content: `invoice (id, customer id, order id, issued, due,
+/// amount, currency, paid)`, in id order.
+#[expect(clippy::expect_used, reason = "test helper")]
+#[expect(clippy::type_complexity, reason = "one tuple per invoice, used once")]
+pub fn invoice_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
+    with_backend!(conn, c => {
+        let rows: Vec<(String, String, Option<String>, chrono::NaiveDate, chrono::NaiveDate, i64, String, Option<chrono::NaiveDate>)> = invoices::table
+            .inner_join(customers::table)
+            .filter(invoices::source.eq(source))
+            .order(invoices::external_id)
+            .select((invoices::external_id, customers::external_id, invoices::order_external_id, invoices::issued_on, invoices::due_on, invoices::amount_minor, invoices::currency, invoices::paid_on))
+            .load(c).expect("invoices");
+        rows.iter().map(|r| format!("invoice {r:?}")).collect()
+    })
+}
+
 /// The customers and orders of `source` marked deleted, as `customer <id>: <reason>` and
 /// `order <id>: <reason>`, in id order.
 #[expect(clippy::expect_used, reason = "test helper")]
