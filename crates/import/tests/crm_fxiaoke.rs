@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 use tierwise_import::crm::fxiaoke::{Fxiaoke, FxiaokeSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
-use tierwise_store::testing::{TestDb, assert_same_rows, deleted_snapshot, source_snapshot};
+use tierwise_store::testing::{
+    TestDb, assert_same_rows, deleted_snapshot, invoice_snapshot, source_snapshot,
+};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 mod support;
@@ -44,6 +46,8 @@ struct Source {
     users: Vec<Value>,
     accounts: Vec<Value>,
     orders: Vec<Value>,
+    /// Payment plans (回款计划).
+    plans: Vec<Value>,
     live_tokens: Vec<String>,
     minted: u32,
     /// Expire every live token after this many more data calls.
@@ -124,6 +128,7 @@ impl Respond for FakeFxiaoke {
         let records = match body["data"]["dataObjectApiName"].as_str().unwrap() {
             "AccountObj" => &s.accounts,
             "SalesOrderObj" => &s.orders,
+            "PaymentPlanObj" => &s.plans,
             other => panic!("unexpected object {other}"),
         };
         let mut matching: Vec<&Value> = records
@@ -169,9 +174,27 @@ fn at(day: u32, minute: u32) -> i64 {
         - 8 * 3_600_000
 }
 
+/// Epoch milliseconds of midnight China time on `day`.
+fn midnight_china(day: chrono::NaiveDate) -> i64 {
+    day.and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis()
+        - 8 * 3_600_000
+}
+
+/// The day of epoch milliseconds in China time.
+fn china_day(millis: i64) -> chrono::NaiveDate {
+    chrono::DateTime::from_timestamp_millis(millis + 8 * 3_600_000)
+        .unwrap()
+        .date_naive()
+}
+
 /// 3 users; 450 accounts (120 sharing one last_modified_time; owners as lists of user ids);
-/// 600 orders, one in ten voided, dated at midnight China time (the previous day in UTC). One
-/// account has no name and one order no customer: both must be rejected.
+/// 600 orders, one in ten voided, dated at midnight China time (the previous day in UTC); 250
+/// payment plans, paid in full, in part or not at all, one in forty voided, some entered after
+/// their due date. One account has no name, one order no customer and one plan no due date:
+/// all three must be rejected.
 fn seeded() -> Source {
     let mut s = Source::default();
     for (n, email) in [
@@ -219,7 +242,73 @@ fn seeded() -> Source {
             "last_modified_time": at(2 + i % 9, i % 500), "field_cost__c": 200 + i}),
         );
     }
+    for i in 1..=250_u32 {
+        let account = match 1 + (i * 7) % 450 {
+            77 => 78,
+            n => n,
+        };
+        let due = midnight_china(chrono::NaiveDate::from_ymd_opt(2024, 6, 1 + i % 28).unwrap());
+        let created = if i % 25 == 0 {
+            due + 40 * 86_400_000
+        } else {
+            at(1, 600)
+        };
+        let planned = format!("{}.00", 1000 + i);
+        let received = match i % 3 {
+            0 => json!(planned),
+            1 => json!("100.00"),
+            _ => Value::Null,
+        };
+        s.plans.push(json!({"_id": format!("67b0{i:020x}"),
+            "account_id": format!("65f0c1e2a1b2c3d4{account:08x}"),
+            "order_id": if i % 2 == 0 { json!(format!("66a0{i:020x}")) } else { json!("") },
+            "plan_payment_amount": planned, "actual_payment_amount": received,
+            "plan_payment_time": if i == 50 { Value::Null } else { json!(due) },
+            "create_time": created,
+            "life_status": if i % 40 == 0 { "invalid" } else { "normal" },
+            "last_modified_time": at(2 + i % 20, i % 600)}));
+    }
     s
+}
+
+/// The invoices the store must hold: every plan with a due date that is not voided, issued when
+/// created (or when due, if entered later), paid on the day of its last change once fully
+/// received.
+fn expected_invoices(s: &Source) -> Vec<String> {
+    let mut rows: Vec<String> = s
+        .plans
+        .iter()
+        .filter(|p| p["life_status"] != "invalid" && !p["plan_payment_time"].is_null())
+        .map(|p| {
+            let due = china_day(p["plan_payment_time"].as_i64().unwrap());
+            let issued = china_day(p["create_time"].as_i64().unwrap()).min(due);
+            let planned: f64 = p["plan_payment_amount"].as_str().unwrap().parse().unwrap();
+            let received: f64 = p["actual_payment_amount"]
+                .as_str()
+                .map_or(0.0, |r| r.parse().unwrap());
+            let paid = (received >= planned)
+                .then(|| china_day(p["last_modified_time"].as_i64().unwrap()).max(issued));
+            let order = p["order_id"]
+                .as_str()
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned);
+            format!(
+                "invoice {:?}",
+                (
+                    p["_id"].as_str().unwrap().to_owned(),
+                    p["account_id"].as_str().unwrap().to_owned(),
+                    order,
+                    issued,
+                    due,
+                    (planned * 100.0).round() as i64,
+                    "CNY".to_string(),
+                    paid,
+                )
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
 }
 
 fn expected(s: &Source) -> Vec<String> {
@@ -351,8 +440,11 @@ backend_tests! {
         assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
         let s = harness.source.lock().unwrap();
         assert_same_rows(&snapshot(&db), &expected(&s), "the store equals the source");
+        assert_same_rows(&invoice_snapshot(&mut db.conn(), "fxiaoke"), &expected_invoices(&s), "invoices");
         assert_eq!(s.minted, 2, "one token, minted again once when it expired");
-        assert_eq!(report.rejected(), 2, "{report:?}");
+        assert_eq!(report.rejected(), 3, "{report:?}");
+        // 250 plans at 100 a page.
+        assert_eq!((report.entities[3].pages, report.entities[3].records), (3, 250));
         let customers = &report.entities[1];
         // 450 accounts at 100 a page: 4 full pages and one of 50, read by _id keyset.
         assert_eq!((customers.pages, customers.records), (5, 450));
@@ -371,11 +463,17 @@ backend_tests! {
             let voided = s.orders.iter_mut().find(|o| o["life_status"] == "invalid").unwrap();
             voided["life_status"] = json!("normal");
             voided["last_modified_time"] = json!(at(25, 11));
+            // A plan paid in full since: paid on the day of that change.
+            let open = s.plans.iter_mut().find(|p| p["actual_payment_amount"].is_null()).unwrap();
+            open["actual_payment_amount"] = open["plan_payment_amount"].clone();
+            open["last_modified_time"] = json!(at(25, 12));
             s.filters_seen.clear();
         }
         let report = harness.sync(&db).unwrap();
         let s = harness.source.lock().unwrap();
         assert_same_rows(&snapshot(&db), &expected(&s), "after the incremental run");
+        assert_same_rows(&invoice_snapshot(&mut db.conn(), "fxiaoke"), &expected_invoices(&s), "invoices after the incremental run");
+        assert!(report.entities[3].records >= 1 && report.entities[3].records < 20, "{report:?}");
         // Accounts are asked for from the newest change less 5 minutes (GT that less 1 ms).
         assert_eq!(s.filters_seen[0][0]["field_values"][0], json!(newest - 5 * 60_000 - 1));
         assert!(report.entities[1].records >= 1 && report.entities[1].records < 10, "{report:?}");
@@ -395,7 +493,7 @@ backend_tests! {
         }
         let report = harness.sync(&db).unwrap();
         let marked: Vec<u64> = report.entities.iter().map(|e| e.deleted).collect();
-        assert_eq!(marked, [0, 1, 1], "{report:?}");
+        assert_eq!(marked, [0, 1, 1, 0], "{report:?}");
         let (account, order) = {
             let s = harness.source.lock().unwrap();
             (s.accounts[20]["_id"].as_str().unwrap().to_owned(), s.orders[0]["_id"].as_str().unwrap().to_owned())

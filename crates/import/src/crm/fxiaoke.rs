@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tierwise_domain::{
-    Currency, Customer, EmailAddress, ExternalId, Money, Order, Owner, SourceName,
+    Currency, Customer, EmailAddress, ExternalId, Invoice, Money, Order, Owner, SourceName,
 };
 
 use super::http::{Attempt, Http, HttpSettings, transport_error};
@@ -52,6 +52,8 @@ pub struct FxiaokeSettings {
     pub utc_offset_hours: i32,
     /// API name of a money field on `SalesOrderObj` holding the order's cost, if any.
     pub cost_field: Option<String>,
+    /// Import payment plans (`PaymentPlanObj`, 回款计划) as invoices, for the credit grade.
+    pub payment_plans: bool,
     /// Custom fields of `AccountObj` to import (`[crm.fxiaoke.customer_fields]`).
     pub customer_fields: CustomerFields,
     /// Timeouts and retries.
@@ -71,6 +73,7 @@ impl Default for FxiaokeSettings {
             currency: "CNY".into(),
             utc_offset_hours: 8,
             cost_field: None,
+            payment_plans: true,
             customer_fields: CustomerFields::default(),
             // 100 calls per 20 s per interface: throttled calls wait out the window.
             http: HttpSettings {
@@ -331,6 +334,14 @@ impl Connector for Fxiaoke {
         &self.source
     }
 
+    fn entities(&self) -> Vec<Entity> {
+        let mut entities = vec![Entity::Owners, Entity::Customers, Entity::Orders];
+        if self.settings.payment_plans {
+            entities.push(Entity::Invoices);
+        }
+        entities
+    }
+
     async fn page(
         &self,
         entity: Entity,
@@ -362,6 +373,22 @@ impl Connector for Fxiaoke {
                     "_id",
                     "name",
                     "owner",
+                    "create_time",
+                    "life_status",
+                    "last_modified_time",
+                ],
+            ),
+            // Payment plans (回款计划): what is owed by when, and how much of it came in.
+            Entity::Invoices => (
+                "payment plans",
+                "PaymentPlanObj",
+                vec![
+                    "_id",
+                    "account_id",
+                    "order_id",
+                    "plan_payment_amount",
+                    "plan_payment_time",
+                    "actual_payment_amount",
                     "create_time",
                     "life_status",
                     "last_modified_time",
@@ -499,19 +526,10 @@ impl Connector for Fxiaoke {
             Entity::DeletedCustomers | Entity::DeletedOrders | Entity::Activities => {
                 Ok((Mapped::Ignored, changed))
             }
+            Entity::Invoices => self.map_payment_plan(record, changed),
             Entity::Orders => {
                 let id = text_or_number_id(record, "_id")?;
-                let customer = match record.get("account_id") {
-                    Some(Value::String(s)) if !s.is_empty() => {
-                        text_or_number_id(record, "account_id")?
-                    }
-                    _ => {
-                        return Err(Unmappable::field(
-                            "account_id",
-                            "the order has no customer; link it to one in Fxiaoke",
-                        ));
-                    }
-                };
+                let customer = account_of(record, "order")?;
                 let amount = record
                     .get("order_amount")
                     .and_then(decimal_text)
@@ -528,6 +546,63 @@ impl Connector for Fxiaoke {
                 ))
             }
         }
+    }
+}
+
+impl Fxiaoke {
+    /// A payment plan (回款计划) as an invoice: due on `plan_payment_time` for
+    /// `plan_payment_amount`, issued when the plan was created (or on its due date, if it was
+    /// entered later). Fxiaoke marks a plan completed once `actual_payment_amount` reaches the
+    /// planned amount; plans carry no payment date, so a completed plan counts as paid on the
+    /// day of its last change (booking the payment that completes it changes the plan).
+    fn map_payment_plan(
+        &self,
+        record: &Value,
+        changed: Option<DateTime<Utc>>,
+    ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+        let id = text_or_number_id(record, "_id")?;
+        let customer = account_of(record, "payment plan")?;
+        let order = match record.get("order_id") {
+            Some(Value::String(s)) if !s.is_empty() => Some(text_or_number_id(record, "order_id")?),
+            _ => None,
+        };
+        let money = |field: &'static str| -> Result<Option<Money>, Unmappable> {
+            record
+                .get(field)
+                .and_then(decimal_text)
+                .map(|amount| Money::parse_decimal(field, &amount, self.currency))
+                .transpose()
+                .map_err(Unmappable::from)
+        };
+        let planned = money("plan_payment_amount")?
+            .ok_or_else(|| Unmappable::field("plan_payment_amount", "is missing"))?;
+        let due = millis(record, "plan_payment_time")?
+            .and_then(|ms| self.date(ms))
+            .ok_or_else(|| Unmappable::field("plan_payment_time", "is missing"))?;
+        let issued = millis(record, "create_time")?
+            .and_then(|ms| self.date(ms))
+            .map_or(due, |created| created.min(due));
+        let received = money("actual_payment_amount")?.map_or(0, |m| m.minor);
+        let paid = if received >= planned.minor {
+            changed
+                .and_then(|t| self.date(t.timestamp_millis()))
+                .map(|day| day.max(issued))
+        } else {
+            None
+        };
+        let invoice = Invoice::new(id, customer, order, issued, due, planned, paid)?;
+        Ok((Mapped::Invoice(invoice), changed))
+    }
+}
+
+/// The customer an order or payment plan belongs to (`account_id`).
+fn account_of(record: &Value, what: &str) -> Result<ExternalId, Unmappable> {
+    match record.get("account_id") {
+        Some(Value::String(s)) if !s.is_empty() => text_or_number_id(record, "account_id"),
+        _ => Err(Unmappable::field(
+            "account_id",
+            format!("the {what} has no customer; link it to one in Fxiaoke"),
+        )),
     }
 }
 

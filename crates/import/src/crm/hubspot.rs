@@ -429,6 +429,7 @@ fn object_of(entity: Entity) -> (&'static str, &'static str) {
         Entity::DeletedCustomers => ("archived companies", "companies"),
         Entity::DeletedOrders => ("archived deals", "deals"),
         Entity::Activities => ("calls", "calls"),
+        Entity::Invoices => ("invoices", "invoices"),
         Entity::Orders | Entity::Owners => ("deals", "deals"),
     }
 }
@@ -541,6 +542,9 @@ impl Connector for Hubspot {
         since: Option<DateTime<Utc>>,
         cursor: Option<&str>,
     ) -> Result<RawPage, CrmError> {
+        if entity == Entity::Invoices {
+            return Err(super::not_read(entity));
+        }
         if entity == Entity::Owners {
             // Tens of owners: all of them, every run.
             let mut query = vec![("limit", "500".to_owned())];

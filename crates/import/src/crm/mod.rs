@@ -19,12 +19,12 @@ use std::collections::HashMap;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 use serde_json::Value;
 use tierwise_domain::{
-    Activity, Customer, EmailAddress, ExternalId, Locale, Order, Owner, SourceName,
+    Activity, Customer, EmailAddress, ExternalId, Invoice, Locale, Order, Owner, SourceName,
 };
 use tierwise_store::crm::{owner_emails, save_sync_state, sync_state};
 use tierwise_store::load::{
     CustomerRef, DeletableTable, LoadContext, LoadedTable, Staged, analyze_after_load,
-    load_activities, load_customers, load_orders, load_owners, mark_deleted,
+    load_activities, load_customers, load_invoices, load_orders, load_owners, mark_deleted,
 };
 use tierwise_store::runs::{Reject, RunStatus, RunTotals, finish_import_run, insert_rejects};
 use tierwise_store::{Database, ImportRunId, StoreError};
@@ -197,6 +197,8 @@ pub enum Entity {
     Customers,
     /// Orders (won deals).
     Orders,
+    /// Invoices or payment plans: what a customer owes, by when, and when it was paid.
+    Invoices,
     /// Contacts with customers: calls, visits, emails, meetings.
     Activities,
     /// Customers the source lists as deleted or merged away (a listing of its own).
@@ -212,6 +214,7 @@ impl Entity {
             Self::Owners => "owners",
             Self::Customers => "customers",
             Self::Orders => "orders",
+            Self::Invoices => "invoices",
             Self::Activities => "activities",
             Self::DeletedCustomers => "deleted_customers",
             Self::DeletedOrders => "deleted_orders",
@@ -223,7 +226,9 @@ impl Entity {
         match self {
             Self::Customers | Self::DeletedCustomers => Some(DeletableTable::Customers),
             Self::Orders | Self::DeletedOrders => Some(DeletableTable::Orders),
-            Self::Owners | Self::Activities => None,
+            // Invoices and activities have no deletion mark (yet): a deletion read for them is
+            // not applied.
+            Self::Owners | Self::Invoices | Self::Activities => None,
         }
     }
 }
@@ -246,6 +251,8 @@ pub enum Mapped {
     Customer(Customer),
     /// An order of a customer.
     Order(Order),
+    /// An invoice (or payment plan) of a customer, created from its id if not held yet.
+    Invoice(Invoice),
     /// A contact with a customer; the customer must be imported already (an activity names no
     /// more of it than its id), else the activity is rejected with its JSON.
     Activity(Activity),
@@ -748,6 +755,7 @@ async fn sync_entity<C: Connector>(
         Entity::Owners => LoadedTable::Owners,
         Entity::Customers | Entity::DeletedCustomers => LoadedTable::Customers,
         Entity::Orders | Entity::DeletedOrders => LoadedTable::Orders,
+        Entity::Invoices => LoadedTable::Invoices,
         Entity::Activities => LoadedTable::Activities,
     };
     db.run(move |c| {
@@ -891,6 +899,7 @@ fn load_page(
         deferred_indexes: Default::default(),
     };
     let (mut owners, mut customers, mut orders) = (Vec::new(), Vec::new(), Vec::new());
+    let mut invoices = Vec::new();
     let mut deleted = Vec::new();
     let mut activities = Vec::new();
     for (index, Staged { line, record }) in mapped.into_iter().enumerate() {
@@ -906,6 +915,10 @@ fn load_page(
                 line,
                 record: (o, CustomerRef::default()),
             }),
+            Mapped::Invoice(i) => invoices.push(Staged {
+                line,
+                record: (i, CustomerRef::default()),
+            }),
             Mapped::Deleted(d) => deleted.push(d),
             Mapped::Ignored => {}
         }
@@ -919,6 +932,11 @@ fn load_page(
     }
     if !orders.is_empty() {
         let outcome = load_orders(tx, &ctx, &orders)?;
+        loaded.written += outcome.written;
+        loaded.customers_created += outcome.customers_created;
+    }
+    if !invoices.is_empty() {
+        let outcome = load_invoices(tx, &ctx, &invoices)?;
         loaded.written += outcome.written;
         loaded.customers_created += outcome.customers_created;
     }

@@ -243,6 +243,9 @@ impl Connector for Pipedrive {
         since: Option<DateTime<Utc>>,
         cursor: Option<&str>,
     ) -> Result<RawPage, CrmError> {
+        if entity == Entity::Invoices {
+            return Err(super::not_read(entity));
+        }
         if entity == Entity::Owners {
             // A company has tens of users: all of them, every run.
             let body = self.get("users", "/v1/users", &[]).await?;
@@ -301,8 +304,8 @@ impl Connector for Pipedrive {
                 Ok((Mapped::Deleted(deleted), changed))
             }
             Entity::Activities => self.map_activity(record, lookups),
-            // Pipedrive does not list deleted organisations.
-            Entity::DeletedCustomers => Ok((Mapped::Ignored, None)),
+            // Pipedrive does not list deleted organisations; invoices are not read.
+            Entity::DeletedCustomers | Entity::Invoices => Ok((Mapped::Ignored, None)),
         }
     }
 

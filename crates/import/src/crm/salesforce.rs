@@ -337,11 +337,12 @@ impl Salesforce {
                 }
                 (fields, "Opportunity", Some("IsWon = true"))
             }
-            // Deletions come with the records (queryAll): never asked for on their own; nor are
-            // activities read yet.
-            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::Activities => {
-                ("Id".to_owned(), "Account", Some("IsDeleted = true"))
-            }
+            // Deletions come with the records (queryAll): never asked for on their own;
+            // activities have queries of their own, and invoices are not read.
+            Entity::DeletedCustomers
+            | Entity::DeletedOrders
+            | Entity::Activities
+            | Entity::Invoices => ("Id".to_owned(), "Account", Some("IsDeleted = true")),
         };
         let mut conditions: Vec<String> = filter.into_iter().map(str::to_owned).collect();
         if let Some(since) = since {
@@ -507,6 +508,9 @@ impl Connector for Salesforce {
         since: Option<DateTime<Utc>>,
         cursor: Option<&str>,
     ) -> Result<RawPage, CrmError> {
+        if entity == Entity::Invoices {
+            return Err(super::not_read(entity));
+        }
         if self.over_budget.get() {
             return Err(CrmError::QuotaExhausted(SOURCE.into()));
         }
@@ -515,6 +519,7 @@ impl Connector for Salesforce {
             Entity::Customers | Entity::DeletedCustomers => "accounts",
             Entity::Orders | Entity::DeletedOrders => "opportunities",
             Entity::Activities => "activities",
+            Entity::Invoices => "invoices",
         };
         // Activities are two queries, Tasks then Events; an Event position is marked.
         let events = cursor.is_some_and(|c| c.starts_with(EVENTS));
@@ -646,7 +651,10 @@ impl Connector for Salesforce {
                 Ok((Mapped::Customer(customer), changed))
             }
             Entity::Activities => self.map_activity(record, lookups, changed),
-            Entity::DeletedCustomers | Entity::DeletedOrders => Ok((Mapped::Ignored, changed)),
+            // Never read as such (see `soql`).
+            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::Invoices => {
+                Ok((Mapped::Ignored, changed))
+            }
             Entity::Orders => {
                 if record.get("IsWon").and_then(Value::as_bool) != Some(true) {
                     return Ok((Mapped::Ignored, changed));

@@ -355,6 +355,9 @@ impl Connector for Zoho {
         since: Option<DateTime<Utc>>,
         cursor: Option<&str>,
     ) -> Result<RawPage, CrmError> {
+        if entity == Entity::Invoices {
+            return Err(super::not_read(entity));
+        }
         let per_page = self.settings.page_size.to_string();
         // Users and deletions page by number (an org has far fewer than 2,000 users, and
         // deletions since the last run are few).
@@ -370,7 +373,7 @@ impl Connector for Zoho {
             Entity::DeletedOrders => {
                 Some(("deleted deals", "/Deals/deleted", "all", "data", since))
             }
-            Entity::Customers | Entity::Orders | Entity::Activities => None,
+            Entity::Customers | Entity::Orders | Entity::Activities | Entity::Invoices => None,
         };
         if let Some((what, path, kind, key, since)) = numbered {
             let page = cursor.unwrap_or("1").to_owned();
@@ -469,6 +472,8 @@ impl Connector for Zoho {
     ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         match entity {
             Entity::Activities => map_call(record, lookups),
+            // Not read (`page` refuses it).
+            Entity::Invoices => Ok((Mapped::Ignored, None)),
             Entity::DeletedCustomers | Entity::DeletedOrders => {
                 let at = time(record, "deleted_time")?;
                 let reason = match text(record, "type") {
