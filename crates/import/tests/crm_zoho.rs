@@ -17,7 +17,8 @@ use tierwise_import::crm::zoho::{Zoho, ZohoSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
 use tierwise_store::testing::{
-    TestDb, activity_snapshot, assert_same_rows, deleted_snapshot, source_snapshot,
+    TestDb, activity_snapshot, assert_same_rows, deleted_snapshot, invoice_snapshot,
+    source_snapshot,
 };
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
@@ -47,6 +48,7 @@ struct Source {
     accounts: Vec<Value>,
     deals: Vec<Value>,
     calls: Vec<Value>,
+    invoices: Vec<Value>,
     /// Tokens currently accepted.
     live_tokens: Vec<String>,
     minted: u32,
@@ -172,7 +174,9 @@ impl Respond for FakeZoho {
         let records = match path.as_str() {
             "/crm/v8/Deals" => &s.deals,
             "/crm/v8/Calls" => &s.calls,
-            _ => &s.accounts,
+            "/crm/v8/Invoices" => &s.invoices,
+            "/crm/v8/Accounts" => &s.accounts,
+            other => panic!("unexpected module {other}"),
         };
         let since = since.map(|t| chrono::DateTime::parse_from_rfc3339(&t).unwrap());
         let mut matching: Vec<&Value> = records
@@ -229,8 +233,9 @@ fn at(day: u32, minute: u32) -> String {
 }
 
 /// 3 users; 450 accounts (120 sharing one Modified_Time across a page boundary; some owners
-/// given by id only); 600 deals, two in three won. One account has no name and one won deal
-/// no account: both must be rejected.
+/// given by id only); 600 deals, two in three won; 230 invoices, paid, unpaid or cancelled,
+/// some without a due date. One account has no name, one won deal no account and one invoice no
+/// invoice date: all three must be rejected.
 fn seeded() -> Source {
     let mut s = Source::default();
     for (id, email) in [
@@ -282,7 +287,67 @@ fn seeded() -> Source {
             "Closing_Date": format!("2024-04-{:02}", 1 + i % 28), "Stage": stage, "Account_Name": account,
             "Owner": {"id": "9001"}, "Modified_Time": at(2 + i % 9, i % 500), "Cost__c": 200 + i}));
     }
+    for i in 1..=230_u32 {
+        let account = match 1 + (i * 7) % 450 {
+            77 => 78,
+            n => n,
+        };
+        let status = match i % 4 {
+            0 => "Paid",
+            1 => "Delivered",
+            _ if i % 20 == 3 => "Cancelled",
+            _ => "Created",
+        };
+        s.invoices.push(json!({"id": format!("7770000{i:06}"), "Subject": format!("INV-{i}"),
+            "Account_Name": {"id": format!("48768760000{account:08}"), "name": "x"},
+            "Sales_Order": if i % 2 == 0 { json!({"id": format!("8880000{i:06}"), "name": "x"}) } else { Value::Null },
+            "Invoice_Date": if i == 100 { Value::Null } else { json!(format!("2024-04-{:02}", 1 + i % 28)) },
+            "Due_Date": if i % 10 == 0 { Value::Null } else { json!(format!("2024-05-{:02}", 1 + i % 28)) },
+            "Grand_Total": 500.25 + f64::from(i), "Status": status,
+            "Modified_Time": at(2 + i % 20, i % 600)}));
+    }
     s
+}
+
+/// The invoices the store must hold: all but the cancelled one and the one without a date; due
+/// on issue without a due date; paid on the (China) day of the last change once `Paid`.
+fn expected_invoices(s: &Source) -> Vec<String> {
+    let day =
+        |v: &Value| chrono::NaiveDate::parse_from_str(v.as_str().unwrap(), "%Y-%m-%d").unwrap();
+    let mut rows: Vec<String> = s
+        .invoices
+        .iter()
+        .filter(|i| i["Status"] != "Cancelled" && !i["Invoice_Date"].is_null())
+        .map(|i| {
+            let issued = day(&i["Invoice_Date"]);
+            let due = if i["Due_Date"].is_null() {
+                issued
+            } else {
+                day(&i["Due_Date"])
+            };
+            let paid = (i["Status"] == "Paid").then(|| {
+                chrono::DateTime::parse_from_rfc3339(i["Modified_Time"].as_str().unwrap())
+                    .unwrap()
+                    .date_naive()
+            });
+            let order = i["Sales_Order"]["id"].as_str().map(str::to_owned);
+            format!(
+                "invoice {:?}",
+                (
+                    i["id"].as_str().unwrap().to_owned(),
+                    i["Account_Name"]["id"].as_str().unwrap().to_owned(),
+                    order,
+                    issued,
+                    due,
+                    (i["Grand_Total"].as_f64().unwrap() * 100.0).round() as i64,
+                    "CNY".to_string(),
+                    paid,
+                )
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
 }
 
 fn expected(s: &Source) -> Vec<String> {
@@ -401,8 +466,12 @@ backend_tests! {
         assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
         let s = harness.source.lock().unwrap();
         assert_same_rows(&snapshot(&db), &expected(&s), "the store equals the source");
+        assert_same_rows(&invoice_snapshot(&mut db.conn(), "zoho"), &expected_invoices(&s), "invoices");
         assert_eq!(s.minted, 2, "one token, renewed once when it expired");
-        assert_eq!(report.rejected(), 2, "{report:?}");
+        assert_eq!(report.rejected(), 3, "{report:?}");
+        let invoices = report.entities.iter().find(|e| e.entity == "invoices").unwrap();
+        // 230 invoices at 100 a page.
+        assert_eq!((invoices.pages, invoices.records), (3, 230));
         let customers = &report.entities[1];
         let rejects = tierwise_store::runs::rejects_of_run(&mut db.conn(), customers.run.unwrap(), 10).unwrap();
         assert_eq!(rejects[0].field.as_deref(), Some("name"), "{rejects:?}");
@@ -430,11 +499,16 @@ backend_tests! {
             let d = s.deals.iter_mut().find(|d| d["Stage"] == "Negotiation").unwrap();
             d["Stage"] = json!("Closed Won");
             d["Modified_Time"] = json!(at(25, 11));
+            // An invoice paid since.
+            let open = s.invoices.iter_mut().find(|i| i["Status"] == "Delivered").unwrap();
+            open["Status"] = json!("Paid");
+            open["Modified_Time"] = json!(at(26, 30));
             s.since_seen.clear();
         }
         let report = harness.sync(&db).unwrap();
         let s = harness.source.lock().unwrap();
         assert_same_rows(&snapshot(&db), &expected(&s), "after the incremental run");
+        assert_same_rows(&invoice_snapshot(&mut db.conn(), "zoho"), &expected_invoices(&s), "invoices after the incremental run");
         assert_eq!(s.since_seen[0].as_deref(), Some(from.as_str()), "{:?}", s.since_seen);
         assert!(report.entities[1].records < 10 && report.entities[1].records >= 1, "{report:?}");
     }

@@ -453,7 +453,7 @@ pub(crate) fn configured_cost(
 }
 
 /// A `YYYY-MM-DD` date from `field`, or why it is not one.
-pub(crate) fn iso_date(field: &'static str, day: &str) -> Result<NaiveDate, Unmappable> {
+pub(crate) fn iso_date(field: &str, day: &str) -> Result<NaiveDate, Unmappable> {
     NaiveDate::parse_from_str(day, "%Y-%m-%d")
         .map_err(|_| Unmappable::field(field, format!("'{day}' is not a date like 2024-05-02")))
 }

@@ -16,7 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tierwise_domain::{
-    Activity, ActivityKind, Currency, Customer, EmailAddress, Locale, Money, Order, Owner,
+    Activity, ActivityKind, Currency, Customer, EmailAddress, Invoice, Locale, Money, Order, Owner,
     SourceName,
 };
 
@@ -52,6 +52,13 @@ pub struct ZohoSettings {
     pub currency: String,
     /// API name of a currency field on Deals holding the deal's cost, if any.
     pub cost_field: Option<String>,
+    /// Import the Invoices module (needs the `ZohoCRM.modules.invoices.READ` scope).
+    pub invoices: bool,
+    /// Invoice statuses that mean paid.
+    pub paid_statuses: Vec<String>,
+    /// API name of a date field on Invoices holding the day it was paid, if the org keeps one;
+    /// without it a paid invoice counts as paid on the day of its last change.
+    pub paid_date_field: Option<String>,
     /// Custom Accounts fields to import (`[crm.zoho.customer_fields]`).
     pub customer_fields: CustomerFields,
     /// Timeouts and retries.
@@ -71,6 +78,9 @@ impl Default for ZohoSettings {
             won_stage: "Closed Won".into(),
             currency: "CNY".into(),
             cost_field: None,
+            invoices: true,
+            paid_statuses: vec!["Paid".into()],
+            paid_date_field: None,
             customer_fields: CustomerFields::default(),
             // Zoho sends no Retry-After; its own guidance is to back off 30 s → 60 s → 120 s.
             http: HttpSettings {
@@ -339,14 +349,16 @@ impl Connector for Zoho {
     }
 
     fn entities(&self) -> Vec<Entity> {
-        vec![
-            Entity::Owners,
-            Entity::Customers,
-            Entity::Orders,
+        let mut entities = vec![Entity::Owners, Entity::Customers, Entity::Orders];
+        if self.settings.invoices {
+            entities.push(Entity::Invoices);
+        }
+        entities.extend([
             Entity::Activities,
             Entity::DeletedCustomers,
             Entity::DeletedOrders,
-        ]
+        ]);
+        entities
     }
 
     async fn page(
@@ -355,9 +367,6 @@ impl Connector for Zoho {
         since: Option<DateTime<Utc>>,
         cursor: Option<&str>,
     ) -> Result<RawPage, CrmError> {
-        if entity == Entity::Invoices {
-            return Err(super::not_read(entity));
-        }
         let per_page = self.settings.page_size.to_string();
         // Users and deletions page by number (an org has far fewer than 2,000 users, and
         // deletions since the last run are few).
@@ -409,6 +418,17 @@ impl Connector for Zoho {
                     fields.push_str(field);
                 }
                 ("accounts", "/Accounts", fields)
+            }
+            Entity::Invoices => {
+                let mut fields =
+                    "Subject,Account_Name,Sales_Order,Invoice_Date,Due_Date,Grand_Total,Status,\
+                     Modified_Time"
+                        .to_owned();
+                if let Some(paid) = &self.settings.paid_date_field {
+                    fields.push(',');
+                    fields.push_str(paid);
+                }
+                ("invoices", "/Invoices", fields)
             }
             Entity::Activities => (
                 "calls",
@@ -472,8 +492,7 @@ impl Connector for Zoho {
     ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         match entity {
             Entity::Activities => map_call(record, lookups),
-            // Not read (`page` refuses it).
-            Entity::Invoices => Ok((Mapped::Ignored, None)),
+            Entity::Invoices => self.map_invoice(record),
             Entity::DeletedCustomers | Entity::DeletedOrders => {
                 let at = time(record, "deleted_time")?;
                 let reason = match text(record, "type") {
@@ -546,6 +565,76 @@ impl Connector for Zoho {
                 ))
             }
         }
+    }
+}
+
+impl Zoho {
+    /// An invoice of the Invoices module: issued on `Invoice_Date`, due on `Due_Date` (or on
+    /// issue without one) for `Grand_Total`. Paid when its `Status` is one of `paid_statuses`:
+    /// on the day in `paid_date_field` when configured, else on the day of its last change
+    /// (Zoho CRM keeps payments in Zoho Books; marking the invoice paid changes it). Cancelled
+    /// or voided invoices are not debts and are skipped.
+    fn map_invoice(&self, record: &Value) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+        let changed = time(record, "Modified_Time")?;
+        if matches!(
+            text(record, "Status"),
+            Some("Cancelled" | "Void" | "Voided")
+        ) {
+            return Ok((Mapped::Ignored, changed));
+        }
+        let id = text_or_number_id(record, "id")?;
+        let customer = match record.get("Account_Name") {
+            Some(account @ Value::Object(_)) => text_or_number_id(account, "id")?,
+            _ => {
+                return Err(Unmappable::field(
+                    "Account_Name",
+                    "the invoice has no account; link it to one in Zoho CRM",
+                ));
+            }
+        };
+        let order = match record.get("Sales_Order") {
+            Some(order @ Value::Object(_)) => Some(text_or_number_id(order, "id")?),
+            _ => None,
+        };
+        let issued = text(record, "Invoice_Date")
+            .ok_or_else(|| Unmappable::field("Invoice_Date", "is missing"))?;
+        let issued = iso_date("Invoice_Date", issued)?;
+        let due = match text(record, "Due_Date") {
+            Some(due) => iso_date("Due_Date", due)?,
+            None => issued,
+        };
+        let amount = record
+            .get("Grand_Total")
+            .and_then(decimal_text)
+            .ok_or_else(|| Unmappable::field("Grand_Total", "is missing"))?;
+        let amount = Money::parse_decimal("Grand_Total", &amount, self.currency)?;
+        let is_paid = text(record, "Status")
+            .is_some_and(|status| self.settings.paid_statuses.iter().any(|p| p == status));
+        let paid = match (&self.settings.paid_date_field, is_paid) {
+            (_, false) => None,
+            (Some(field), true) => match text(record, field) {
+                Some(day) => Some(iso_date(field, day)?),
+                None => local_day(record, "Modified_Time")?,
+            },
+            (None, true) => local_day(record, "Modified_Time")?,
+        };
+        let invoice = Invoice::new(id, customer, order, issued, due, amount, paid)?;
+        Ok((Mapped::Invoice(invoice), changed))
+    }
+}
+
+/// The day of an ISO-8601 time in the offset it was written with (the org's time zone).
+fn local_day(record: &Value, field: &str) -> Result<Option<chrono::NaiveDate>, Unmappable> {
+    match text(record, field) {
+        None => Ok(None),
+        Some(raw) => DateTime::parse_from_rfc3339(raw)
+            .map(|t| Some(t.date_naive()))
+            .map_err(|_| {
+                Unmappable::field(
+                    field,
+                    format!("'{raw}' is not a time like 2024-05-02T17:40:55+08:00"),
+                )
+            }),
     }
 }
 
