@@ -19,7 +19,8 @@ use tierwise_import::crm::hubspot::{Hubspot, HubspotSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
 use tierwise_store::testing::{
-    TestDb, activity_snapshot, assert_same_rows, deleted_snapshot, source_snapshot,
+    TestDb, activity_snapshot, assert_same_rows, deleted_snapshot, invoice_snapshot,
+    source_snapshot,
 };
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
@@ -49,6 +50,7 @@ struct Source {
     companies: Vec<Value>,
     deals: Vec<Value>,
     calls: Vec<Value>,
+    invoices: Vec<Value>,
     faults: VecDeque<Option<Fault>>,
     /// Every search body, and every list query.
     searches: Vec<Value>,
@@ -118,10 +120,10 @@ impl Respond for FakeHubspot {
             .strip_prefix("/crm/v4/associations/")
             .and_then(|p| p.strip_suffix("/companies/batch/read"))
         {
-            let from = if from_kind == "calls" {
-                &s.calls
-            } else {
-                &s.deals
+            let from = match from_kind {
+                "calls" => &s.calls,
+                "invoices" => &s.invoices,
+                _ => &s.deals,
             };
             let body: Value = serde_json::from_slice(&request.body).unwrap();
             let results: Vec<Value> = body["inputs"]
@@ -167,6 +169,7 @@ impl Respond for FakeHubspot {
             let records = match kind {
                 "deals" => &s.deals,
                 "calls" => &s.calls,
+                "invoices" => &s.invoices,
                 _ => &s.companies,
             };
             let limit: usize = query["limit"].parse().unwrap();
@@ -216,6 +219,7 @@ impl Respond for FakeHubspot {
         let records = match kind {
             "deals" => &s.deals,
             "calls" => &s.calls,
+            "invoices" => &s.invoices,
             _ => &s.companies,
         };
         let limit = body["limit"].as_u64().unwrap() as usize;
@@ -300,8 +304,10 @@ fn owner_id(n: u32) -> String {
     format!("4162977{n}")
 }
 
-/// 3 owners; 450 companies (120 sharing one change time); 600 deals, two in three won. One
-/// company has no name and one won deal no company: both must be rejected.
+/// 3 owners; 450 companies (120 sharing one change time); 600 deals, two in three won; 240
+/// invoices: open, paid, drafts and voided, some in another currency or without a due date. One
+/// company has no name, one won deal no company and one open invoice no company: all three must
+/// be rejected.
 fn seeded() -> Source {
     let mut s = Source::default();
     for (n, email, first, last) in [
@@ -346,7 +352,76 @@ fn seeded() -> Source {
             "hs_object_id": (9_100_000 + i).to_string()}}),
         );
     }
+    for i in 1..=240_u32 {
+        let company = if i == 121 {
+            Value::Null
+        } else {
+            json!(
+                (18_342_000
+                    + match 1 + (i * 7) % 450 {
+                        77 => 78,
+                        n => n,
+                    })
+                .to_string()
+            )
+        };
+        let status = match i % 6 {
+            0 | 3 => "paid",
+            1 | 4 => "open",
+            2 => "draft",
+            _ => "voided",
+        };
+        let due = if i % 10 == 4 {
+            Value::Null
+        } else {
+            json!(format!("2024-05-{:02}", 1 + i % 28))
+        };
+        s.invoices.push(json!({"id": (7_300_000 + i).to_string(), "company": company, "properties": {
+            "hs_invoice_status": status, "hs_invoice_date": format!("2024-04-{:02}T00:00:00.000Z", 1 + i % 28),
+            "hs_due_date": due, "hs_amount_billed": format!("{}.75", 300 + i),
+            "hs_currency": if i % 5 == 0 { "USD" } else { "CNY" },
+            "hs_lastmodifieddate": at(2 + i % 20, i % 600), "hs_object_id": (7_300_000 + i).to_string()}}));
+    }
     s
+}
+
+/// The invoices the store must hold: open and paid ones with a company; due on issue without a
+/// due date; paid on the day of the last change.
+fn expected_invoices(s: &Source) -> Vec<String> {
+    let day = |t: &str| chrono::NaiveDate::parse_from_str(&t[..10], "%Y-%m-%d").unwrap();
+    let mut rows: Vec<String> = s
+        .invoices
+        .iter()
+        .filter(|i| {
+            matches!(
+                i["properties"]["hs_invoice_status"].as_str(),
+                Some("open" | "paid")
+            ) && !i["company"].is_null()
+        })
+        .map(|i| {
+            let p = &i["properties"];
+            let issued = day(p["hs_invoice_date"].as_str().unwrap());
+            let due = p["hs_due_date"].as_str().map_or(issued, day);
+            let paid = (p["hs_invoice_status"] == "paid")
+                .then(|| day(p["hs_lastmodifieddate"].as_str().unwrap()));
+            let amount: f64 = p["hs_amount_billed"].as_str().unwrap().parse().unwrap();
+            format!(
+                "invoice {:?}",
+                (
+                    i["id"].as_str().unwrap().to_owned(),
+                    i["company"].as_str().unwrap().to_owned(),
+                    None::<String>,
+                    issued,
+                    due,
+                    (amount * 100.0).round() as i64,
+                    p["hs_currency"].as_str().unwrap().to_owned(),
+                    paid,
+                )
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
 }
 
 fn expected(s: &Source) -> Vec<String> {
@@ -472,7 +547,10 @@ backend_tests! {
         assert!(report.entities.iter().all(|e| e.completed), "{report:?}");
         let s = harness.source.lock().unwrap();
         assert_same_rows(&snapshot(&db), &expected(&s), "the store equals the source");
-        assert_eq!(report.rejected(), 2, "{report:?}");
+        assert_same_rows(&invoice_snapshot(&mut db.conn(), "hubspot"), &expected_invoices(&s), "invoices");
+        assert_eq!(report.rejected(), 3, "{report:?}");
+        let invoices = report.entities.iter().find(|e| e.entity == "invoices").unwrap();
+        assert_eq!((invoices.pages, invoices.records), (3, 240));
         // 450 companies at 100 a page; no search in a full run; deals with their companies.
         assert_eq!((report.entities[1].pages, report.entities[1].records), (5, 450));
         assert!(s.searches.is_empty(), "{:?}", s.searches);
@@ -494,11 +572,16 @@ backend_tests! {
             let deal = s.deals.iter_mut().find(|d| d["properties"]["dealstage"] != "closedwon").unwrap();
             deal["properties"]["dealstage"] = json!("closedwon");
             deal["properties"]["hs_lastmodifieddate"] = json!(at(25, 11));
+            // An invoice paid since: found by search, its company read through the associations.
+            let open = s.invoices.iter_mut().find(|i| i["properties"]["hs_invoice_status"] == "open" && !i["company"].is_null()).unwrap();
+            open["properties"]["hs_invoice_status"] = json!("paid");
+            open["properties"]["hs_lastmodifieddate"] = json!(at(26, 30));
             s.searches.clear();
         }
         let report = harness.sync(&db).unwrap();
         let s = harness.source.lock().unwrap();
         assert_same_rows(&snapshot(&db), &expected(&s), "after the incremental run");
+        assert_same_rows(&invoice_snapshot(&mut db.conn(), "hubspot"), &expected_invoices(&s), "invoices after the incremental run");
         // It walked the shared time by id, never paged past the cap, and read no list.
         let filters: Vec<String> = s.searches.iter().map(|b| b["filterGroups"][0]["filters"].to_string()).collect();
         assert!(filters.iter().any(|f| f.contains("\"EQ\"") && f.contains("hs_object_id")), "{filters:?}");

@@ -18,8 +18,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tierwise_domain::{
-    Activity, ActivityKind, Currency, Customer, EmailAddress, ExternalId, Money, Order, Owner,
-    SourceName,
+    Activity, ActivityKind, Currency, Customer, EmailAddress, ExternalId, Invoice, Money, Order,
+    Owner, SourceName,
 };
 
 use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
@@ -51,6 +51,8 @@ pub struct HubspotSettings {
     pub currency: String,
     /// Internal name of a number property on deals holding the deal's cost, if any.
     pub cost_property: Option<String>,
+    /// Import invoices (needs the `crm.objects.invoices.read` scope).
+    pub invoices: bool,
     /// Custom company properties to import (`[crm.hubspot.customer_fields]`).
     pub customer_fields: CustomerFields,
     /// Timeouts and retries.
@@ -69,6 +71,7 @@ impl Default for HubspotSettings {
             won_stages: vec!["closedwon".into()],
             currency: "CNY".into(),
             cost_property: None,
+            invoices: true,
             customer_fields: CustomerFields::default(),
             http: HttpSettings::default(),
         }
@@ -214,6 +217,13 @@ impl Hubspot {
                 "hs_call_title",
                 "hubspot_owner_id",
             ],
+            Entity::Invoices => vec![
+                "hs_invoice_status",
+                "hs_invoice_date",
+                "hs_due_date",
+                "hs_amount_billed",
+                "hs_currency",
+            ],
             _ => vec!["amount", "closedate", "dealstage", "deal_currency_code"],
         }
         .into_iter()
@@ -239,7 +249,10 @@ impl Hubspot {
             ("properties", self.properties(entity).join(",")),
             ("archived", "false".into()),
         ];
-        if matches!(entity, Entity::Orders | Entity::Activities) {
+        if matches!(
+            entity,
+            Entity::Orders | Entity::Invoices | Entity::Activities
+        ) {
             query.push(("associations", "companies".into()));
         }
         if let Some(after) = after {
@@ -526,14 +539,16 @@ impl Connector for Hubspot {
     }
 
     fn entities(&self) -> Vec<Entity> {
-        vec![
-            Entity::Owners,
-            Entity::Customers,
-            Entity::Orders,
+        let mut entities = vec![Entity::Owners, Entity::Customers, Entity::Orders];
+        if self.settings.invoices {
+            entities.push(Entity::Invoices);
+        }
+        entities.extend([
             Entity::Activities,
             Entity::DeletedCustomers,
             Entity::DeletedOrders,
-        ]
+        ]);
+        entities
     }
 
     async fn page(
@@ -542,9 +557,6 @@ impl Connector for Hubspot {
         since: Option<DateTime<Utc>>,
         cursor: Option<&str>,
     ) -> Result<RawPage, CrmError> {
-        if entity == Entity::Invoices {
-            return Err(super::not_read(entity));
-        }
         if entity == Entity::Owners {
             // Tens of owners: all of them, every run.
             let mut query = vec![("limit", "500".to_owned())];
@@ -586,7 +598,11 @@ impl Connector for Hubspot {
         };
         // Search results carry no associations; list results do.
         let searched = since.is_some() && !cursor.is_some_and(|c| c.starts_with("list:"));
-        if matches!(entity, Entity::Orders | Entity::Activities) && searched {
+        if matches!(
+            entity,
+            Entity::Orders | Entity::Invoices | Entity::Activities
+        ) && searched
+        {
             let records = self.with_companies(entity, page.records).await?;
             return Ok(RawPage {
                 records,
@@ -644,6 +660,51 @@ impl Connector for Hubspot {
                 .filter(|v| !v.trim().is_empty())
         };
         match entity {
+            Entity::Invoices => {
+                let invoice = match property("hs_invoice_status") {
+                    // Drafts are not sent, voided invoices are not owed.
+                    Some("draft" | "voided") | None => return Ok((Mapped::Ignored, changed)),
+                    Some(status) => {
+                        let company = record
+                            .pointer("/associations/companies/results/0/id")
+                            .map(id_text)
+                            .ok_or_else(|| {
+                                Unmappable::field(
+                                    "associations.companies",
+                                    "the invoice has no company; associate one in HubSpot",
+                                )
+                            })?;
+                        let customer = ExternalId::parse("associations.companies", &company)?;
+                        let currency = match property("hs_currency") {
+                            Some(code) => Currency::parse(code)?,
+                            None => self.currency,
+                        };
+                        let amount = property("hs_amount_billed")
+                            .ok_or_else(|| Unmappable::field("hs_amount_billed", "is missing"))?;
+                        let amount = Money::parse_decimal("hs_amount_billed", amount, currency)?;
+                        // Date properties come as `2024-05-02`, date-times as ISO or epoch ms.
+                        let day = |name: &str| -> Result<Option<NaiveDate>, Unmappable> {
+                            property(name)
+                                .map(|raw| match NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+                                    Ok(day) => Ok(day),
+                                    Err(_) => iso_time(name, raw).map(|t| t.date_naive()),
+                                })
+                                .transpose()
+                        };
+                        let issued = day("hs_invoice_date")?.ok_or_else(|| {
+                            Unmappable::field("hs_invoice_date", "is missing on an invoice")
+                        })?;
+                        let due = day("hs_due_date")?.unwrap_or(issued);
+                        // No payment date on invoices (payments are separate records): paid
+                        // counts from the last change, which marking it paid is.
+                        let paid = (status == "paid")
+                            .then(|| changed.map(|t| t.date_naive().max(issued)))
+                            .flatten();
+                        Invoice::new(id, customer, None, issued, due, amount, paid)?
+                    }
+                };
+                Ok((Mapped::Invoice(invoice), changed))
+            }
             Entity::Activities => {
                 // A completed call on a company is a contact; others are attempts or plans.
                 if property("hs_call_status") != Some("COMPLETED") {
