@@ -23,10 +23,14 @@ fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
 }
 
 fn import_orders(db: &TestDb, dir: &Path, name: &str, csv: &str) {
+    import_kind(db, dir, name, csv, RecordKind::Orders);
+}
+
+fn import_kind(db: &TestDb, dir: &Path, name: &str, csv: &str, kind: RecordKind) {
     let path = write(dir, name, csv);
     let options = FileImportOptions::from_settings(
         &ImportSettings::default(),
-        RecordKind::Orders,
+        kind,
         ColumnMapping::default(),
     )
     .unwrap();
@@ -126,12 +130,16 @@ backend_tests! {
         import_orders(&db, dir.path(), "oct.csv", OCTOBER);
         let policy = Policy::default();
         grade_period(&db.db, p("2026-09"), &policy, Mode::Publish).unwrap();
-        // The source deleted customer C05 and C10's October order.
+        // An October order of C09 without a cost.
+        import_orders(&db, dir.path(), "late.csv", "order_id,customer_id,order_date,amount,cost\nO11,C09,2026-10-12,700,\n");
+        // The source deleted customer C05, C10's October order and C09's (no cost: on
+        // PostgreSQL a NULL before the deletion mark once hid it).
         let source = tierwise_domain::SourceName::parse("file").unwrap();
         let at = chrono::NaiveDate::from_ymd_opt(2026, 10, 20).unwrap().and_hms_opt(9, 0, 0).unwrap();
         for (table, id) in [
             (tierwise_store::load::DeletableTable::Customers, "C05"),
             (tierwise_store::load::DeletableTable::Orders, "O10"),
+            (tierwise_store::load::DeletableTable::Orders, "O11"),
         ] {
             let deletion = tierwise_store::load::Deletion { external_id: id, at, reason: "deleted in a test" };
             let marked = tierwise_store::load::mark_deleted(&mut db.conn(), &source, table, std::slice::from_ref(&deletion)).unwrap();
@@ -148,10 +156,35 @@ backend_tests! {
         })
         .unwrap();
         assert!(graded.iter().all(|g| g.0 != "C05"), "{graded:?}");
-        // C10 keeps only its September order: 1 purchase of 100.00.
+        // C10 keeps only its September order: 1 purchase of 100.00; C09 only its 200.00.
         assert_eq!(graded.last().unwrap(), &("C10".to_owned(), 1, 10_000));
+        assert!(graded.contains(&("C09".to_owned(), 1, 20_000)), "{graded:?}");
         // The deleted customer keeps its September grade.
         assert!(tiers(&db, "2026-09").iter().any(|t| t.0 == "C05"));
+
+        // An invoice deleted at its source is no longer owed: C01's credit improves.
+        import_kind(&db, dir.path(), "invoices.csv", "invoice_id,customer_id,issued_date,due_date,amount,paid_date\n\
+I1,C01,2026-08-01,2026-08-31,100,2026-08-20\n\
+I2,C01,2026-08-01,2026-08-31,100,\n", RecordKind::Invoices);
+        let credit_of_c01 = |db: &TestDb| {
+            grade_period(&db.db, p("2026-10"), &policy, Mode::Publish).unwrap();
+            let mut credit = None;
+            for_each_graded_customer(&mut db.conn(), p("2026-10"), |c| {
+                if c.external_id == "C01" {
+                    credit = Some((c.credit_score, c.credit_grade));
+                }
+                Ok(())
+            })
+            .unwrap();
+            credit.unwrap()
+        };
+        let half_unpaid = credit_of_c01(&db);
+        let deletion = tierwise_store::load::Deletion { external_id: "I2", at, reason: "voided in a test" };
+        let marked = tierwise_store::load::mark_deleted(&mut db.conn(), &source, tierwise_store::load::DeletableTable::Invoices, &[deletion]).unwrap();
+        assert_eq!(marked, 1);
+        let all_paid = credit_of_c01(&db);
+        assert!(all_paid.0.unwrap() > half_unpaid.0.unwrap(), "{half_unpaid:?} -> {all_paid:?}");
+        assert_ne!(all_paid.1, half_unpaid.1);
     }
 
     fn two_periods_give_the_expected_changes_and_migration(db) {

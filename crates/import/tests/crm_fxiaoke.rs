@@ -479,7 +479,7 @@ backend_tests! {
         assert!(report.entities[1].records >= 1 && report.entities[1].records < 10, "{report:?}");
     }
 
-    fn voided_accounts_and_orders_are_marked_deleted_and_kept(db) {
+    fn voided_accounts_orders_and_payment_plans_are_marked_deleted_and_kept(db) {
         let harness = Harness::new(seeded());
         harness.sync(&db).unwrap();
         assert!(deleted_snapshot(&mut db.conn(), "fxiaoke").is_empty());
@@ -490,27 +490,36 @@ backend_tests! {
             s.accounts[20]["last_modified_time"] = json!(at(26, 0));
             s.orders[0]["life_status"] = json!("invalid");
             s.orders[0]["last_modified_time"] = json!(at(26, 1));
+            // And the first payment plan.
+            s.plans[0]["life_status"] = json!("invalid");
+            s.plans[0]["last_modified_time"] = json!(at(26, 2));
         }
         let report = harness.sync(&db).unwrap();
         let marked: Vec<u64> = report.entities.iter().map(|e| e.deleted).collect();
-        assert_eq!(marked, [0, 1, 1, 0], "{report:?}");
-        let (account, order) = {
+        assert_eq!(marked, [0, 1, 1, 1], "{report:?}");
+        let (account, order, plan) = {
             let s = harness.source.lock().unwrap();
-            (s.accounts[20]["_id"].as_str().unwrap().to_owned(), s.orders[0]["_id"].as_str().unwrap().to_owned())
+            (s.accounts[20]["_id"].as_str().unwrap().to_owned(), s.orders[0]["_id"].as_str().unwrap().to_owned(),
+                s.plans[0]["_id"].as_str().unwrap().to_owned())
         };
         assert_eq!(
             deleted_snapshot(&mut db.conn(), "fxiaoke"),
-            [format!("customer {account}: voided in fxiaoke (作废)"), format!("order {order}: voided in fxiaoke (作废)")]
+            [format!("customer {account}: voided in fxiaoke (作废)"), format!("order {order}: voided in fxiaoke (作废)"),
+                format!("invoice {plan}: voided in fxiaoke (作废)")]
         );
         assert_same_rows(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "live rows after voiding");
+        assert_same_rows(&invoice_snapshot(&mut db.conn(), "fxiaoke"), &expected_invoices(&harness.source.lock().unwrap()), "live invoices after voiding");
         // Restored (back to normal): live again.
         {
             let mut s = harness.source.lock().unwrap();
             s.orders[0]["life_status"] = json!("normal");
             s.orders[0]["last_modified_time"] = json!(at(27, 0));
+            s.plans[0]["life_status"] = json!("normal");
+            s.plans[0]["last_modified_time"] = json!(at(27, 1));
         }
         harness.sync(&db).unwrap();
         assert_eq!(deleted_snapshot(&mut db.conn(), "fxiaoke"), [format!("customer {account}: voided in fxiaoke (作废)")]);
+        assert_same_rows(&invoice_snapshot(&mut db.conn(), "fxiaoke"), &expected_invoices(&harness.source.lock().unwrap()), "invoices restored");
     }
 
     fn a_spent_daily_quota_stops_cleanly_and_the_next_run_resumes(db) {

@@ -263,6 +263,8 @@ pub enum DeletableTable {
     Customers,
     /// Orders: no longer counted.
     Orders,
+    /// Invoices: no longer owed.
+    Invoices,
 }
 
 /// A record the source reports deleted or merged away.
@@ -285,32 +287,26 @@ pub fn mark_deleted(
     table: DeletableTable,
     deletions: &[Deletion<'_>],
 ) -> StoreResult<u64> {
-    use crate::schema::{customers, orders};
+    use crate::schema::{customers, invoices, orders};
+    // The same statement for each table (diesel's types differ per table).
+    macro_rules! mark {
+        ($table:ident, $d:expr) => {
+            with_backend!(conn, c => diesel::update(
+                $table::table
+                    .filter($table::source.eq(source.as_str()))
+                    .filter($table::external_id.eq($d.external_id))
+                    .filter($table::deleted_at.is_null()),
+            )
+            .set(($table::deleted_at.eq($d.at), $table::deleted_reason.eq($d.reason)))
+            .execute(c)?)
+        };
+    }
     let mut marked = 0;
     for d in deletions {
         marked += match table {
-            DeletableTable::Customers => with_backend!(conn, c => diesel::update(
-                customers::table
-                    .filter(customers::source.eq(source.as_str()))
-                    .filter(customers::external_id.eq(d.external_id))
-                    .filter(customers::deleted_at.is_null()),
-            )
-            .set((
-                customers::deleted_at.eq(d.at),
-                customers::deleted_reason.eq(d.reason),
-            ))
-            .execute(c)?),
-            DeletableTable::Orders => with_backend!(conn, c => diesel::update(
-                orders::table
-                    .filter(orders::source.eq(source.as_str()))
-                    .filter(orders::external_id.eq(d.external_id))
-                    .filter(orders::deleted_at.is_null()),
-            )
-            .set((
-                orders::deleted_at.eq(d.at),
-                orders::deleted_reason.eq(d.reason),
-            ))
-            .execute(c)?),
+            DeletableTable::Customers => mark!(customers, d),
+            DeletableTable::Orders => mark!(orders, d),
+            DeletableTable::Invoices => mark!(invoices, d),
         } as u64;
     }
     Ok(marked)
@@ -935,6 +931,8 @@ const INVOICE_UPDATES: &[OnUpdate] = &[
     OnUpdate::Replace("amount_minor"),
     OnUpdate::Replace("currency"),
     OnUpdate::KeepIfNull("paid_on"),
+    OnUpdate::Clear("deleted_at"),
+    OnUpdate::Clear("deleted_reason"),
 ];
 
 /// Columns an activity upsert writes.

@@ -93,6 +93,8 @@ diesel::table! {
         currency -> Text,
         paid_on -> Nullable<Date>,
         import_run_id -> Nullable<BigInt>,
+        deleted_at -> Nullable<Timestamp>,
+        deleted_reason -> Nullable<Text>,
     }
 }
 

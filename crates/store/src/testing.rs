@@ -360,8 +360,8 @@ pub fn activity_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
     })
 }
 
-/// The invoices of `source` by content: `invoice (id, customer id, order id, issued, due,
-/// amount, currency, paid)`, in id order.
+/// The live (not deleted) invoices of `source` by content: `invoice (id, customer id, order id,
+/// issued, due, amount, currency, paid)`, in id order.
 #[expect(clippy::expect_used, reason = "test helper")]
 #[expect(clippy::type_complexity, reason = "one tuple per invoice, used once")]
 pub fn invoice_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
@@ -369,6 +369,7 @@ pub fn invoice_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
         let rows: Vec<(String, String, Option<String>, chrono::NaiveDate, chrono::NaiveDate, i64, String, Option<chrono::NaiveDate>)> = invoices::table
             .inner_join(customers::table)
             .filter(invoices::source.eq(source))
+            .filter(invoices::deleted_at.is_null())
             .order(invoices::external_id)
             .select((invoices::external_id, customers::external_id, invoices::order_external_id, invoices::issued_on, invoices::due_on, invoices::amount_minor, invoices::currency, invoices::paid_on))
             .load(c).expect("invoices");
@@ -376,8 +377,8 @@ pub fn invoice_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
     })
 }
 
-/// The customers and orders of `source` marked deleted, as `customer <id>: <reason>` and
-/// `order <id>: <reason>`, in id order.
+/// The customers, orders and invoices of `source` marked deleted, as `customer <id>: <reason>`,
+/// `order <id>: <reason>` and `invoice <id>: <reason>`, in id order.
 #[expect(clippy::expect_used, reason = "test helper")]
 pub fn deleted_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -396,6 +397,13 @@ pub fn deleted_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
             .select((orders::external_id, orders::deleted_reason))
             .load(c).expect("orders");
         out.extend(or.iter().map(|(id, why)| format!("order {id}: {}", why.as_deref().unwrap_or(""))));
+        let inv: Vec<(String, Option<String>)> = invoices::table
+            .filter(invoices::source.eq(source))
+            .filter(invoices::deleted_at.is_not_null())
+            .order(invoices::external_id)
+            .select((invoices::external_id, invoices::deleted_reason))
+            .load(c).expect("invoices");
+        out.extend(inv.iter().map(|(id, why)| format!("invoice {id}: {}", why.as_deref().unwrap_or(""))));
     });
     out
 }

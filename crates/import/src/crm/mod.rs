@@ -226,9 +226,9 @@ impl Entity {
         match self {
             Self::Customers | Self::DeletedCustomers => Some(DeletableTable::Customers),
             Self::Orders | Self::DeletedOrders => Some(DeletableTable::Orders),
-            // Invoices and activities have no deletion mark (yet): a deletion read for them is
-            // not applied.
-            Self::Owners | Self::Invoices | Self::Activities => None,
+            Self::Invoices => Some(DeletableTable::Invoices),
+            // Activities have no deletion mark (yet): a deletion read for one is not applied.
+            Self::Owners | Self::Activities => None,
         }
     }
 }
