@@ -397,6 +397,7 @@ fn expected_invoices(s: &Source) -> Vec<String> {
                 i["properties"]["hs_invoice_status"].as_str(),
                 Some("open" | "paid")
             ) && !i["company"].is_null()
+                && !archived(i)
         })
         .map(|i| {
             let p = &i["properties"];
@@ -590,7 +591,7 @@ backend_tests! {
         assert!(report.entities[2].records >= 1 && report.entities[2].records < 10, "{report:?}");
     }
 
-    fn archived_companies_and_deals_are_marked_deleted_and_kept(db) {
+    fn archived_companies_deals_and_invoices_are_marked_deleted_and_kept(db) {
         let harness = Harness::new(seeded());
         harness.sync(&db).unwrap();
         assert!(deleted_snapshot(&mut db.conn(), "hubspot").is_empty());
@@ -607,20 +608,25 @@ backend_tests! {
             for r in s.deals.iter_mut().filter(|d| d["id"] == "9100001" || d["id"] == "9100003") {
                 archive(r);
             }
+            for r in s.invoices.iter_mut().filter(|i| i["id"] == "7300001") {
+                archive(r);
+            }
         }
         let report = harness.sync(&db).unwrap();
         let marked: Vec<(&str, u64, u64)> = report.entities.iter()
             .filter(|e| e.entity.starts_with("deleted_"))
             .map(|e| (e.entity, e.records, e.deleted))
             .collect();
-        assert_eq!(marked, [("deleted_customers", 1, 1), ("deleted_orders", 2, 1)], "{report:?}");
+        assert_eq!(marked, [("deleted_customers", 1, 1), ("deleted_orders", 2, 1), ("deleted_invoices", 1, 1)], "{report:?}");
         assert_eq!(
             deleted_snapshot(&mut db.conn(), "hubspot"),
             [
                 "customer 18342005: archived in hubspot (deleted or merged)",
                 "order 9100001: archived in hubspot (deleted or merged)",
+                "invoice 7300001: archived in hubspot (deleted or merged)",
             ]
         );
+        assert_same_rows(&invoice_snapshot(&mut db.conn(), "hubspot"), &expected_invoices(&harness.source.lock().unwrap()), "live invoices");
         // The live rows are the source's, less the merged company (its deals stay: HubSpot
         // moves them to the surviving company, which an incremental run then reads).
         let live: Vec<String> = expected(&harness.source.lock().unwrap())

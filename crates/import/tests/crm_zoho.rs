@@ -513,7 +513,7 @@ backend_tests! {
         assert!(report.entities[1].records < 10 && report.entities[1].records >= 1, "{report:?}");
     }
 
-    fn deleted_accounts_and_deals_are_marked_and_kept(db) {
+    fn deleted_accounts_deals_and_invoices_are_marked_and_kept(db) {
         let harness = Harness::new(seeded());
         harness.sync(&db).unwrap();
         assert!(deleted_snapshot(&mut db.conn(), "zoho").is_empty());
@@ -529,29 +529,35 @@ backend_tests! {
             let d = s.deals.remove(0);
             s.deleted.push(json!({"id": d["id"], "display_name": d["Deal_Name"], "type": "recycle",
                 "deleted_time": "2024-05-27T11:00:00+08:00", "module": "Deals"}));
+            let i = s.invoices.remove(0);
+            s.deleted.push(json!({"id": i["id"], "display_name": i["Subject"], "type": "recycle",
+                "deleted_time": "2024-05-27T12:00:00+08:00", "module": "Invoices"}));
         }
         let report = harness.sync(&db).unwrap();
         let marked: Vec<(&str, u64)> = report.entities.iter()
             .filter(|e| e.entity.starts_with("deleted_"))
             .map(|e| (e.entity, e.deleted))
             .collect();
-        assert_eq!(marked, [("deleted_customers", 2), ("deleted_orders", 1)], "{report:?}");
+        assert_eq!(marked, [("deleted_customers", 2), ("deleted_orders", 1), ("deleted_invoices", 1)], "{report:?}");
         assert_eq!(
             deleted_snapshot(&mut db.conn(), "zoho"),
             [
                 "customer 4876876000000000010: deleted in zoho (in the recycle bin)",
                 "customer 4876876000000000013: deleted in zoho (purged)",
                 "order 5550000000001: deleted in zoho (in the recycle bin)",
+                "invoice 7770000000001: deleted in zoho (in the recycle bin)",
             ]
         );
         assert_same_rows(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "live rows after deletions");
+        assert_same_rows(&invoice_snapshot(&mut db.conn(), "zoho"), &expected_invoices(&harness.source.lock().unwrap()), "live invoices after deletions");
         // The next run asks for deletions after the newest one seen, less the overlap.
         harness.source.lock().unwrap().deleted_since_seen.clear();
         let again = harness.sync(&db).unwrap();
         assert!(again.entities.iter().all(|e| e.deleted == 0), "{again:?}");
         assert_eq!(
             harness.source.lock().unwrap().deleted_since_seen,
-            [Some("2024-05-27T01:55:00+00:00".to_owned()), Some("2024-05-27T02:55:00+00:00".to_owned())]
+            [Some("2024-05-27T01:55:00+00:00".to_owned()), Some("2024-05-27T02:55:00+00:00".to_owned()),
+                Some("2024-05-27T03:55:00+00:00".to_owned())]
         );
     }
 

@@ -523,9 +523,10 @@ impl Connector for Fxiaoke {
                     .apply(customer, |f| record.get(f))?;
                 Ok((Mapped::Customer(customer), changed))
             }
-            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::Activities => {
-                Ok((Mapped::Ignored, changed))
-            }
+            Entity::DeletedCustomers
+            | Entity::DeletedOrders
+            | Entity::DeletedInvoices
+            | Entity::Activities => Ok((Mapped::Ignored, changed)),
             Entity::Invoices => self.map_payment_plan(record, changed),
             Entity::Orders => {
                 let id = text_or_number_id(record, "_id")?;

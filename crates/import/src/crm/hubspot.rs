@@ -441,6 +441,7 @@ fn object_of(entity: Entity) -> (&'static str, &'static str) {
         Entity::Customers => ("companies", "companies"),
         Entity::DeletedCustomers => ("archived companies", "companies"),
         Entity::DeletedOrders => ("archived deals", "deals"),
+        Entity::DeletedInvoices => ("archived invoices", "invoices"),
         Entity::Activities => ("calls", "calls"),
         Entity::Invoices => ("invoices", "invoices"),
         Entity::Orders | Entity::Owners => ("deals", "deals"),
@@ -548,6 +549,9 @@ impl Connector for Hubspot {
             Entity::DeletedCustomers,
             Entity::DeletedOrders,
         ]);
+        if self.settings.invoices {
+            entities.push(Entity::DeletedInvoices);
+        }
         entities
     }
 
@@ -571,7 +575,10 @@ impl Connector for Hubspot {
                 next: next_after(&body),
             });
         }
-        if matches!(entity, Entity::DeletedCustomers | Entity::DeletedOrders) {
+        if matches!(
+            entity,
+            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::DeletedInvoices
+        ) {
             return self.archived_page(entity, cursor).await;
         }
         let page = match (since, cursor) {
@@ -639,7 +646,10 @@ impl Connector for Hubspot {
             ));
         }
         let id = ExternalId::parse("id", &record.get("id").map(id_text).unwrap_or_default())?;
-        if matches!(entity, Entity::DeletedCustomers | Entity::DeletedOrders) {
+        if matches!(
+            entity,
+            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::DeletedInvoices
+        ) {
             let at = record
                 .get("archivedAt")
                 .and_then(Value::as_str)

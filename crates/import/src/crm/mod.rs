@@ -205,6 +205,8 @@ pub enum Entity {
     DeletedCustomers,
     /// Orders the source lists as deleted (a listing of its own).
     DeletedOrders,
+    /// Invoices the source lists as deleted (a listing of its own).
+    DeletedInvoices,
 }
 
 impl Entity {
@@ -218,6 +220,7 @@ impl Entity {
             Self::Activities => "activities",
             Self::DeletedCustomers => "deleted_customers",
             Self::DeletedOrders => "deleted_orders",
+            Self::DeletedInvoices => "deleted_invoices",
         }
     }
 
@@ -226,7 +229,7 @@ impl Entity {
         match self {
             Self::Customers | Self::DeletedCustomers => Some(DeletableTable::Customers),
             Self::Orders | Self::DeletedOrders => Some(DeletableTable::Orders),
-            Self::Invoices => Some(DeletableTable::Invoices),
+            Self::Invoices | Self::DeletedInvoices => Some(DeletableTable::Invoices),
             // Activities have no deletion mark (yet): a deletion read for one is not applied.
             Self::Owners | Self::Activities => None,
         }
@@ -755,7 +758,7 @@ async fn sync_entity<C: Connector>(
         Entity::Owners => LoadedTable::Owners,
         Entity::Customers | Entity::DeletedCustomers => LoadedTable::Customers,
         Entity::Orders | Entity::DeletedOrders => LoadedTable::Orders,
-        Entity::Invoices => LoadedTable::Invoices,
+        Entity::Invoices | Entity::DeletedInvoices => LoadedTable::Invoices,
         Entity::Activities => LoadedTable::Activities,
     };
     db.run(move |c| {

@@ -243,7 +243,7 @@ impl Connector for Pipedrive {
         since: Option<DateTime<Utc>>,
         cursor: Option<&str>,
     ) -> Result<RawPage, CrmError> {
-        if entity == Entity::Invoices {
+        if matches!(entity, Entity::Invoices | Entity::DeletedInvoices) {
             return Err(super::not_read(entity));
         }
         if entity == Entity::Owners {
@@ -305,7 +305,9 @@ impl Connector for Pipedrive {
             }
             Entity::Activities => self.map_activity(record, lookups),
             // Pipedrive does not list deleted organisations; invoices are not read.
-            Entity::DeletedCustomers | Entity::Invoices => Ok((Mapped::Ignored, None)),
+            Entity::DeletedCustomers | Entity::Invoices | Entity::DeletedInvoices => {
+                Ok((Mapped::Ignored, None))
+            }
         }
     }
 

@@ -341,6 +341,7 @@ impl Salesforce {
             // activities have queries of their own, and invoices are not read.
             Entity::DeletedCustomers
             | Entity::DeletedOrders
+            | Entity::DeletedInvoices
             | Entity::Activities
             | Entity::Invoices => ("Id".to_owned(), "Account", Some("IsDeleted = true")),
         };
@@ -508,7 +509,7 @@ impl Connector for Salesforce {
         since: Option<DateTime<Utc>>,
         cursor: Option<&str>,
     ) -> Result<RawPage, CrmError> {
-        if entity == Entity::Invoices {
+        if matches!(entity, Entity::Invoices | Entity::DeletedInvoices) {
             return Err(super::not_read(entity));
         }
         if self.over_budget.get() {
@@ -519,7 +520,7 @@ impl Connector for Salesforce {
             Entity::Customers | Entity::DeletedCustomers => "accounts",
             Entity::Orders | Entity::DeletedOrders => "opportunities",
             Entity::Activities => "activities",
-            Entity::Invoices => "invoices",
+            Entity::Invoices | Entity::DeletedInvoices => "invoices",
         };
         // Activities are two queries, Tasks then Events; an Event position is marked.
         let events = cursor.is_some_and(|c| c.starts_with(EVENTS));
@@ -652,9 +653,10 @@ impl Connector for Salesforce {
             }
             Entity::Activities => self.map_activity(record, lookups, changed),
             // Never read as such (see `soql`).
-            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::Invoices => {
-                Ok((Mapped::Ignored, changed))
-            }
+            Entity::DeletedCustomers
+            | Entity::DeletedOrders
+            | Entity::Invoices
+            | Entity::DeletedInvoices => Ok((Mapped::Ignored, changed)),
             Entity::Orders => {
                 if record.get("IsWon").and_then(Value::as_bool) != Some(true) {
                     return Ok((Mapped::Ignored, changed));

@@ -358,6 +358,9 @@ impl Connector for Zoho {
             Entity::DeletedCustomers,
             Entity::DeletedOrders,
         ]);
+        if self.settings.invoices {
+            entities.push(Entity::DeletedInvoices);
+        }
         entities
     }
 
@@ -382,6 +385,13 @@ impl Connector for Zoho {
             Entity::DeletedOrders => {
                 Some(("deleted deals", "/Deals/deleted", "all", "data", since))
             }
+            Entity::DeletedInvoices => Some((
+                "deleted invoices",
+                "/Invoices/deleted",
+                "all",
+                "data",
+                since,
+            )),
             Entity::Customers | Entity::Orders | Entity::Activities | Entity::Invoices => None,
         };
         if let Some((what, path, kind, key, since)) = numbered {
@@ -493,7 +503,7 @@ impl Connector for Zoho {
         match entity {
             Entity::Activities => map_call(record, lookups),
             Entity::Invoices => self.map_invoice(record),
-            Entity::DeletedCustomers | Entity::DeletedOrders => {
+            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::DeletedInvoices => {
                 let at = time(record, "deleted_time")?;
                 let reason = match text(record, "type") {
                     Some("recycle") => "deleted in zoho (in the recycle bin)",
