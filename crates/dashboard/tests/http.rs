@@ -445,21 +445,30 @@ backend_tests! {
             assert!(html.contains("id=\"score-breakdown\"") && html.contains("S03"));
             assert_eq!(one["may_override"], true);
             assert!(one["records"]["deleted"].is_null() && one["records"]["orders"][0]["deleted_reason"].is_null());
-            // Deleted at its source: the page says so (escaped) and strikes the deleted order.
+            // Deleted at its source: the page says so (escaped) and strikes the deleted order and
+            // invoice.
+            let dir = tempfile::tempdir().unwrap();
+            import(&db, dir.path(), "invoices.csv", RecordKind::Invoices,
+                "invoice_id,customer_id,issued_date,due_date,amount,paid_date\nI03,C03,2026-09-10,2026-10-10,300,\n");
             let source = tierwise_domain::SourceName::parse("file").unwrap();
             let at = chrono::NaiveDate::from_ymd_opt(2026, 11, 2).unwrap().and_hms_opt(8, 0, 0).unwrap();
-            for (table, id) in [(tierwise_store::load::DeletableTable::Customers, "C03"), (tierwise_store::load::DeletableTable::Orders, "S03")] {
+            for (table, id) in [
+                (tierwise_store::load::DeletableTable::Customers, "C03"),
+                (tierwise_store::load::DeletableTable::Orders, "S03"),
+                (tierwise_store::load::DeletableTable::Invoices, "I03"),
+            ] {
                 let deletion = tierwise_store::load::Deletion { external_id: id, at, reason: "merged into <b>C04</b>" };
                 assert_eq!(tierwise_store::load::mark_deleted(&mut db.conn(), &source, table, &[deletion]).unwrap(), 1);
             }
             let (_, html) = get(&app, &cookie, &format!("/customers/{hostile}")).await;
             assert!(html.contains("id=\"deleted\"") && html.contains("2026-11-02"), "{html}");
             assert!(html.contains("merged into &lt;b&gt;C04&lt;&#x2f;b&gt;") && !html.contains("<b>C04"), "{html}");
-            assert!(html.contains("<s title="), "the deleted order is struck through");
+            assert_eq!(html.matches("<s title=").count(), 2, "the deleted order and invoice are struck through");
             let (_, json) = get(&app, &cookie, &format!("/api/v1/customers/{hostile}")).await;
             let one: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert_eq!(one["records"]["deleted"][1], "merged into <b>C04</b>");
             assert_eq!(one["records"]["orders"][0]["deleted_reason"], "merged into <b>C04</b>");
+            assert_eq!(one["records"]["invoices"][0]["deleted_reason"], "merged into <b>C04</b>");
             let (status, _) = get(&app, &cookie, "/api/v1/customers/999999").await;
             assert_eq!(status, StatusCode::NOT_FOUND);
         });

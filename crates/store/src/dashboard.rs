@@ -443,6 +443,8 @@ pub struct InvoiceRow {
     pub currency: String,
     /// Paid (none: open).
     pub paid_on: Option<chrono::NaiveDate>,
+    /// Why the source deleted or voided it, when it did (listed, not counted).
+    pub deleted_reason: Option<String>,
 }
 
 /// A contact activity.
@@ -492,7 +494,7 @@ pub fn customer_records(
             .filter(invoices::customer_id.eq(id))
             .order((invoices::issued_on.desc(), invoices::id.desc()))
             .limit(limit)
-            .select((invoices::external_id, invoices::issued_on, invoices::due_on, invoices::amount_minor, invoices::currency, invoices::paid_on))
+            .select((invoices::external_id, invoices::issued_on, invoices::due_on, invoices::amount_minor, invoices::currency, invoices::paid_on, invoices::deleted_reason))
             .load(c)?,
         activities: activities::table
             .filter(activities::customer_id.eq(id))
