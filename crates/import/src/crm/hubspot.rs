@@ -671,48 +671,36 @@ impl Connector for Hubspot {
         };
         match entity {
             Entity::Invoices => {
-                let invoice = match property("hs_invoice_status") {
-                    // Drafts are not sent, voided invoices are not owed.
-                    Some("draft" | "voided") | None => return Ok((Mapped::Ignored, changed)),
-                    Some(status) => {
-                        let company = record
-                            .pointer("/associations/companies/results/0/id")
-                            .map(id_text)
-                            .ok_or_else(|| {
-                                Unmappable::field(
-                                    "associations.companies",
-                                    "the invoice has no company; associate one in HubSpot",
-                                )
-                            })?;
-                        let customer = ExternalId::parse("associations.companies", &company)?;
-                        let currency = match property("hs_currency") {
-                            Some(code) => Currency::parse(code)?,
-                            None => self.currency,
-                        };
-                        let amount = property("hs_amount_billed")
-                            .ok_or_else(|| Unmappable::field("hs_amount_billed", "is missing"))?;
-                        let amount = Money::parse_decimal("hs_amount_billed", amount, currency)?;
-                        // Date properties come as `2024-05-02`, date-times as ISO or epoch ms.
-                        let day = |name: &str| -> Result<Option<NaiveDate>, Unmappable> {
-                            property(name)
-                                .map(|raw| match NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
-                                    Ok(day) => Ok(day),
-                                    Err(_) => iso_time(name, raw).map(|t| t.date_naive()),
-                                })
-                                .transpose()
-                        };
-                        let issued = day("hs_invoice_date")?.ok_or_else(|| {
-                            Unmappable::field("hs_invoice_date", "is missing on an invoice")
-                        })?;
-                        let due = day("hs_due_date")?.unwrap_or(issued);
-                        // No payment date on invoices (payments are separate records): paid
-                        // counts from the last change, which marking it paid is.
-                        let paid = (status == "paid")
-                            .then(|| changed.map(|t| t.date_naive().max(issued)))
-                            .flatten();
-                        Invoice::new(id, customer, None, issued, due, amount, paid)?
-                    }
+                // Drafts are not sent, voided invoices are not owed.
+                let Some(status) = property("hs_invoice_status")
+                    .filter(|status| !matches!(*status, "draft" | "voided"))
+                else {
+                    return Ok((Mapped::Ignored, changed));
                 };
+                let customer = first_company(record, "invoice")?;
+                let currency = currency_of(property("hs_currency"), self.currency)?;
+                let amount = property("hs_amount_billed")
+                    .ok_or_else(|| Unmappable::field("hs_amount_billed", "is missing"))?;
+                let amount = Money::parse_decimal("hs_amount_billed", amount, currency)?;
+                // Date properties come as `2024-05-02`, date-times as ISO or epoch ms.
+                let day = |name: &str| -> Result<Option<NaiveDate>, Unmappable> {
+                    property(name)
+                        .map(|raw| match NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+                            Ok(day) => Ok(day),
+                            Err(_) => iso_time(name, raw).map(|t| t.date_naive()),
+                        })
+                        .transpose()
+                };
+                let issued = day("hs_invoice_date")?.ok_or_else(|| {
+                    Unmappable::field("hs_invoice_date", "is missing on an invoice")
+                })?;
+                let due = day("hs_due_date")?.unwrap_or(issued);
+                // No payment date on invoices (payments are separate records): paid counts
+                // from the last change, which marking it paid is.
+                let paid = (status == "paid")
+                    .then(|| changed.map(|t| t.date_naive().max(issued)))
+                    .flatten();
+                let invoice = Invoice::new(id, customer, None, issued, due, amount, paid)?;
                 Ok((Mapped::Invoice(invoice), changed))
             }
             Entity::Activities => {
@@ -771,20 +759,8 @@ impl Connector for Hubspot {
                 if !self.settings.won_stages.iter().any(|s| s == stage) {
                     return Ok((Mapped::Ignored, changed));
                 }
-                let company = record
-                    .pointer("/associations/companies/results/0/id")
-                    .map(id_text)
-                    .ok_or_else(|| {
-                        Unmappable::field(
-                            "associations.companies",
-                            "the won deal has no company; associate one in HubSpot",
-                        )
-                    })?;
-                let customer = ExternalId::parse("associations.companies", &company)?;
-                let currency = match property("deal_currency_code") {
-                    Some(code) => Currency::parse(code)?,
-                    None => self.currency,
-                };
+                let customer = first_company(record, "won deal")?;
+                let currency = currency_of(property("deal_currency_code"), self.currency)?;
                 let amount =
                     property("amount").ok_or_else(|| Unmappable::field("amount", "is missing"))?;
                 let amount = Money::parse_decimal("amount", amount, currency)?;
@@ -821,6 +797,28 @@ fn modified_millis(record: &Value) -> Result<Option<i64>, Unmappable> {
 }
 
 /// An ISO-8601 time (`2024-05-02T09:41:12.345Z`), or epoch milliseconds as digits.
+/// The first company a deal or invoice is associated with; an error naming `what` without one.
+fn first_company(record: &Value, what: &str) -> Result<ExternalId, Unmappable> {
+    let company = record
+        .pointer("/associations/companies/results/0/id")
+        .map(id_text)
+        .ok_or_else(|| {
+            Unmappable::field(
+                "associations.companies",
+                format!("the {what} has no company; associate one in HubSpot"),
+            )
+        })?;
+    Ok(ExternalId::parse("associations.companies", &company)?)
+}
+
+/// A currency code property, or the configured currency without one.
+fn currency_of(code: Option<&str>, default: Currency) -> Result<Currency, Unmappable> {
+    match code {
+        Some(code) => Ok(Currency::parse(code)?),
+        None => Ok(default),
+    }
+}
+
 fn iso_time(field: &str, raw: &str) -> Result<DateTime<Utc>, Unmappable> {
     if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
         return Ok(t.with_timezone(&Utc));

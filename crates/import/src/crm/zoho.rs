@@ -16,8 +16,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tierwise_domain::{
-    Activity, ActivityKind, Currency, Customer, EmailAddress, Invoice, Locale, Money, Order, Owner,
-    SourceName,
+    Activity, ActivityKind, Currency, Customer, EmailAddress, ExternalId, Invoice, Locale, Money,
+    Order, Owner, SourceName,
 };
 
 use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
@@ -548,17 +548,7 @@ impl Connector for Zoho {
                     return Ok((Mapped::Ignored, changed));
                 }
                 let id = text_or_number_id(record, "id")?;
-                let customer = match record.get("Account_Name") {
-                    Some(Value::Object(_)) => {
-                        text_or_number_id(record.get("Account_Name").unwrap_or(&Value::Null), "id")?
-                    }
-                    _ => {
-                        return Err(Unmappable::field(
-                            "Account_Name",
-                            "the won deal has no account; link it to one in Zoho CRM",
-                        ));
-                    }
-                };
+                let customer = account_of(record, "won deal")?;
                 let amount = record
                     .get("Amount")
                     .and_then(decimal_text)
@@ -586,22 +576,12 @@ impl Zoho {
     /// or voided invoices are not debts and are skipped.
     fn map_invoice(&self, record: &Value) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         let changed = time(record, "Modified_Time")?;
-        if matches!(
-            text(record, "Status"),
-            Some("Cancelled" | "Void" | "Voided")
-        ) {
+        let status = text(record, "Status");
+        if matches!(status, Some("Cancelled" | "Void" | "Voided")) {
             return Ok((Mapped::Ignored, changed));
         }
         let id = text_or_number_id(record, "id")?;
-        let customer = match record.get("Account_Name") {
-            Some(account @ Value::Object(_)) => text_or_number_id(account, "id")?,
-            _ => {
-                return Err(Unmappable::field(
-                    "Account_Name",
-                    "the invoice has no account; link it to one in Zoho CRM",
-                ));
-            }
-        };
+        let customer = account_of(record, "invoice")?;
         let order = match record.get("Sales_Order") {
             Some(order @ Value::Object(_)) => Some(text_or_number_id(order, "id")?),
             _ => None,
@@ -618,8 +598,8 @@ impl Zoho {
             .and_then(decimal_text)
             .ok_or_else(|| Unmappable::field("Grand_Total", "is missing"))?;
         let amount = Money::parse_decimal("Grand_Total", &amount, self.currency)?;
-        let is_paid = text(record, "Status")
-            .is_some_and(|status| self.settings.paid_statuses.iter().any(|p| p == status));
+        let is_paid =
+            status.is_some_and(|status| self.settings.paid_statuses.iter().any(|p| p == status));
         let paid = match (&self.settings.paid_date_field, is_paid) {
             (_, false) => None,
             (Some(field), true) => match text(record, field) {
@@ -635,16 +615,18 @@ impl Zoho {
 
 /// The day of an ISO-8601 time in the offset it was written with (the org's time zone).
 fn local_day(record: &Value, field: &str) -> Result<Option<chrono::NaiveDate>, Unmappable> {
-    match text(record, field) {
-        None => Ok(None),
-        Some(raw) => DateTime::parse_from_rfc3339(raw)
-            .map(|t| Some(t.date_naive()))
-            .map_err(|_| {
-                Unmappable::field(
-                    field,
-                    format!("'{raw}' is not a time like 2024-05-02T17:40:55+08:00"),
-                )
-            }),
+    Ok(offset_time(record, field)?.map(|t| t.date_naive()))
+}
+
+/// The account a deal or invoice belongs to (`Account_Name.id`); an error naming `what`
+/// without one.
+fn account_of(record: &Value, what: &str) -> Result<ExternalId, Unmappable> {
+    match record.get("Account_Name") {
+        Some(account @ Value::Object(_)) => text_or_number_id(account, "id"),
+        _ => Err(Unmappable::field(
+            "Account_Name",
+            format!("the {what} has no account; link it to one in Zoho CRM"),
+        )),
     }
 }
 
@@ -705,15 +687,22 @@ fn map_call(
 
 /// An ISO-8601 time with offset, as Zoho writes them.
 fn time(record: &Value, field: &str) -> Result<Option<DateTime<Utc>>, Unmappable> {
-    match text(record, field) {
-        None => Ok(None),
-        Some(raw) => DateTime::parse_from_rfc3339(raw)
-            .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|_| {
+    Ok(offset_time(record, field)?.map(|t| t.with_timezone(&Utc)))
+}
+
+/// An ISO-8601 time with the offset it was written with.
+fn offset_time(
+    record: &Value,
+    field: &str,
+) -> Result<Option<DateTime<chrono::FixedOffset>>, Unmappable> {
+    text(record, field)
+        .map(|raw| {
+            DateTime::parse_from_rfc3339(raw).map_err(|_| {
                 Unmappable::field(
                     field,
                     format!("'{raw}' is not a time like 2024-05-02T17:40:55+08:00"),
                 )
-            }),
-    }
+            })
+        })
+        .transpose()
 }
