@@ -7,6 +7,7 @@
 //! ```text
 //! cargo bench -p tierwise-grading --bench grade_1m                     # 1M customers, median of 3
 //! cargo bench -p tierwise-grading --bench grade_1m -- --customers 100000 --repeat 1
+//! cargo bench -p tierwise-grading --bench grade_1m -- --only sqlite        # or postgres
 //! ```
 //! Needs a Python with numpy, polars and duckdb (`TIERWISE_BENCH_PYTHON`, default `python3`;
 //! `python3 -m venv .venv && .venv/bin/pip install duckdb polars numpy`), `/usr/bin/time` and
@@ -38,6 +39,8 @@ struct Args {
     customers: u64,
     repeat: usize,
     python: String,
+    /// Backends to measure (`--only sqlite` or `--only postgres`; both by default).
+    only: Option<String>,
     child: Vec<String>,
 }
 
@@ -46,6 +49,7 @@ fn parse_args() -> Result<Args> {
         customers: 1_000_000,
         repeat: 3,
         python: std::env::var("TIERWISE_BENCH_PYTHON").unwrap_or_else(|_| "python3".into()),
+        only: None,
         child: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -54,6 +58,13 @@ fn parse_args() -> Result<Args> {
             "--customers" => args.customers = it.next().context("--customers N")?.parse()?,
             "--repeat" => args.repeat = it.next().context("--repeat N")?.parse()?,
             "--python" => args.python = it.next().context("--python PATH")?,
+            "--only" => {
+                let only = it.next().context("--only sqlite|postgres")?.to_lowercase();
+                if !matches!(only.as_str(), "sqlite" | "postgres") {
+                    bail!("--only takes sqlite or postgres, not {only}");
+                }
+                args.only = Some(only);
+            }
             "--child" => args.child = it.by_ref().collect(),
             // cargo bench passes --bench; ignore what is not ours.
             _ => {}
@@ -300,7 +311,12 @@ fn main() -> Result<()> {
         ("PostgreSQL", with_database_name(&admin, &pg_name)),
     ];
     let mut results = Vec::new();
-    for (name, url) in &backends {
+    let wanted = |name: &str| {
+        args.only
+            .as_deref()
+            .is_none_or(|only| (only == "sqlite") == (name == "SQLite"))
+    };
+    for (name, url) in backends.iter().filter(|(name, _)| wanted(name)) {
         eprintln!("{name}: setting up (loads {orders} orders and invoices once; slow)");
         child(&["setup", url, &csv_s, &orders.to_string()])?;
         let mut runs = Vec::new();
