@@ -323,7 +323,7 @@ fn grade_and_store(
         Some(run) => {
             // Facts are not needed once grades and the summary exist.
             drop(facts);
-            write_outcome(conn, run, &outcome, predictions.as_ref(), policy)?;
+            write_outcome(db, conn, run, &outcome, predictions.as_ref(), policy)?;
             let model_json = report
                 .predictive
                 .as_ref()
@@ -489,10 +489,11 @@ fn intern(name: &str) -> &'static str {
     leaked
 }
 
-/// Writes every grade of the run in one transaction, in customer-id order (the primary key's
-/// order, so index pages fill sequentially). Rendering the explanation JSON runs on a second
-/// thread, one batch ahead of the database writes.
+/// Writes every grade of the run (see [`store::write_run_grades`]), in customer-id order.
+/// Rendering the explanation JSON runs on a second thread, one batch ahead of the database
+/// writes.
 fn write_outcome(
+    db: &Database,
     conn: &mut DbConnection,
     run: GradingRunId,
     outcome: &GradingOutcome,
@@ -551,69 +552,65 @@ fn write_outcome(
                 }
             }
         });
-        tierwise_store::transaction(conn, |conn| {
-            store::begin_grade_load(conn)?;
-            for (batch, explanations) in receiver.iter() {
-                let indices = &order[batch * WRITE_BATCH..];
-                let batch_len = explanations.len();
-                let explanations: Vec<NewExplanation> = indices
-                    .iter()
-                    .zip(explanations)
-                    .filter_map(|(&i, explanation)| {
-                        Some(NewExplanation {
-                            run_id: run.0,
-                            customer_id: outcome.grades[i as usize].customer.0,
-                            explanation: explanation?,
-                        })
+        let batches = receiver.iter().map(|(batch, explanations)| {
+            let indices = &order[batch * WRITE_BATCH..];
+            let batch_len = explanations.len();
+            let explanations: Vec<NewExplanation> = indices
+                .iter()
+                .zip(explanations)
+                .filter_map(|(&i, explanation)| {
+                    Some(NewExplanation {
+                        run_id: run.0,
+                        customer_id: outcome.grades[i as usize].customer.0,
+                        explanation: explanation?,
                     })
-                    .collect();
-                let rows: Vec<NewGrade> = indices
-                    .iter()
-                    .take(batch_len)
-                    .map(|&i| {
-                        let g = &outcome.grades[i as usize];
-                        let predicted = prediction(i as usize);
-                        NewGrade {
-                            run_id: run.0,
-                            customer_id: g.customer.0,
-                            graded: g.graded,
-                            recency_days: g.recency_days,
-                            frequency: i32::try_from(g.frequency).unwrap_or(i32::MAX),
-                            monetary: g.monetary,
-                            r_score: g.rfm.map(|s| i32::from(s[0])),
-                            f_score: g.rfm.map(|s| i32::from(s[1])),
-                            m_score: g.rfm.map(|s| i32::from(s[2])),
-                            segment: g
-                                .segment
-                                .and_then(|s| segment_keys.get(usize::from(s)).copied()),
-                            abc_class: g.abc.map(|a| a.as_str()),
-                            credit_score: g.credit.map(|c| c.score),
-                            credit_grade: g.credit.map_or("unrated", |c| c.grade.as_str()),
-                            profit: g.profit,
-                            composite: g.composite,
-                            computed_tier: tier(g.computed_tier),
-                            tier: tier(g.assigned_tier),
-                            tier_reason: tier_reason_key(&g.tier_reason),
-                            periods_below: i32::try_from(g.periods_below).unwrap_or(i32::MAX),
-                            loyalty: g
-                                .loyalty_step
-                                .and_then(|s| loyalty_steps.get(usize::from(s)).copied()),
-                            lifecycle: g.lifecycle.as_str(),
-                            clv: g.clv_simple,
-                            tier_since: g.tier_since,
-                            p_alive: predicted.p_alive,
-                            expected_purchases_90d: predicted.expected_purchases_90d,
-                            expected_purchases_12m: predicted.expected_purchases_12m,
-                            expected_order_value: predicted.expected_order_value,
-                            clv_model: predicted.clv_model,
-                        }
-                    })
-                    .collect();
-                store::write_grades(conn, &rows, &explanations)?;
-            }
-            store::finish_grade_load(conn, run)?;
-            Ok::<(), GradingError>(())
-        })
+                })
+                .collect();
+            let rows: Vec<NewGrade> = indices
+                .iter()
+                .take(batch_len)
+                .map(|&i| {
+                    let g = &outcome.grades[i as usize];
+                    let predicted = prediction(i as usize);
+                    NewGrade {
+                        run_id: run.0,
+                        customer_id: g.customer.0,
+                        graded: g.graded,
+                        recency_days: g.recency_days,
+                        frequency: i32::try_from(g.frequency).unwrap_or(i32::MAX),
+                        monetary: g.monetary,
+                        r_score: g.rfm.map(|s| i32::from(s[0])),
+                        f_score: g.rfm.map(|s| i32::from(s[1])),
+                        m_score: g.rfm.map(|s| i32::from(s[2])),
+                        segment: g
+                            .segment
+                            .and_then(|s| segment_keys.get(usize::from(s)).copied()),
+                        abc_class: g.abc.map(|a| a.as_str()),
+                        credit_score: g.credit.map(|c| c.score),
+                        credit_grade: g.credit.map_or("unrated", |c| c.grade.as_str()),
+                        profit: g.profit,
+                        composite: g.composite,
+                        computed_tier: tier(g.computed_tier),
+                        tier: tier(g.assigned_tier),
+                        tier_reason: tier_reason_key(&g.tier_reason),
+                        periods_below: i32::try_from(g.periods_below).unwrap_or(i32::MAX),
+                        loyalty: g
+                            .loyalty_step
+                            .and_then(|s| loyalty_steps.get(usize::from(s)).copied()),
+                        lifecycle: g.lifecycle.as_str(),
+                        clv: g.clv_simple,
+                        tier_since: g.tier_since,
+                        p_alive: predicted.p_alive,
+                        expected_purchases_90d: predicted.expected_purchases_90d,
+                        expected_purchases_12m: predicted.expected_purchases_12m,
+                        expected_order_value: predicted.expected_order_value,
+                        clv_model: predicted.clv_model,
+                    }
+                })
+                .collect();
+            (rows, explanations)
+        });
+        Ok(store::write_run_grades(db, conn, run, batches)?)
     })
 }
 

@@ -435,6 +435,12 @@ impl Database {
         Ok(self.pool.get()?)
     }
 
+    /// An idle connection from the pool if one is there now, without waiting (for work that
+    /// can be done without it).
+    pub fn try_conn(&self) -> Option<PooledConnection> {
+        self.pool.try_get()
+    }
+
     /// Runs `f` with a pooled connection on tokio's blocking thread pool, carrying the caller's
     /// tracing span, so async callers never block the runtime on database I/O.
     pub async fn run<T, F>(&self, f: F) -> StoreResult<T>

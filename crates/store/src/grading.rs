@@ -1220,6 +1220,9 @@ pub struct NewExplanation {
 /// Rows per multi-row INSERT on SQLite (28 columns each: well under its 32,766 variable limit).
 const SQLITE_GRADES_PER_INSERT: usize = 128;
 
+/// Grade rows per commit while a run's grades are written on SQLite (see [`write_run_grades`]).
+const SQLITE_GRADES_PER_COMMIT: usize = 100_000;
+
 /// Inserts `rows` into `table` on SQLite, [`SQLITE_GRADES_PER_INSERT`] at a time. Fixed-size
 /// arrays give diesel a static query id, so each statement is prepared once and reused;
 /// preparing a fresh multi-row INSERT per batch cost a tenth of a run's instructions.
@@ -1239,67 +1242,140 @@ macro_rules! insert_in_cached_batches {
     }};
 }
 
-/// Prepares a run's grade writes. PostgreSQL: bare load tables (no key) that
-/// [`finish_grade_load`] turns into the run's partitions. SQLite: nothing. Call inside the
-/// write transaction; the grading lock makes the fixed table names safe.
-pub fn begin_grade_load(conn: &mut DbConnection) -> StoreResult<()> {
-    if let DbConnection::Postgresql(c) = conn {
-        use diesel::connection::SimpleConnection;
-        c.batch_execute(
-            "DROP TABLE IF EXISTS grades_load; DROP TABLE IF EXISTS grade_explanations_load; \
-             CREATE TABLE grades_load (LIKE grades); \
-             CREATE TABLE grade_explanations_load (LIKE grade_explanations)",
-        )?;
-    }
-    Ok(())
-}
-
-/// Completes a run's grade writes. PostgreSQL: builds the key on the loaded tables, marks them
-/// as holding only this run (so attaching needs no scan), attaches them as the run's
-/// partitions and gathers the grades' statistics (without them the planner takes a fresh
+/// Writes a run's grade rows and explanations, batch by batch as `batches` hands them out, in
+/// customer-id order (the primary key's order, so pages fill sequentially).
+///
+/// PostgreSQL: one transaction; binary COPY into bare load tables (no key), which then get their
+/// key, a check that they hold only this run (so attaching needs no scan) and are attached as the
+/// run's partitions; the grades' statistics are gathered (without them the planner takes a fresh
 /// million-row partition for a few thousand rows and sorts on disk where it should merge along
-/// the key; readers such as the digests run right after). SQLite: nothing.
-pub fn finish_grade_load(conn: &mut DbConnection, run: GradingRunId) -> StoreResult<()> {
-    if let DbConnection::Postgresql(c) = conn {
+/// the key; readers such as the digests run right after). The grading lock makes the fixed load
+/// table names safe.
+///
+/// SQLite: multi-row INSERTs, committed every [`SQLITE_GRADES_PER_COMMIT`] rows while a second
+/// connection checkpoints the committed part of the write-ahead log into the database file. In
+/// one transaction the whole log (about 400 MB per million grades) was copied at the commit,
+/// on the run's clock; now the copy runs beside the writes. Committing in parts is safe: readers
+/// reach grades only through a period's published run, and the rows of a run that fails are
+/// removed by [`fail_run`] (or, if its process died, [`fail_abandoned_runs`]).
+pub fn write_run_grades(
+    db: &crate::Database,
+    conn: &mut DbConnection,
+    run: GradingRunId,
+    batches: impl Iterator<Item = (Vec<NewGrade>, Vec<NewExplanation>)>,
+) -> StoreResult<()> {
+    if let DbConnection::Postgresql(_) = conn {
+        return crate::transaction(conn, |conn| {
+            let DbConnection::Postgresql(c) = conn else {
+                unreachable!("matched above")
+            };
+            write_grades_by_copy(c, run, batches)
+        });
+    }
+    // Without a spare connection the log is checkpointed at the commits, as SQLite does.
+    let Some(side) = db.try_conn() else {
+        return write_grades_in_commits(conn, batches, || {});
+    };
+    set_autocheckpoint(conn, 0)?;
+    let written = std::thread::scope(|scope| {
+        let (committed, commits) = std::sync::mpsc::channel::<()>();
+        let checkpointer = scope.spawn(move || -> StoreResult<()> {
+            let mut side = side;
+            while commits.recv().is_ok() {
+                // Several commits may have queued up: one checkpoint covers them all.
+                while commits.try_recv().is_ok() {}
+                if let DbConnection::Sqlite(c) = &mut *side {
+                    use diesel::connection::SimpleConnection;
+                    c.batch_execute("PRAGMA wal_checkpoint(PASSIVE)")?;
+                }
+            }
+            Ok(())
+        });
+        let written = write_grades_in_commits(conn, batches, || {
+            // A checkpointer that stopped on an error reports it through its result.
+            let _ = committed.send(());
+        });
+        drop(committed);
+        let checkpointed = checkpointer
+            .join()
+            .map_err(|_| StoreError::Task("the WAL checkpointer panicked".into()))?;
+        written.and(checkpointed)
+    });
+    set_autocheckpoint(conn, SQLITE_AUTOCHECKPOINT_PAGES)?;
+    written
+}
+
+/// SQLite's default: checkpoint at a commit once the log holds this many pages.
+const SQLITE_AUTOCHECKPOINT_PAGES: i64 = 1000;
+
+fn set_autocheckpoint(conn: &mut DbConnection, pages: i64) -> StoreResult<()> {
+    if let DbConnection::Sqlite(c) = conn {
         use diesel::connection::SimpleConnection;
-        let id = run.0;
-        c.batch_execute(&format!(
-            "ALTER TABLE grades_load ADD PRIMARY KEY (run_id, customer_id), \
-                 ADD CONSTRAINT grades_r{id}_run CHECK (run_id = {id}); \
-             ALTER TABLE grades_load RENAME TO grades_r{id}; \
-             ALTER TABLE grades ATTACH PARTITION grades_r{id} FOR VALUES IN ({id}); \
-             ANALYZE grades_r{id}; \
-             ALTER TABLE grade_explanations_load ADD PRIMARY KEY (run_id, customer_id), \
-                 ADD CONSTRAINT grade_explanations_r{id}_run CHECK (run_id = {id}); \
-             ALTER TABLE grade_explanations_load RENAME TO grade_explanations_r{id}; \
-             ALTER TABLE grade_explanations ATTACH PARTITION grade_explanations_r{id} \
-                 FOR VALUES IN ({id})"
-        ))?;
+        c.batch_execute(&format!("PRAGMA wal_autocheckpoint = {pages}"))?;
     }
     Ok(())
 }
 
-/// Writes grade rows and their explanations between [`begin_grade_load`] and
-/// [`finish_grade_load`] (binary COPY into the load tables on PostgreSQL, multi-row INSERT with
-/// one reused prepared statement per table on SQLite).
-pub fn write_grades(
-    conn: &mut DbConnection,
-    rows: &[NewGrade],
-    explanations: &[NewExplanation],
+fn write_grades_by_copy(
+    c: &mut diesel::PgConnection,
+    run: GradingRunId,
+    batches: impl Iterator<Item = (Vec<NewGrade>, Vec<NewExplanation>)>,
 ) -> StoreResult<()> {
-    match conn {
-        DbConnection::Postgresql(c) => {
-            diesel::copy_from(grades_load::table)
-                .from_insertable(rows)
-                .execute(c)?;
-            diesel::copy_from(grade_explanations_load::table)
-                .from_insertable(explanations)
-                .execute(c)?;
-        }
-        DbConnection::Sqlite(c) => {
-            insert_in_cached_batches!(c, grades, rows);
-            insert_in_cached_batches!(c, grade_explanations, explanations);
-        }
+    use diesel::connection::SimpleConnection;
+    c.batch_execute(
+        "DROP TABLE IF EXISTS grades_load; DROP TABLE IF EXISTS grade_explanations_load; \
+         CREATE TABLE grades_load (LIKE grades); \
+         CREATE TABLE grade_explanations_load (LIKE grade_explanations)",
+    )?;
+    for (rows, explanations) in batches {
+        diesel::copy_from(grades_load::table)
+            .from_insertable(&rows)
+            .execute(c)?;
+        diesel::copy_from(grade_explanations_load::table)
+            .from_insertable(&explanations)
+            .execute(c)?;
+    }
+    let id = run.0;
+    c.batch_execute(&format!(
+        "ALTER TABLE grades_load ADD PRIMARY KEY (run_id, customer_id), \
+             ADD CONSTRAINT grades_r{id}_run CHECK (run_id = {id}); \
+         ALTER TABLE grades_load RENAME TO grades_r{id}; \
+         ALTER TABLE grades ATTACH PARTITION grades_r{id} FOR VALUES IN ({id}); \
+         ANALYZE grades_r{id}; \
+         ALTER TABLE grade_explanations_load ADD PRIMARY KEY (run_id, customer_id), \
+             ADD CONSTRAINT grade_explanations_r{id}_run CHECK (run_id = {id}); \
+         ALTER TABLE grade_explanations_load RENAME TO grade_explanations_r{id}; \
+         ALTER TABLE grade_explanations ATTACH PARTITION grade_explanations_r{id} \
+             FOR VALUES IN ({id})"
+    ))?;
+    Ok(())
+}
+
+/// SQLite: inserts the batches, committing every [`SQLITE_GRADES_PER_COMMIT`] grade rows and
+/// calling `after_commit` after each commit.
+fn write_grades_in_commits(
+    conn: &mut DbConnection,
+    batches: impl Iterator<Item = (Vec<NewGrade>, Vec<NewExplanation>)>,
+    mut after_commit: impl FnMut(),
+) -> StoreResult<()> {
+    let mut batches = batches.peekable();
+    while batches.peek().is_some() {
+        crate::transaction(conn, |conn| -> StoreResult<()> {
+            let DbConnection::Sqlite(c) = conn else {
+                return Err(StoreError::Corrupt("SQLite writer on PostgreSQL".into()));
+            };
+            let mut written = 0;
+            while written < SQLITE_GRADES_PER_COMMIT {
+                let Some((rows, explanations)) = batches.next() else {
+                    break;
+                };
+                insert_in_cached_batches!(c, grades, rows);
+                insert_in_cached_batches!(c, grade_explanations, explanations);
+                written += rows.len();
+            }
+            Ok(())
+        })?;
+        after_commit();
     }
     Ok(())
 }

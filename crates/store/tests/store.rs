@@ -96,6 +96,36 @@ fn sample_customers() -> Vec<Staged<Customer>> {
 }
 
 backend_tests! {
+    fn grades_written_in_several_commits_are_all_kept_and_a_failed_run_leaves_none(db) {
+        use tierwise_store::grading::{count_grade_rows, fail_run, start_run, write_run_grades};
+        let mut conn = db.conn();
+        let period = tierwise_domain::Period::parse("2026-10").unwrap();
+        // 160,000 rows: SQLite commits every 100,000 (two commits).
+        let run = start_run(&mut conn, period, "h", "{}").unwrap();
+        let batches = (0..4).map(|b| grade_rows(run, b * 40_000, 40_000));
+        write_run_grades(&db.db, &mut conn, run, batches).unwrap();
+        assert_eq!(count_grade_rows(&mut conn).unwrap(), 160_000);
+
+        // A run whose second commit fails (a repeated customer): SQLite keeps the first
+        // commit's rows until the failure is recorded, PostgreSQL none at all.
+        let failing = start_run(&mut conn, period, "h", "{}").unwrap();
+        let batches = [
+            grade_rows(failing, 0, 100_000),
+            grade_rows(failing, 100_000, 10),
+            grade_rows(failing, 100_009, 1),
+        ]
+        .into_iter();
+        let error = write_run_grades(&db.db, &mut conn, failing, batches).unwrap_err();
+        assert!(error.to_string().to_lowercase().contains("unique") || error.to_string().contains("duplicate"), "{error}");
+        let kept = count_grade_rows(&mut conn).unwrap() - 160_000;
+        match db.backend() {
+            tierwise_store::testing::TestBackend::Sqlite => assert_eq!(kept, 100_000),
+            tierwise_store::testing::TestBackend::Postgres => assert_eq!(kept, 0),
+        }
+        fail_run(&mut conn, failing, &error.to_string()).unwrap();
+        assert_eq!(count_grade_rows(&mut conn).unwrap(), 160_000);
+    }
+
     fn migrations_go_up_down_and_redo(db) {
         let mut conn = db.conn();
         let status = migration_status(&mut conn).unwrap();
@@ -410,4 +440,57 @@ mod statistics_after_loads {
                 .unwrap()
         );
     }
+}
+
+/// `n` plain grade rows of `run` for customers `from..from + n`, with their explanations.
+fn grade_rows(
+    run: tierwise_store::grading::GradingRunId,
+    from: i64,
+    n: i64,
+) -> (
+    Vec<tierwise_store::grading::NewGrade>,
+    Vec<tierwise_store::grading::NewExplanation>,
+) {
+    use tierwise_store::grading::{NewExplanation, NewGrade};
+    let rows: Vec<NewGrade> = (from..from + n)
+        .map(|customer_id| NewGrade {
+            run_id: run.0,
+            customer_id,
+            graded: true,
+            recency_days: Some(3),
+            frequency: 2,
+            monetary: 1_000,
+            r_score: Some(5),
+            f_score: Some(4),
+            m_score: Some(3),
+            segment: Some("champions"),
+            abc_class: Some("A"),
+            credit_score: None,
+            credit_grade: "unrated",
+            profit: None,
+            composite: Some(0.5),
+            computed_tier: Some("gold"),
+            tier: Some("gold"),
+            tier_reason: "computed",
+            periods_below: 0,
+            loyalty: None,
+            lifecycle: "active",
+            clv: None,
+            tier_since: None,
+            p_alive: None,
+            expected_purchases_90d: None,
+            expected_purchases_12m: None,
+            expected_order_value: None,
+            clv_model: None,
+        })
+        .collect();
+    let explanations = rows
+        .iter()
+        .map(|g| NewExplanation {
+            run_id: g.run_id,
+            customer_id: g.customer_id,
+            explanation: "{}".into(),
+        })
+        .collect();
+    (rows, explanations)
 }
