@@ -550,6 +550,27 @@ fn iso_epoch_day(b: &[u8]) -> Option<i32> {
     Some(era * 146_097 + day_of_era - 719_468)
 }
 
+/// A PostgreSQL `date` read straight from its binary form (days since 2000-01-01) as days since
+/// 1970, without building a chrono date and counting its days back.
+#[derive(Debug, Clone, Copy, diesel::deserialize::FromSqlRow)]
+struct PgDay(i32);
+
+/// Days from 1970-01-01 to 2000-01-01, PostgreSQL's date epoch.
+const PG_EPOCH_DAY: i32 = 10_957;
+
+impl diesel::deserialize::FromSql<diesel::sql_types::Date, diesel::pg::Pg> for PgDay {
+    fn from_sql(value: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        let bytes: [u8; 4] = value
+            .as_bytes()
+            .try_into()
+            .map_err(|_| "a binary date is 4 bytes")?;
+        i32::from_be_bytes(bytes)
+            .checked_add(PG_EPOCH_DAY)
+            .map(PgDay)
+            .ok_or_else(|| "stored date out of range".into())
+    }
+}
+
 /// An order as PostgreSQL's binary `COPY` hands it out.
 ///
 /// At most one nullable column, and it last: diesel 2.3's binary `COPY TO` reader does not step
@@ -561,7 +582,7 @@ fn iso_epoch_day(b: &[u8]) -> Option<i32> {
 struct OrderCopyRow {
     id: i64,
     customer_id: i64,
-    order_date: NaiveDate,
+    order_date: PgDay,
     amount_minor: i64,
     cost_minor: Option<i64>,
 }
@@ -573,10 +594,10 @@ struct OrderCopyRow {
 struct InvoiceCopyRow {
     id: i64,
     customer_id: i64,
-    issued_on: NaiveDate,
-    due_on: NaiveDate,
+    issued_on: PgDay,
+    due_on: PgDay,
     amount_minor: i64,
-    paid_on: Option<NaiveDate>,
+    paid_on: Option<PgDay>,
 }
 
 /// Streams every order dated on or before `as_of` and not deleted at its source, in storage
@@ -590,12 +611,12 @@ fn for_each_order(
 ) -> StoreResult<u64> {
     let mut n = 0u64;
     let mut batches = Batches::new(fold);
+    let as_of_day = epoch_day(as_of);
     match conn {
         DbConnection::Sqlite(c) => {
             // No date filter in SQL: the DATE columns have NUMERIC affinity, so comparing them
             // with a bound date converts the bound text to a number on every row (a fifth of
             // the read). The few later rows are skipped here instead.
-            let as_of_day = epoch_day(as_of);
             let rows = orders::table
                 .select((
                     orders::customer_id,
@@ -628,10 +649,12 @@ fn for_each_order(
             let rows = diesel::copy_to(orders::table).load::<OrderCopyRow, _>(c)?;
             for row in rows {
                 let row = row?;
-                if row.order_date <= as_of && (deleted.is_empty() || !deleted.contains(&row.id)) {
+                if row.order_date.0 <= as_of_day
+                    && (deleted.is_empty() || !deleted.contains(&row.id))
+                {
                     batches.push(OrderFact {
                         customer_id: row.customer_id,
-                        day: epoch_day(row.order_date),
+                        day: row.order_date.0,
                         amount: row.amount_minor,
                         cost: row.cost_minor,
                     });
@@ -698,13 +721,13 @@ fn for_each_invoice(
                 let row = row?;
                 if row.amount_minor > 0
                     && (deleted.is_empty() || !deleted.contains(&row.id))
-                    && in_window(epoch_day(row.issued_on), epoch_day(row.due_on))
+                    && in_window(row.issued_on.0, row.due_on.0)
                 {
                     batches.push(InvoiceFact {
                         customer_id: row.customer_id,
-                        due: epoch_day(row.due_on),
+                        due: row.due_on.0,
                         amount: row.amount_minor,
-                        paid: row.paid_on.map(epoch_day),
+                        paid: row.paid_on.map(|d| d.0),
                     });
                     n += 1;
                 }
