@@ -462,13 +462,19 @@ trait Sheet {
 
 struct CsvSheet(csv::Writer<Vec<u8>>);
 
+/// Hundredths as a decimal with two places, the sign kept for amounts under 1.00 (−50 is
+/// "-0.50", not "0.50").
+fn cents_text(minor: i64) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+}
+
 impl Sheet for CsvSheet {
     fn row(&mut self, values: [Value; 17]) -> Result<(), String> {
         let cells = values.map(|v| match v {
             Value::Text(s) => s,
-            Value::Money(m) => m
-                .map(|v| format!("{}.{:02}", v / 100, (v % 100).abs()))
-                .unwrap_or_default(),
+            Value::Money(m) => m.map(cents_text).unwrap_or_default(),
             Value::Count(n) => n.to_string(),
             Value::Score(s) => s.map(|c| format!("{c:.2}")).unwrap_or_default(),
         });
@@ -610,5 +616,16 @@ mod tests {
         assert_eq!(spreadsheet_safe("@SUM(A1)"), "'@SUM(A1)");
         assert_eq!(spreadsheet_safe("Acme"), "Acme");
         assert_eq!(spreadsheet_safe(""), "");
+    }
+
+    #[test]
+    fn amounts_keep_their_sign_under_one() {
+        assert_eq!(cents_text(-50), "-0.50");
+        assert_eq!(cents_text(-5), "-0.05");
+        assert_eq!(cents_text(-150), "-1.50");
+        assert_eq!(cents_text(0), "0.00");
+        assert_eq!(cents_text(7), "0.07");
+        assert_eq!(cents_text(123_456), "1234.56");
+        assert_eq!(cents_text(i64::MIN), "-92233720368547758.08");
     }
 }
