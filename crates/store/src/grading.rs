@@ -475,6 +475,8 @@ const FOLD_BATCH: usize = 256;
 struct Batches<T, F: FnMut(&[T])> {
     rows: Vec<T>,
     fold: F,
+    /// Rows pushed so far.
+    pushed: u64,
 }
 
 impl<T, F: FnMut(&[T])> Batches<T, F> {
@@ -482,10 +484,12 @@ impl<T, F: FnMut(&[T])> Batches<T, F> {
         Self {
             rows: Vec::with_capacity(FOLD_BATCH),
             fold,
+            pushed: 0,
         }
     }
 
     fn push(&mut self, row: T) {
+        self.pushed += 1;
         self.rows.push(row);
         if self.rows.len() == FOLD_BATCH {
             (self.fold)(&self.rows);
@@ -493,10 +497,12 @@ impl<T, F: FnMut(&[T])> Batches<T, F> {
         }
     }
 
-    fn finish(mut self) {
+    /// Folds the last rows; returns how many rows were pushed in all.
+    fn finish(mut self) -> u64 {
         if !self.rows.is_empty() {
             (self.fold)(&self.rows);
         }
+        self.pushed
     }
 }
 
@@ -609,7 +615,6 @@ fn for_each_order(
     as_of: NaiveDate,
     fold: impl FnMut(&[OrderFact]),
 ) -> StoreResult<u64> {
-    let mut n = 0u64;
     let mut batches = Batches::new(fold);
     let as_of_day = epoch_day(as_of);
     match conn {
@@ -637,7 +642,6 @@ fn for_each_order(
                     amount,
                     cost,
                 });
-                n += 1;
             }
         }
         DbConnection::Postgresql(c) => {
@@ -658,13 +662,11 @@ fn for_each_order(
                         amount: row.amount_minor,
                         cost: row.cost_minor,
                     });
-                    n += 1;
                 }
             }
         }
     }
-    batches.finish();
-    Ok(n)
+    Ok(batches.finish())
 }
 
 /// Streams invoices issued in (window_start, as_of], due on or before `as_of`, with a positive
@@ -678,7 +680,6 @@ fn for_each_invoice(
     let (as_of_day, start_day) = (epoch_day(as_of), epoch_day(window_start));
     let in_window =
         |issued: i32, due: i32| issued > start_day && issued <= as_of_day && due <= as_of_day;
-    let mut n = 0u64;
     let mut batches = Batches::new(fold);
     match conn {
         DbConnection::Sqlite(c) => {
@@ -707,7 +708,6 @@ fn for_each_invoice(
                     amount,
                     paid: paid.map(|d| d.0),
                 });
-                n += 1;
             }
         }
         DbConnection::Postgresql(c) => {
@@ -729,13 +729,11 @@ fn for_each_invoice(
                         amount: row.amount_minor,
                         paid: row.paid_on.map(|d| d.0),
                     });
-                    n += 1;
                 }
             }
         }
     }
-    batches.finish();
-    Ok(n)
+    Ok(batches.finish())
 }
 
 /// Order dates of a customer, folded as day numbers and turned into dates at the end.

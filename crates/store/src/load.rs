@@ -676,26 +676,24 @@ pub fn load_orders(
     if let DbConnection::Sqlite(c) = conn {
         ctx.deferred_indexes
             .defer_if_worth_it(c, sqlite::DeferrableTable::Orders, staged.len())?;
-        let ids =
-            sqlite::customer_ids(c, ctx, ctx.create_missing_customers, &staged, &mut outcome)?;
-        let values: Vec<sqlite::OrderValues> = staged
-            .iter()
-            .zip(&ids)
-            .filter_map(|(r, id)| {
-                id.map(|customer_id| sqlite::OrderValues {
-                    source: r.source,
-                    external_id: r.external_id,
-                    customer_id,
-                    order_date: sqlite::DateText::new(r.order_date),
-                    amount_minor: r.amount_minor,
-                    cost_minor: r.cost_minor,
-                    currency: r.currency,
-                    quantity: r.quantity,
-                    import_run_id: r.import_run_id,
-                })
-            })
-            .collect();
-        outcome.written = sqlite::write_rows(c, &values)?;
+        outcome.written = sqlite::write_with_customers(
+            c,
+            ctx,
+            ctx.create_missing_customers,
+            &staged,
+            &mut outcome,
+            |r, customer_id| sqlite::OrderValues {
+                source: r.source,
+                external_id: r.external_id,
+                customer_id,
+                order_date: sqlite::DateText::new(r.order_date),
+                amount_minor: r.amount_minor,
+                cost_minor: r.cost_minor,
+                currency: r.currency,
+                quantity: r.quantity,
+                import_run_id: r.import_run_id,
+            },
+        )?;
         return Ok(outcome);
     }
     let merge = merge_sql(
@@ -772,27 +770,25 @@ pub fn load_invoices(
             sqlite::DeferrableTable::Invoices,
             staged.len(),
         )?;
-        let ids =
-            sqlite::customer_ids(c, ctx, ctx.create_missing_customers, &staged, &mut outcome)?;
-        let values: Vec<sqlite::InvoiceValues> = staged
-            .iter()
-            .zip(&ids)
-            .filter_map(|(r, id)| {
-                id.map(|customer_id| sqlite::InvoiceValues {
-                    source: r.source,
-                    external_id: r.external_id,
-                    customer_id,
-                    order_external_id: r.order_external_id,
-                    issued_on: sqlite::DateText::new(r.issued_on),
-                    due_on: sqlite::DateText::new(r.due_on),
-                    amount_minor: r.amount_minor,
-                    currency: r.currency,
-                    paid_on: r.paid_on.map(sqlite::DateText::new),
-                    import_run_id: r.import_run_id,
-                })
-            })
-            .collect();
-        outcome.written = sqlite::write_rows(c, &values)?;
+        outcome.written = sqlite::write_with_customers(
+            c,
+            ctx,
+            ctx.create_missing_customers,
+            &staged,
+            &mut outcome,
+            |r, customer_id| sqlite::InvoiceValues {
+                source: r.source,
+                external_id: r.external_id,
+                customer_id,
+                order_external_id: r.order_external_id,
+                issued_on: sqlite::DateText::new(r.issued_on),
+                due_on: sqlite::DateText::new(r.due_on),
+                amount_minor: r.amount_minor,
+                currency: r.currency,
+                paid_on: r.paid_on.map(sqlite::DateText::new),
+                import_run_id: r.import_run_id,
+            },
+        )?;
         return Ok(outcome);
     }
     let merge = merge_sql(
@@ -859,24 +855,23 @@ pub fn load_activities(
         return Ok(outcome);
     }
     if let DbConnection::Sqlite(c) = conn {
-        let ids = sqlite::customer_ids(c, ctx, false, &staged, &mut outcome)?;
-        let values: Vec<sqlite::ActivityValues> = staged
-            .iter()
-            .zip(&ids)
-            .filter_map(|(r, id)| {
-                id.map(|customer_id| sqlite::ActivityValues {
-                    source: r.source,
-                    external_id: r.external_id,
-                    customer_id,
-                    owner_email: r.owner_email,
-                    kind: r.kind,
-                    occurred_at: r.occurred_at,
-                    note: r.note,
-                    import_run_id: r.import_run_id,
-                })
-            })
-            .collect();
-        outcome.written = sqlite::write_rows(c, &values)?;
+        outcome.written = sqlite::write_with_customers(
+            c,
+            ctx,
+            false,
+            &staged,
+            &mut outcome,
+            |r, customer_id| sqlite::ActivityValues {
+                source: r.source,
+                external_id: r.external_id,
+                customer_id,
+                owner_email: r.owner_email,
+                kind: r.kind,
+                occurred_at: r.occurred_at,
+                note: r.note,
+                import_run_id: r.import_run_id,
+            },
+        )?;
         return Ok(outcome);
     }
     let merge = merge_sql(

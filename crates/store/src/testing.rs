@@ -382,28 +382,28 @@ pub fn invoice_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
 #[expect(clippy::expect_used, reason = "test helper")]
 pub fn deleted_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
     let mut out = Vec::new();
+    // One query per table, the same but for the table and its label.
+    macro_rules! deleted_of {
+        ($c:expr, $table:ident, $label:literal) => {
+            $table::table
+                .filter($table::source.eq(source))
+                .filter($table::deleted_at.is_not_null())
+                .order($table::external_id)
+                .select(($table::external_id, $table::deleted_reason))
+                .load::<(String, Option<String>)>($c)
+                .map(|rows| {
+                    rows.iter()
+                        .map(|(id, why)| {
+                            format!(concat!($label, " {}: {}"), id, why.as_deref().unwrap_or(""))
+                        })
+                        .collect::<Vec<_>>()
+                })
+        };
+    }
     with_backend!(conn, c => {
-        let cu: Vec<(String, Option<String>)> = customers::table
-            .filter(customers::source.eq(source))
-            .filter(customers::deleted_at.is_not_null())
-            .order(customers::external_id)
-            .select((customers::external_id, customers::deleted_reason))
-            .load(c).expect("customers");
-        out.extend(cu.iter().map(|(id, why)| format!("customer {id}: {}", why.as_deref().unwrap_or(""))));
-        let or: Vec<(String, Option<String>)> = orders::table
-            .filter(orders::source.eq(source))
-            .filter(orders::deleted_at.is_not_null())
-            .order(orders::external_id)
-            .select((orders::external_id, orders::deleted_reason))
-            .load(c).expect("orders");
-        out.extend(or.iter().map(|(id, why)| format!("order {id}: {}", why.as_deref().unwrap_or(""))));
-        let inv: Vec<(String, Option<String>)> = invoices::table
-            .filter(invoices::source.eq(source))
-            .filter(invoices::deleted_at.is_not_null())
-            .order(invoices::external_id)
-            .select((invoices::external_id, invoices::deleted_reason))
-            .load(c).expect("invoices");
-        out.extend(inv.iter().map(|(id, why)| format!("invoice {id}: {}", why.as_deref().unwrap_or(""))));
+        out.extend(deleted_of!(c, customers, "customer").expect("customers"));
+        out.extend(deleted_of!(c, orders, "order").expect("orders"));
+        out.extend(deleted_of!(c, invoices, "invoice").expect("invoices"));
     });
     out
 }

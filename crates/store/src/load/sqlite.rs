@@ -131,6 +131,26 @@ pub(super) fn write_rows<R: BlockRow>(conn: &mut SqliteConnection, rows: &[R]) -
     Ok(written)
 }
 
+/// Resolves the customer of each staged row (see [`customer_ids`]), builds the value row of each
+/// one whose customer is known with `value`, and writes them (see [`write_rows`]); returns how
+/// many were inserted or changed.
+pub(super) fn write_with_customers<'s, S: NamesCustomer, R: BlockRow>(
+    conn: &mut SqliteConnection,
+    ctx: &LoadContext,
+    create: bool,
+    staged: &'s [S],
+    outcome: &mut LoadOutcome,
+    value: impl Fn(&'s S, i64) -> R,
+) -> StoreResult<u64> {
+    let ids = customer_ids(conn, ctx, create, staged, outcome)?;
+    let values: Vec<R> = staged
+        .iter()
+        .zip(&ids)
+        .filter_map(|(row, id)| id.map(|customer_id| value(row, customer_id)))
+        .collect();
+    Ok(write_rows(conn, &values)?)
+}
+
 /// Creates the customers that do not exist yet, in the given order; returns the created ones'
 /// ids and keys.
 fn create_customers(
