@@ -153,3 +153,46 @@ fn margin_share_follows_profit_then_the_default_rate_then_revenue() {
     assert_eq!(margin_share(&f, Some(0.3)), 0.3);
     assert_eq!(margin_share(&f, None), 1.0);
 }
+
+#[test]
+fn predictions_do_not_depend_on_the_customers_order() {
+    // A hundred customers share their summary with another one (so share an outlook);
+    // reversing the order and interleaving non-buyers must change nothing.
+    let mut customers = population(300);
+    for i in 0..100 {
+        let twin = CustomerFacts {
+            customer: CustomerId(5_000 + i),
+            ..customers[i as usize * 3].clone()
+        };
+        customers.push(twin);
+    }
+    let forward = predict_population(&customers, as_of(), &Policy::default(), None);
+    let mut shuffled: Vec<CustomerFacts> = Vec::new();
+    for f in customers.iter().rev() {
+        shuffled.push(f.clone());
+        shuffled.push(CustomerFacts {
+            customer: CustomerId(10_000 + f.customer.0),
+            ..CustomerFacts::default()
+        });
+    }
+    let backward = predict_population(&shuffled, as_of(), &Policy::default(), None);
+    let (a, b) = (
+        forward.model.clone().unwrap(),
+        backward.model.clone().unwrap(),
+    );
+    assert_eq!(a.purchases.params, b.purchases.params);
+    assert_eq!(a.customers, 400);
+    assert_eq!(b.customers, 400);
+    assert_eq!(a.repeat_buyers, b.repeat_buyers);
+    for (i, f) in customers.iter().enumerate() {
+        let j = 2 * (customers.len() - 1 - i);
+        assert_eq!(shuffled[j].customer, f.customer);
+        assert_eq!(forward.get(i), backward.get(j), "{f:?}");
+        assert_eq!(backward.get(j + 1), None, "a non-buyer has no prediction");
+    }
+    let distinct: std::collections::HashSet<_> = customers
+        .iter()
+        .filter_map(|f| repeat_summary_days(f, as_of()))
+        .collect();
+    assert_eq!(distinct.len(), 300, "twins share summaries");
+}

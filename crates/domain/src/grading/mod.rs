@@ -21,7 +21,8 @@ pub use facts::{
 };
 pub use policy::Policy;
 pub use predict::{
-    Prediction, Predictions, PredictiveModel, PredictivePolicy, TimeUnit, predict_population,
+    Prediction, PredictionInputs, Predictions, PredictiveModel, PredictivePolicy, TimeUnit,
+    predict_population,
 };
 pub use score::{Credit, CreditGrade, Lifecycle};
 pub use segment::SegmentTable;

@@ -2,8 +2,6 @@
 //! buyer's repeat-purchase summary as of D, Gamma-Gamma on the repeat buyers' spend, then per
 //! customer P(alive), expected purchases, expected order value and discounted CLV.
 
-use std::collections::HashMap;
-
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
@@ -232,7 +230,8 @@ pub fn margin_share(f: &CustomerFacts, default_margin_rate: Option<f64>) -> f64 
 /// (x, t_x in days, T in days).
 type SummaryKey = (u32, i64, i64);
 
-/// Fits the models on `customers` as of `as_of` and predicts each customer.
+/// Fits the models on `customers` as of `as_of` and predicts each customer:
+/// [`PredictionInputs::new`] then [`PredictionInputs::predict`].
 ///
 /// Purchase model: every customer with an order up to D. Spend model: customers with x ≥ 1 and
 /// repeat amount > 0, m_x = repeat amount / x. CLV = value · margin · Σ_{k=1..H} (E[Y(k·u)] −
@@ -246,161 +245,212 @@ pub fn predict_population(
     policy: &Policy,
     previous: Option<&PredictiveModel>,
 ) -> Predictions {
-    let settings = &policy.predictive;
-    let unit = settings.time_unit.days();
-    // Each customer's distinct summary, numbered in first-seen order, then renumbered sorted
-    // so that the fit sees the same order whatever the customers' order.
-    let mut numbers: HashMap<SummaryKey, u32> = HashMap::new();
-    let mut keys: Vec<SummaryKey> = Vec::new();
-    let mut weights: Vec<f64> = Vec::new();
-    let mut outlook_of: Vec<u32> = customers
-        .iter()
-        .map(|f| match repeat_summary_days(f, as_of) {
-            Some(key) => {
-                let n = *numbers.entry(key).or_insert_with(|| {
-                    keys.push(key);
-                    weights.push(0.0);
-                    (keys.len() - 1) as u32
-                });
-                weights[n as usize] += 1.0;
-                n
-            }
-            None => Slot::NONE,
-        })
-        .collect();
-    drop(numbers);
-    let mut order: Vec<u32> = (0..keys.len() as u32).collect();
-    order.sort_unstable_by_key(|&n| keys[n as usize]);
-    let mut renumber = vec![0_u32; keys.len()];
-    for (sorted, &n) in order.iter().enumerate() {
-        renumber[n as usize] = sorted as u32;
-    }
-    for n in outlook_of.iter_mut().filter(|n| **n != Slot::NONE) {
-        *n = renumber[*n as usize];
-    }
-    drop(renumber);
-    let keys: Vec<SummaryKey> = order.iter().map(|&n| keys[n as usize]).collect();
-    let weights: Vec<f64> = order.iter().map(|&n| weights[n as usize]).collect();
-    drop(order);
+    PredictionInputs::new(customers, as_of, policy).predict(policy, previous)
+}
 
-    let to_model = |&(x, recency, age): &SummaryKey| RepeatSummary {
-        frequency: x,
-        recency: recency as f64 / unit,
-        age: age as f64 / unit,
-    };
-    let data: Vec<(RepeatSummary, f64)> = keys
-        .iter()
-        .zip(&weights)
-        .map(|(k, w)| (to_model(k), *w))
-        .collect();
-    let start = previous
-        .filter(|m| m.purchases.variant == settings.variant && m.time_unit == settings.time_unit)
-        .map(|m| &m.purchases.params);
-    let purchases = predictive::fit_from(settings.variant, &data, start);
-    drop(data);
-    let purchases = match purchases {
-        Ok(fit) => fit,
-        Err(error) => {
-            return Predictions {
-                model: Err(error),
-                outlooks: Vec::new(),
-                slots: vec![Slot::EMPTY; customers.len()],
-            };
+/// What the models need of each customer, taken from its facts so that a run can let go of the
+/// facts (about 190 bytes a customer) before fitting: its repeat-purchase summary (x, t_x, T),
+/// shared by customers with equal summaries, its repeat amount and its margin share (about 24
+/// bytes a customer).
+#[derive(Debug, Clone)]
+pub struct PredictionInputs {
+    /// Distinct summaries, sorted (the fit sees the same order whatever the customers' order).
+    keys: Vec<SummaryKey>,
+    /// Customers per distinct summary.
+    weights: Vec<f64>,
+    /// Per input customer.
+    customers: Vec<CustomerInput>,
+}
+
+/// One customer's part of [`PredictionInputs`].
+#[derive(Debug, Clone, Copy)]
+struct CustomerInput {
+    /// Index into `keys`; [`Slot::NONE`] without an order up to D.
+    summary: u32,
+    /// Amount of its repeat orders, minor units.
+    repeat_amount: i64,
+    /// [`margin_share`].
+    margin: f64,
+}
+
+impl PredictionInputs {
+    /// Each customer's summary as of `as_of`, repeat amount and margin share under `policy`.
+    pub fn new(customers: &[CustomerFacts], as_of: NaiveDate, policy: &Policy) -> Self {
+        // Distinct summaries numbered in sorted order, found by sorting (summary, customer)
+        // pairs: half the memory of a hash map from summary to number.
+        let mut inputs: Vec<CustomerInput> = Vec::with_capacity(customers.len());
+        let mut pairs: Vec<(SummaryKey, u32)> = Vec::new();
+        for (i, f) in customers.iter().enumerate() {
+            if let Some(key) = repeat_summary_days(f, as_of) {
+                pairs.push((key, i as u32));
+            }
+            inputs.push(CustomerInput {
+                summary: Slot::NONE,
+                repeat_amount: f.repeat_amount,
+                margin: margin_share(f, policy.profit.default_margin_rate),
+            });
         }
-    };
-
-    let repeats = |n: u32| keys.get(n as usize).map_or(0, |k| k.0);
-    let spend_data: Vec<SpendSummary> = customers
-        .iter()
-        .zip(&outlook_of)
-        .filter_map(|(f, &n)| spend_summary(f, repeats(n)))
-        .collect();
-    let (spend, spend_error) = match predictive::fit_spend(&spend_data) {
-        Ok((params, log_likelihood)) => (
-            Some(SpendFit {
-                params,
-                log_likelihood,
-                customers: spend_data.len() as u64,
-            }),
-            None,
-        ),
-        Err(error) => (None, Some(error.to_string())),
-    };
-    drop(spend_data);
-
-    let (p, variant) = (purchases.params, purchases.variant);
-    let horizon = ClvHorizon {
-        months: settings.clv_months,
-        monthly_discount: settings.monthly_discount_rate,
-        units_per_month: DAYS_PER_MONTH / unit,
-    };
-    let nan = |v: Option<f64>| v.filter(|v| v.is_finite()).unwrap_or(f64::NAN);
-    let outlooks: Vec<[f64; 4]> = predictive::map_in_chunks(&keys, |chunk| {
-        chunk
-            .iter()
-            .map(|key| {
-                let c = to_model(key);
-                let alive = predictive::p_alive(&p, variant, &c);
-                let short =
-                    predictive::expected_purchases(&p, variant, &c, SHORT_HORIZON_DAYS / unit);
-                let long =
-                    predictive::expected_purchases(&p, variant, &c, LONG_HORIZON_DAYS / unit);
-                // Margin and value scale the discounted purchases: one pass per summary.
-                let discounted = predictive::discounted_clv(&p, variant, &c, 1.0, 1.0, &horizon);
-                [nan(Some(alive)), nan(short), nan(long), nan(discounted)]
-            })
-            .collect::<Vec<_>>()
-    })
-    .into_iter()
-    .flatten()
-    .collect();
-
-    let slots = customers
-        .iter()
-        .zip(&outlook_of)
-        .map(|(f, &n)| {
-            let Some(&[_, _, _, discounted]) = outlooks.get(n as usize) else {
-                return Slot::EMPTY;
-            };
-            let order_value = spend
-                .and_then(|g| {
-                    let own = spend_summary(f, repeats(n));
-                    predictive::expected_average_value(&g.params, own.as_ref())
-                })
-                .unwrap_or(f64::NAN);
-            let margin = margin_share(f, policy.profit.default_margin_rate);
-            Slot {
-                outlook: n,
-                order_value: nan(Some(order_value)),
-                clv: nan(Some(discounted * order_value * margin)),
+        pairs.sort_unstable();
+        let mut keys: Vec<SummaryKey> = Vec::new();
+        let mut weights: Vec<f64> = Vec::new();
+        for &(key, customer) in &pairs {
+            if keys.last() != Some(&key) {
+                keys.push(key);
+                weights.push(0.0);
             }
+            if let Some(weight) = weights.last_mut() {
+                *weight += 1.0;
+            }
+            inputs[customer as usize].summary = (keys.len() - 1) as u32;
+        }
+        drop(pairs);
+        keys.shrink_to_fit();
+        weights.shrink_to_fit();
+        Self {
+            keys,
+            weights,
+            customers: inputs,
+        }
+    }
+
+    /// Customers covered.
+    pub fn len(&self) -> usize {
+        self.customers.len()
+    }
+
+    /// Whether no customer was given.
+    pub fn is_empty(&self) -> bool {
+        self.customers.is_empty()
+    }
+
+    /// Fits the models and predicts each customer, in input order (see [`predict_population`]).
+    pub fn predict(self, policy: &Policy, previous: Option<&PredictiveModel>) -> Predictions {
+        let Self {
+            keys,
+            weights,
+            customers,
+        } = self;
+        let settings = &policy.predictive;
+        let unit = settings.time_unit.days();
+        let to_model = |&(x, recency, age): &SummaryKey| RepeatSummary {
+            frequency: x,
+            recency: recency as f64 / unit,
+            age: age as f64 / unit,
+        };
+        let data: Vec<(RepeatSummary, f64)> = keys
+            .iter()
+            .zip(&weights)
+            .map(|(k, w)| (to_model(k), *w))
+            .collect();
+        let start = previous
+            .filter(|m| {
+                m.purchases.variant == settings.variant && m.time_unit == settings.time_unit
+            })
+            .map(|m| &m.purchases.params);
+        let purchases = predictive::fit_from(settings.variant, &data, start);
+        drop(data);
+        let purchases = match purchases {
+            Ok(fit) => fit,
+            Err(error) => {
+                return Predictions {
+                    model: Err(error),
+                    outlooks: Vec::new(),
+                    slots: vec![Slot::EMPTY; customers.len()],
+                };
+            }
+        };
+
+        let repeats = |n: u32| keys.get(n as usize).map_or(0, |k| k.0);
+        let spend_data: Vec<SpendSummary> = customers
+            .iter()
+            .filter_map(|c| spend_summary(c.repeat_amount, repeats(c.summary)))
+            .collect();
+        let (spend, spend_error) = match predictive::fit_spend(&spend_data) {
+            Ok((params, log_likelihood)) => (
+                Some(SpendFit {
+                    params,
+                    log_likelihood,
+                    customers: spend_data.len() as u64,
+                }),
+                None,
+            ),
+            Err(error) => (None, Some(error.to_string())),
+        };
+        drop(spend_data);
+
+        let (p, variant) = (purchases.params, purchases.variant);
+        let horizon = ClvHorizon {
+            months: settings.clv_months,
+            monthly_discount: settings.monthly_discount_rate,
+            units_per_month: DAYS_PER_MONTH / unit,
+        };
+        let nan = |v: Option<f64>| v.filter(|v| v.is_finite()).unwrap_or(f64::NAN);
+        let outlooks: Vec<[f64; 4]> = predictive::map_in_chunks(&keys, |chunk| {
+            chunk
+                .iter()
+                .map(|key| {
+                    let c = to_model(key);
+                    let alive = predictive::p_alive(&p, variant, &c);
+                    let short =
+                        predictive::expected_purchases(&p, variant, &c, SHORT_HORIZON_DAYS / unit);
+                    let long =
+                        predictive::expected_purchases(&p, variant, &c, LONG_HORIZON_DAYS / unit);
+                    // Margin and value scale the discounted purchases: one pass per summary.
+                    let discounted =
+                        predictive::discounted_clv(&p, variant, &c, 1.0, 1.0, &horizon);
+                    [nan(Some(alive)), nan(short), nan(long), nan(discounted)]
+                })
+                .collect::<Vec<_>>()
         })
+        .into_iter()
+        .flatten()
         .collect();
-    let buyers = weights.iter().sum::<f64>() as u64;
-    let repeat_buyers = keys
-        .iter()
-        .zip(&weights)
-        .filter(|(k, _)| k.0 > 0)
-        .map(|(_, w)| *w)
-        .sum::<f64>() as u64;
-    Predictions {
-        model: Ok(PredictiveModel {
-            purchases,
-            spend,
-            spend_error,
-            time_unit: settings.time_unit,
-            customers: buyers,
-            repeat_buyers,
-        }),
-        outlooks,
-        slots,
+
+        let slots = customers
+            .iter()
+            .map(|c| {
+                let Some(&[_, _, _, discounted]) = outlooks.get(c.summary as usize) else {
+                    return Slot::EMPTY;
+                };
+                let order_value = spend
+                    .and_then(|g| {
+                        let own = spend_summary(c.repeat_amount, repeats(c.summary));
+                        predictive::expected_average_value(&g.params, own.as_ref())
+                    })
+                    .unwrap_or(f64::NAN);
+                Slot {
+                    outlook: c.summary,
+                    order_value: nan(Some(order_value)),
+                    clv: nan(Some(discounted * order_value * c.margin)),
+                }
+            })
+            .collect();
+        let buyers = weights.iter().sum::<f64>() as u64;
+        let repeat_buyers = keys
+            .iter()
+            .zip(&weights)
+            .filter(|(k, _)| k.0 > 0)
+            .map(|(_, w)| *w)
+            .sum::<f64>() as u64;
+        Predictions {
+            model: Ok(PredictiveModel {
+                purchases,
+                spend,
+                spend_error,
+                time_unit: settings.time_unit,
+                customers: buyers,
+                repeat_buyers,
+            }),
+            outlooks,
+            slots,
+        }
     }
 }
 
 /// A repeat buyer's spend (x repeat days, average repeat amount), if positive.
-fn spend_summary(f: &CustomerFacts, repeats: u32) -> Option<SpendSummary> {
-    (repeats > 0 && f.repeat_amount > 0).then(|| SpendSummary {
+fn spend_summary(repeat_amount: i64, repeats: u32) -> Option<SpendSummary> {
+    (repeats > 0 && repeat_amount > 0).then(|| SpendSummary {
         transactions: repeats,
-        average: f.repeat_amount as f64 / f64::from(repeats),
+        average: repeat_amount as f64 / f64::from(repeats),
     })
 }
