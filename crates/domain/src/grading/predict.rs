@@ -238,7 +238,8 @@ type SummaryKey = (u32, i64, i64);
 /// E[Y((k−1)·u)]) / (1+d)^k with u a month in model units (see [`predictive::discounted_clv`]).
 ///
 /// `previous`, the models of the period before, starts the purchase fit near its optimum when
-/// it used the same variant and time unit (month to month the parameters move little).
+/// it used the same variant and time unit, and the spend fit whenever it has one (month to
+/// month the parameters move little).
 pub fn predict_population(
     customers: &[CustomerFacts],
     as_of: NaiveDate,
@@ -365,7 +366,8 @@ impl PredictionInputs {
             .iter()
             .filter_map(|c| spend_summary(c.repeat_amount, repeats(c.summary)))
             .collect();
-        let (spend, spend_error) = match predictive::fit_spend(&spend_data) {
+        let spend_start = previous.and_then(|m| m.spend.as_ref()).map(|s| &s.params);
+        let (spend, spend_error) = match predictive::fit_spend_from(&spend_data, spend_start) {
             Ok((params, log_likelihood)) => (
                 Some(SpendFit {
                     params,
