@@ -998,6 +998,22 @@ mod tests {
             let direct: f64 = data.iter().map(|s| spend_log_likelihood(&g, s)).sum();
             close(table.log_likelihood(&g), direct, "spend table");
         }
+        // Values whose product of four overflows take four logarithms.
+        let huge: Vec<SpendSummary> = (1..10u32)
+            .map(|i| SpendSummary {
+                transactions: 2,
+                average: 1e90 * f64::from(i),
+            })
+            .collect();
+        let g = GammaGammaParams {
+            p: 2.0,
+            q: 3.0,
+            gamma: 10.0,
+        };
+        let direct: f64 = huge.iter().map(|s| spend_log_likelihood(&g, s)).sum();
+        let tabled = SpendTable::new(&huge).log_likelihood(&g);
+        assert!(tabled.is_finite(), "{tabled}");
+        close(tabled, direct, "spend table, huge values");
     }
 
     #[test]

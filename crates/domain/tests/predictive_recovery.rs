@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Beta, Distribution, Exp, Gamma};
 use tierwise_domain::predictive::{
     BgNbdParams, GammaGammaParams, RepeatSummary, SpendSummary, Variant, fit, fit_from, fit_spend,
-    spend_log_likelihood, total_log_likelihood,
+    fit_spend_from, spend_log_likelihood, total_log_likelihood,
 };
 
 /// `n` customers: λ ~ Gamma(r, 1/α), p ~ Beta(a, b), first purchase at 0, observed for T weeks
@@ -182,6 +182,23 @@ fn gamma_gamma_parameters_are_recovered_from_simulated_spend() {
             };
             assert!(at(&near) < ll, "{near:?} beats the optimum");
         }
+        // Started from last month's parameters (a few percent off), the fit reaches the same
+        // optimum; an unusable start is ignored.
+        let nearby = GammaGammaParams {
+            p: g.p * 1.04,
+            q: g.q * 0.97,
+            gamma: g.gamma * 1.03,
+        };
+        let (warm, warm_ll) = fit_spend_from(&data, Some(&nearby)).unwrap();
+        assert!(warm_ll >= ll - 1e-7 * ll.abs(), "{warm_ll} vs {ll}");
+        within(warm.p, g.p, 0.01, "warm p");
+        within(warm.q, g.q, 0.01, "warm q");
+        within(warm.gamma, g.gamma, 0.01, "warm gamma");
+        let nonsense = GammaGammaParams {
+            p: f64::NAN,
+            ..nearby
+        };
+        assert_eq!(fit_spend_from(&data, Some(&nonsense)).unwrap(), (g, ll));
     }
 }
 
