@@ -96,6 +96,44 @@ fn sample_customers() -> Vec<Staged<Customer>> {
 }
 
 backend_tests! {
+    fn facts_come_in_tie_break_order_source_then_external_id_as_bytes(db) {
+        use tierwise_store::grading::{FactsRequest, load_facts};
+        let mut conn = db.conn();
+        // Byte order differs from any natural or locale order: capitals before small letters,
+        // "a10" before "a9", non-ASCII last, and source "file-b" before "file_a" (a locale
+        // ignoring punctuation puts "file_a" first).
+        let ids = ["é", "b", "a9", "Z", "a10", "B"];
+        for source in ["file_a", "file-b"] {
+            let mut c = ctx(&mut conn, true);
+            c.source = SourceName::parse(source).unwrap();
+            let customers: Vec<Staged<Customer>> = ids
+                .iter()
+                .map(|ext| Staged { line: 2, record: Customer::new(id(ext), &format!("{source} {ext}")).unwrap() })
+                .collect();
+            assert_eq!(load_customers(&mut conn, &c, &customers).unwrap().written, 6);
+        }
+        let facts = load_facts(
+            &db.db,
+            &mut conn,
+            &FactsRequest {
+                period: tierwise_domain::Period::parse("2026-10").unwrap(),
+                lookback_months: 24,
+                grace_days: 0,
+                attributes: &[],
+                tiers: &[],
+                segments: &[],
+            },
+        )
+        .unwrap();
+        let order: Vec<i64> = facts.customers.iter().map(|f| f.customer.0).collect();
+        let expected: Vec<i64> = ["file-b", "file_a"]
+            .iter()
+            .flat_map(|source| ["B", "Z", "a10", "a9", "b", "é"].map(|ext| (*source, ext)))
+            .map(|(source, ext)| find_customer(&mut conn, source, ext).unwrap().unwrap().id.0)
+            .collect();
+        assert_eq!(order, expected);
+    }
+
     fn grades_written_in_several_commits_are_all_kept_and_a_failed_run_leaves_none(db) {
         use tierwise_store::grading::{count_grade_rows, fail_run, start_run, write_run_grades};
         let mut conn = db.conn();
