@@ -526,8 +526,12 @@ pub async fn customer_data(
             }))
         })
         .await?;
-    let l = loaded.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+    let mut l = loaded.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
     let today = chrono::Utc::now().date_naive();
+    // Stored compactly; shown as the object with named fields.
+    if let Some(stored) = l.grade.as_mut().and_then(|g| g.explanation.as_mut()) {
+        *stored = tierwise_grading::explanation_object(stored).into_owned();
+    }
     let explanation: Option<serde_json::Value> = l
         .grade
         .as_ref()

@@ -436,6 +436,10 @@ backend_tests! {
             let points: f64 = one["breakdown"].as_array().unwrap().iter().map(|p| p["points"].as_f64().unwrap()).sum();
             let composite = one["grade"]["composite"].as_f64().unwrap();
             assert!((points - composite).abs() < 0.01, "{points} vs {composite}: {json}");
+            // Stored positionally, shown with named fields.
+            let shown: serde_json::Value = serde_json::from_str(one["grade"]["explanation"].as_str().unwrap()).unwrap();
+            assert_eq!(shown, one["explanation"]);
+            assert!(shown["components"]["value"].is_number() && shown["tier"]["kind"].is_string(), "{shown}");
             assert_eq!(one["records"]["orders"][0]["external_id"], "S03");
             let tier = one["grade"]["tier"].as_str().unwrap();
             let level = Policy::default().tiers.levels.into_iter().find(|l| l.name == tier).unwrap();

@@ -5,20 +5,25 @@
 //! published ones and switches the period's pointer at the end, so readers never see a mix, and
 //! a run that dies leaves the previous snapshot in place (it is marked failed by the next run).
 
+mod explanation;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::Serialize;
 use tierwise_domain::Period;
 use tierwise_domain::grading::{
-    Grade, GradingOutcome, Policy, PolicyAdjustment, PredictionInputs, Predictions,
-    PredictiveModel, Summary, TierReason, grade_population, summarise,
+    GradingOutcome, Policy, PolicyAdjustment, PredictionInputs, Predictions, PredictiveModel,
+    Summary, TierReason, grade_population, summarise,
 };
 use tierwise_store::grading::{
     self as store, FactsRequest, GradingRunId, NewExplanation, NewGrade, RunCounts,
 };
 use tierwise_store::policy::{NewPolicyVersion, PolicyVersion};
 use tierwise_store::{Database, DbConnection, StoreError};
+
+pub use explanation::explanation_object;
+use explanation::stored_explanation;
 
 /// Name of the database-wide lock a grading run holds.
 pub const GRADING_LOCK: &str = "grading";
@@ -417,49 +422,6 @@ fn movement(
     Ok(m)
 }
 
-/// Built-in component values of an explanation; absent ones are left out.
-#[derive(Serialize)]
-struct Components<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    credit: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    frequency: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    recency: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    profit: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prospect: Option<f64>,
-    #[serde(flatten, skip_serializing_if = "BTreeMap::is_empty")]
-    custom: BTreeMap<&'a str, f64>,
-}
-
-/// Payment figures behind the credit score (the score and grade are columns).
-#[derive(Serialize)]
-struct CreditFigures {
-    on_time_ratio: f64,
-    avg_days_late: f64,
-    overdue_ratio: f64,
-}
-
-/// The JSON explanation stored with each grade: everything that produced it beyond the grade's
-/// columns. The weights are in the run's policy snapshot (same run id). Values are rounded to six
-/// decimals: enough to explain, and it halves the row.
-#[derive(Serialize)]
-struct Explanation<'a> {
-    components: Components<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    credit: Option<CreditFigures>,
-    tier: &'a TierReason,
-    lifetime_orders: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lifetime_recency_days: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    churn_rate: Option<f64>,
-}
-
 fn tier_reason_key(reason: &TierReason) -> &'static str {
     match reason {
         TierReason::Computed => "computed",
@@ -542,7 +504,7 @@ fn write_outcome(
                         // Outside G with no override there is nothing beyond the columns
                         // (the lifecycle says why): no row, a sixth fewer writes.
                         (g.graded || g.tier_reason != TierReason::NotGraded)
-                            .then(|| explanation(g, outcome.churn_rate_of(g), custom_names))
+                            .then(|| stored_explanation(g, outcome.churn_rate_of(g), custom_names))
                     })
                     .collect();
                 if sender.send((batch, explanations)).is_err() {
@@ -611,42 +573,6 @@ fn write_outcome(
         });
         Ok(store::write_run_grades(db, conn, run, batches)?)
     })
-}
-
-/// `x` rounded to six decimals.
-fn round6(x: f64) -> f64 {
-    (x * 1e6).round() / 1e6
-}
-
-fn explanation(g: &Grade, churn_rate: Option<f64>, custom_names: &[&str]) -> String {
-    let mut custom = BTreeMap::new();
-    for (name, value) in custom_names.iter().zip(&g.custom_components) {
-        if !value.is_nan() {
-            custom.insert(*name, round6(*value));
-        }
-    }
-    let component = |i| g.component(i).map(round6);
-    let e = Explanation {
-        components: Components {
-            value: component(0),
-            credit: component(1),
-            frequency: component(2),
-            recency: component(3),
-            profit: component(4),
-            prospect: component(5),
-            custom,
-        },
-        credit: g.credit.map(|c| CreditFigures {
-            on_time_ratio: round6(c.on_time_ratio),
-            avg_days_late: round6(c.avg_days_late),
-            overdue_ratio: round6(c.overdue_ratio),
-        }),
-        tier: &g.tier_reason,
-        lifetime_orders: g.lifetime_orders,
-        lifetime_recency_days: g.lifetime_recency_days,
-        churn_rate: churn_rate.map(round6),
-    };
-    serde_json::to_string(&e).unwrap_or_else(|_| "{}".into())
 }
 
 /// The policy in force: the configured `[grading]` policy with the newest version applied from

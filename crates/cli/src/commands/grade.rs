@@ -514,7 +514,10 @@ fn export_row(c: GradedCustomer, monetary_is_average: bool) -> Vec<Cell> {
         float(c.prediction.expected_purchases_12m, 3),
         int(c.prediction.expected_order_value),
         int(c.prediction.clv_model),
-        opt_text(c.explanation),
+        opt_text(
+            c.explanation
+                .map(|e| tierwise_grading::explanation_object(&e).into_owned()),
+        ),
     ]
 }
 
@@ -700,7 +703,11 @@ fn show(
             ),
         );
     }
-    let explanation = c.explanation.clone().unwrap_or_default();
+    let explanation = c
+        .explanation
+        .as_deref()
+        .map(|e| tierwise_grading::explanation_object(e).into_owned())
+        .unwrap_or_default();
     let parsed: serde_json::Value = serde_json::from_str(&explanation).unwrap_or_default();
     if let Some(components) = parsed.get("components").and_then(|v| v.as_object()) {
         // The weights the run used, from its stored policy (today's configuration may differ).
