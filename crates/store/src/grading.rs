@@ -577,12 +577,25 @@ impl diesel::deserialize::FromSql<diesel::sql_types::Date, diesel::pg::Pg> for P
     }
 }
 
-/// An order as PostgreSQL's binary `COPY` hands it out.
+/// An order as PostgreSQL's binary `COPY` hands it out, without its id: the read needs the id
+/// only to skip deleted orders, and while there are none (the rule), not sending it saves the
+/// server a fifth of the `COPY`.
 ///
 /// At most one nullable column, and it last: diesel 2.3's binary `COPY TO` reader does not step
 /// over a NULL field's length, so every field after a NULL decodes as NULL too (a deleted order
 /// without a cost read as live). Deleted rows are therefore looked up apart, through their
 /// partial index (they are few).
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = orders, check_for_backend(diesel::pg::Pg))]
+struct OrderCopyFacts {
+    customer_id: i64,
+    order_date: PgDay,
+    amount_minor: i64,
+    cost_minor: Option<i64>,
+}
+
+/// [`OrderCopyFacts`] with the order's id, read when some orders are deleted (flat: diesel's
+/// `COPY` does not take embedded selections).
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = orders, check_for_backend(diesel::pg::Pg))]
 struct OrderCopyRow {
@@ -593,8 +606,30 @@ struct OrderCopyRow {
     cost_minor: Option<i64>,
 }
 
-/// An invoice as PostgreSQL's binary `COPY` hands it out (one nullable column, last: see
-/// [`OrderCopyRow`]).
+impl OrderCopyRow {
+    fn facts(self) -> OrderCopyFacts {
+        OrderCopyFacts {
+            customer_id: self.customer_id,
+            order_date: self.order_date,
+            amount_minor: self.amount_minor,
+            cost_minor: self.cost_minor,
+        }
+    }
+}
+
+/// An invoice as PostgreSQL's binary `COPY` hands it out, without its id (one nullable column,
+/// last: see [`OrderCopyFacts`]).
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = invoices, check_for_backend(diesel::pg::Pg))]
+struct InvoiceCopyFacts {
+    customer_id: i64,
+    issued_on: PgDay,
+    due_on: PgDay,
+    amount_minor: i64,
+    paid_on: Option<PgDay>,
+}
+
+/// [`InvoiceCopyFacts`] with the invoice's id, read when some invoices are deleted.
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = invoices, check_for_backend(diesel::pg::Pg))]
 struct InvoiceCopyRow {
@@ -604,6 +639,18 @@ struct InvoiceCopyRow {
     due_on: PgDay,
     amount_minor: i64,
     paid_on: Option<PgDay>,
+}
+
+impl InvoiceCopyRow {
+    fn facts(self) -> InvoiceCopyFacts {
+        InvoiceCopyFacts {
+            customer_id: self.customer_id,
+            issued_on: self.issued_on,
+            due_on: self.due_on,
+            amount_minor: self.amount_minor,
+            paid_on: self.paid_on,
+        }
+    }
 }
 
 /// Streams every order dated on or before `as_of` and not deleted at its source, in storage
@@ -650,18 +697,26 @@ fn for_each_order(
                 .select(orders::id)
                 .load_iter::<i64, DefaultLoadingMode>(c)?
                 .collect::<QueryResult<_>>()?;
-            let rows = diesel::copy_to(orders::table).load::<OrderCopyRow, _>(c)?;
-            for row in rows {
-                let row = row?;
-                if row.order_date.0 <= as_of_day
-                    && (deleted.is_empty() || !deleted.contains(&row.id))
-                {
+            let mut push = |row: OrderCopyFacts| {
+                if row.order_date.0 <= as_of_day {
                     batches.push(OrderFact {
                         customer_id: row.customer_id,
                         day: row.order_date.0,
                         amount: row.amount_minor,
                         cost: row.cost_minor,
                     });
+                }
+            };
+            if deleted.is_empty() {
+                for row in diesel::copy_to(orders::table).load::<OrderCopyFacts, _>(c)? {
+                    push(row?);
+                }
+            } else {
+                for row in diesel::copy_to(orders::table).load::<OrderCopyRow, _>(c)? {
+                    let row = row?;
+                    if !deleted.contains(&row.id) {
+                        push(row.facts());
+                    }
                 }
             }
         }
@@ -716,19 +771,26 @@ fn for_each_invoice(
                 .select(invoices::id)
                 .load_iter::<i64, DefaultLoadingMode>(c)?
                 .collect::<QueryResult<_>>()?;
-            let rows = diesel::copy_to(invoices::table).load::<InvoiceCopyRow, _>(c)?;
-            for row in rows {
-                let row = row?;
-                if row.amount_minor > 0
-                    && (deleted.is_empty() || !deleted.contains(&row.id))
-                    && in_window(row.issued_on.0, row.due_on.0)
-                {
+            let mut push = |row: InvoiceCopyFacts| {
+                if row.amount_minor > 0 && in_window(row.issued_on.0, row.due_on.0) {
                     batches.push(InvoiceFact {
                         customer_id: row.customer_id,
                         due: row.due_on.0,
                         amount: row.amount_minor,
                         paid: row.paid_on.map(|d| d.0),
                     });
+                }
+            };
+            if deleted.is_empty() {
+                for row in diesel::copy_to(invoices::table).load::<InvoiceCopyFacts, _>(c)? {
+                    push(row?);
+                }
+            } else {
+                for row in diesel::copy_to(invoices::table).load::<InvoiceCopyRow, _>(c)? {
+                    let row = row?;
+                    if !deleted.contains(&row.id) {
+                        push(row.facts());
+                    }
                 }
             }
         }
