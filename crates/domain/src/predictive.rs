@@ -184,26 +184,58 @@ pub fn expected_purchases(
     c: &RepeatSummary,
     t: f64,
 ) -> Option<f64> {
-    if t.is_nan() || t < 0.0 {
-        return None;
-    }
-    let p = &BgNbdParams {
+    let if_alive = expected_purchases_if_alive(p, variant, c.frequency, c.age, t);
+    expected_purchases_from(if_alive, p_alive_for_expectations(p, variant, c))
+}
+
+/// `p` with `a` moved 1e-6 away from 1 when within 1e-6 of it (see [`expected_purchases`]).
+fn away_from_one(p: &BgNbdParams) -> BgNbdParams {
+    BgNbdParams {
         a: match p.a - 1.0 {
             gap if gap.abs() >= 1e-6 => p.a,
             gap if gap < 0.0 => 1.0 - 1e-6,
             _ => 1.0 + 1e-6,
         },
         ..*p
-    };
-    let x = f64::from(c.frequency);
+    }
+}
+
+/// The part of [`expected_purchases`] before its P(alive) factor: (a+b+x−1)/(a−1) · [1 −
+/// ((α+T)/(α+T+t))^(r+x) · 2F1(…)] (BG/NBD; MBG/NBD as there). It depends on x and T but not on
+/// t_x, so customers who share (x, T) share it: the hypergeometric series, most of the cost, is
+/// summed once for all of them. `None` when the series does not converge or `t` is negative.
+pub fn expected_purchases_if_alive(
+    p: &BgNbdParams,
+    variant: Variant,
+    frequency: u32,
+    age: f64,
+    t: f64,
+) -> Option<f64> {
+    if t.is_nan() || t < 0.0 {
+        return None;
+    }
+    let p = &away_from_one(p);
+    let x = f64::from(frequency);
     let (lead, hb, hc) = match variant {
         Variant::Bg => (p.a + p.b + x - 1.0, p.b + x, p.a + p.b + x - 1.0),
         Variant::Modified => (p.a + p.b + x, p.b + x + 1.0, p.a + p.b + x),
     };
-    let z = t / (p.alpha + c.age + t);
+    let z = t / (p.alpha + age + t);
     let hyper = hyp2f1(p.r + x, hb, hc, z)?;
-    let shrink = ((p.r + x) * ((p.alpha + c.age).ln() - (p.alpha + c.age + t).ln())).exp();
-    let value = lead / (p.a - 1.0) * (1.0 - shrink * hyper) * p_alive(p, variant, c);
+    let shrink = ((p.r + x) * ((p.alpha + age).ln() - (p.alpha + age + t).ln())).exp();
+    Some(lead / (p.a - 1.0) * (1.0 - shrink * hyper))
+}
+
+/// P(alive) as [`expected_purchases`] multiplies it in: with `a` moved away from 1 as there
+/// (equal to [`p_alive`] unless a is within 1e-6 of 1).
+pub fn p_alive_for_expectations(p: &BgNbdParams, variant: Variant, c: &RepeatSummary) -> f64 {
+    p_alive(&away_from_one(p), variant, c)
+}
+
+/// [`expected_purchases`] from its two factors: [`expected_purchases_if_alive`] ·
+/// [`p_alive_for_expectations`], floored at 0; `None` when not finite.
+pub fn expected_purchases_from(if_alive: Option<f64>, alive: f64) -> Option<f64> {
+    let value = if_alive? * alive;
     value.is_finite().then_some(value.max(0.0))
 }
 
@@ -433,10 +465,35 @@ pub fn discounted_clv(
     margin: f64,
     horizon: &ClvHorizon,
 ) -> Option<f64> {
+    let if_alive: Vec<Option<f64>> = (1..=horizon.months)
+        .map(|k| {
+            expected_purchases_if_alive(
+                p,
+                variant,
+                c.frequency,
+                c.age,
+                f64::from(k) * horizon.units_per_month,
+            )
+        })
+        .collect();
+    let alive = p_alive_for_expectations(p, variant, c);
+    discounted_clv_from(&if_alive, alive, value, margin, horizon)
+}
+
+/// [`discounted_clv`] from [`expected_purchases_if_alive`] at the end of each month of the
+/// horizon (`if_alive[k − 1]` for month k; customers sharing x and T share them) and
+/// [`p_alive_for_expectations`].
+pub fn discounted_clv_from(
+    if_alive: &[Option<f64>],
+    alive: f64,
+    value: f64,
+    margin: f64,
+    horizon: &ClvHorizon,
+) -> Option<f64> {
     let mut total = 0.0;
     let mut before = 0.0;
     for k in 1..=horizon.months {
-        let by_then = expected_purchases(p, variant, c, f64::from(k) * horizon.units_per_month)?;
+        let by_then = expected_purchases_from(*if_alive.get(usize::try_from(k - 1).ok()?)?, alive)?;
         total +=
             (by_then - before) * value * margin / (1.0 + horizon.monthly_discount).powi(k as i32);
         before = by_then;

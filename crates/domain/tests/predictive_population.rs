@@ -6,7 +6,7 @@ use chrono::{Days, NaiveDate};
 use tierwise_domain::CustomerId;
 use tierwise_domain::grading::predict::{margin_share, repeat_summary_days};
 use tierwise_domain::grading::{CustomerFacts, Policy, ProfitFacts, predict_population};
-use tierwise_domain::predictive::{FitError, RepeatSummary, Variant, p_alive};
+use tierwise_domain::predictive::{FitError, RepeatSummary, Variant, expected_purchases, p_alive};
 
 fn as_of() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 10, 31).unwrap()
@@ -82,6 +82,15 @@ fn every_buyer_gets_finite_predictions_and_non_buyers_none() {
         assert_eq!(
             p.p_alive,
             p_alive(&model.purchases.params, Variant::Modified, &c)
+        );
+        // Computed once per (x, T) group for the population, the same as one by one.
+        assert_eq!(
+            p.purchases_90d,
+            expected_purchases(&model.purchases.params, Variant::Modified, &c, 90.0)
+        );
+        assert_eq!(
+            p.purchases_12m,
+            expected_purchases(&model.purchases.params, Variant::Modified, &c, 365.25)
         );
     }
     let daily = out.get(302).unwrap();
@@ -195,4 +204,31 @@ fn predictions_do_not_depend_on_the_customers_order() {
         .filter_map(|f| repeat_summary_days(f, as_of()))
         .collect();
     assert_eq!(distinct.len(), 300, "twins share summaries");
+}
+
+#[test]
+fn customers_sharing_frequency_and_age_get_their_own_recency_in_every_prediction() {
+    // Groups of customers with equal x and T but different t_x share the hypergeometric part
+    // of their expectations; P(alive), and so every prediction, still differs by t_x.
+    let mut customers = population(300);
+    for j in 0..6 {
+        customers.push(buyer(2_000 + j, 3, 200, 5 + 30 * j as u64, 4_000));
+    }
+    let out = predict_population(&customers, as_of(), &Policy::default(), None);
+    let params = out.model.clone().unwrap().purchases.params;
+    let group: Vec<_> = (300..306).map(|i| out.get(i).unwrap()).collect();
+    for (f, p) in customers[300..].iter().zip(&group) {
+        let (x, recency, age) = repeat_summary_days(f, as_of()).unwrap();
+        let c = RepeatSummary::new(x, recency as f64, age as f64).unwrap();
+        assert_eq!(p.p_alive, p_alive(&params, Variant::Modified, &c));
+        assert_eq!(
+            p.purchases_90d,
+            expected_purchases(&params, Variant::Modified, &c, 90.0)
+        );
+    }
+    // The later the last purchase, the likelier alive and the more valuable.
+    for pair in group.windows(2) {
+        assert!(pair[0].p_alive > pair[1].p_alive, "{pair:?}");
+        assert!(pair[0].clv > pair[1].clv, "{pair:?}");
+    }
 }

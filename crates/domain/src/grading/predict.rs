@@ -387,26 +387,66 @@ impl PredictionInputs {
             units_per_month: DAYS_PER_MONTH / unit,
         };
         let nan = |v: Option<f64>| v.filter(|v| v.is_finite()).unwrap_or(f64::NAN);
-        let outlooks: Vec<[f64; 4]> = predictive::map_in_chunks(&keys, |chunk| {
+        // The expected purchases' costly part (a hypergeometric series per horizon) depends on
+        // x and T only: summaries are visited grouped by (x, T), and each group computes it
+        // once for the horizons of the outlook and of every CLV month.
+        let mut by_frequency_and_age: Vec<u32> = (0..keys.len() as u32).collect();
+        by_frequency_and_age.sort_unstable_by_key(|&n| {
+            let (x, _, age) = keys[n as usize];
+            (x, age)
+        });
+        let short_t = SHORT_HORIZON_DAYS / unit;
+        let long_t = LONG_HORIZON_DAYS / unit;
+        let month_t: Vec<f64> = (1..=horizon.months)
+            .map(|k| f64::from(k) * horizon.units_per_month)
+            .collect();
+        let parts = predictive::map_in_chunks(&by_frequency_and_age, |chunk| {
+            let mut group: Option<(u32, i64)> = None;
+            let (mut short, mut long) = (None, None);
+            let mut months: Vec<Option<f64>> = Vec::with_capacity(month_t.len());
             chunk
                 .iter()
-                .map(|key| {
+                .map(|&n| {
+                    let key = &keys[n as usize];
                     let c = to_model(key);
+                    if group != Some((key.0, key.2)) {
+                        group = Some((key.0, key.2));
+                        let if_alive = |t: f64| {
+                            predictive::expected_purchases_if_alive(
+                                &p,
+                                variant,
+                                c.frequency,
+                                c.age,
+                                t,
+                            )
+                        };
+                        short = if_alive(short_t);
+                        long = if_alive(long_t);
+                        months.clear();
+                        months.extend(month_t.iter().map(|&t| if_alive(t)));
+                    }
                     let alive = predictive::p_alive(&p, variant, &c);
-                    let short =
-                        predictive::expected_purchases(&p, variant, &c, SHORT_HORIZON_DAYS / unit);
-                    let long =
-                        predictive::expected_purchases(&p, variant, &c, LONG_HORIZON_DAYS / unit);
+                    let weighted = predictive::p_alive_for_expectations(&p, variant, &c);
                     // Margin and value scale the discounted purchases: one pass per summary.
                     let discounted =
-                        predictive::discounted_clv(&p, variant, &c, 1.0, 1.0, &horizon);
-                    [nan(Some(alive)), nan(short), nan(long), nan(discounted)]
+                        predictive::discounted_clv_from(&months, weighted, 1.0, 1.0, &horizon);
+                    (
+                        n,
+                        [
+                            nan(Some(alive)),
+                            nan(predictive::expected_purchases_from(short, weighted)),
+                            nan(predictive::expected_purchases_from(long, weighted)),
+                            nan(discounted),
+                        ],
+                    )
                 })
                 .collect::<Vec<_>>()
-        })
-        .into_iter()
-        .flatten()
-        .collect();
+        });
+        drop(by_frequency_and_age);
+        let mut outlooks: Vec<[f64; 4]> = vec![[f64::NAN; 4]; keys.len()];
+        for (n, outlook) in parts.into_iter().flatten() {
+            outlooks[n as usize] = outlook;
+        }
 
         let slots = customers
             .iter()
