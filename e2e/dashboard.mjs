@@ -73,6 +73,9 @@ async function anonymousGoesToLogin(page) {
   await open(page, "/");
   check(pathOf(page) === "/login", `anonymous GET / ended at ${page.url()}, not /login`);
   await page.locator('form[action="/login"] input[name="csrf"]').waitFor({ state: "attached" });
+  const headers = (await page.goto(url("/login"))).headers();
+  check((headers["content-security-policy"] || "").includes("default-src 'self'") && headers["x-frame-options"] === "DENY",
+    `GET /login: no security headers (${JSON.stringify(headers)})`);
 }
 
 async function logIn(page) {
@@ -274,6 +277,10 @@ async function main() {
     page.setDefaultTimeout(15_000);
     const pageErrors = [];
     page.on("pageerror", (e) => pageErrors.push(e.message));
+    // A script, style or request the content security policy refused is a broken page too.
+    page.on("console", (m) => {
+      if (m.type() === "error" && /Content Security Policy/i.test(m.text())) pageErrors.push(m.text());
+    });
     for (const [i, [name, step]] of STEPS.entries()) {
       const shot = path.join(shots, `${String(i + 1).padStart(2, "0")}-${name}.png`);
       const started = Date.now();

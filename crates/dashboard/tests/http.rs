@@ -9,7 +9,10 @@ use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::{App, test as atest, web};
 use tierwise_dashboard::views::Views;
-use tierwise_dashboard::{AppState, configure, hash_password, session_middleware};
+use tierwise_dashboard::{
+    AppState, CONTENT_SECURITY_POLICY, configure, hash_password, security_headers,
+    session_middleware,
+};
 use tierwise_domain::Period;
 use tierwise_domain::grading::Policy;
 use tierwise_grading::{Mode, grade_period};
@@ -193,6 +196,7 @@ macro_rules! app {
                     cache: std::sync::Arc::default(),
                 }))
                 .wrap(session_middleware(&[7u8; 64], false))
+                .wrap(security_headers())
                 .configure(configure),
         )
         .await
@@ -200,6 +204,27 @@ macro_rules! app {
 }
 
 backend_tests! {
+    fn every_response_carries_the_security_headers(db) {
+        fixture(&db);
+        actix_web::rt::System::new().block_on(async {
+            let app = app!(db);
+            let admin = login(&app, "admin", "s3cret-pass").await.0.unwrap();
+            // A page, the API, the login page without a session, a static asset, a 404.
+            for (uri, signed_in) in [("/", true), ("/api/v1/overview", true), ("/login", false), ("/static/app.css", false), ("/no-such-page", true)] {
+                let mut request = atest::TestRequest::get().uri(uri);
+                if signed_in {
+                    request = request.cookie(admin.clone());
+                }
+                let resp = atest::call_service(&app, request.to_request()).await;
+                let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                assert_eq!(header("content-security-policy").as_deref(), Some(CONTENT_SECURITY_POLICY), "{uri}");
+                assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"), "{uri}");
+                assert_eq!(header("x-frame-options").as_deref(), Some("DENY"), "{uri}");
+                assert_eq!(header("referrer-policy").as_deref(), Some("same-origin"), "{uri}");
+            }
+        });
+    }
+
     fn operations_pages_migrations_and_export(db) {
         fixture(&db);
         actix_web::rt::System::new().block_on(async {

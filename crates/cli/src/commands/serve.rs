@@ -122,6 +122,7 @@ async fn serve(settings: &Settings, bind: &str, parts: Parts) -> anyhow::Result<
                     cfg.app_data(state).service(
                         web::scope("")
                             .wrap(tierwise_dashboard::session_middleware(&key, secure))
+                            .wrap(tierwise_dashboard::security_headers())
                             .configure(tierwise_dashboard::configure),
                     );
                 }
