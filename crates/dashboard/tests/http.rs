@@ -361,6 +361,10 @@ backend_tests! {
             assert_eq!(resp.headers().get("Location").unwrap(), "/customers?tier=A");
             let (_, html) = get(&app, &cookie, "/").await;
             assert!(html.contains("退出") && !html.contains("Log out"), "now Chinese");
+            // Segments by their names in the reader's language, not by their keys.
+            let names = ["重要价值客户", "重要发展客户", "重要保持客户", "重要挽留客户", "一般价值客户", "一般发展客户", "一般保持客户", "一般挽留客户"];
+            assert!(names.iter().any(|n| html.contains(n)), "segment names on the overview");
+            assert!(!html.contains(">important_") && !html.contains(">general_"), "no raw segment keys shown");
             let resp = atest::call_service(&app, atest::TestRequest::post().uri("/account/language").cookie(cookie.clone())
                 .insert_header(("Referer", "http://evil.example/x"))
                 .set_form([("csrf", csrf_of(&html).as_str()), ("locale", "en")]).to_request()).await;
