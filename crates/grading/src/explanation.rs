@@ -130,14 +130,24 @@ pub fn explanation_object(stored: &str) -> Cow<'_, str> {
     if !stored.starts_with('[') {
         return Cow::Borrowed(stored);
     }
-    let Ok(fields) = serde_json::from_str::<Stored<BTreeMap<String, f64>, TierReason>>(stored)
+    let Ok((
+        layout,
+        value,
+        credit,
+        frequency,
+        recency,
+        profit,
+        prospect,
+        custom,
+        figures,
+        tier,
+        lifetime_orders,
+        lifetime_recency_days,
+        churn_rate,
+    )) = serde_json::from_str::<Stored<BTreeMap<String, f64>, TierReason>>(stored)
     else {
         return Cow::Borrowed(stored);
     };
-    let (layout, value, credit, frequency, recency, profit, prospect, custom, figures, tier) = (
-        fields.0, fields.1, fields.2, fields.3, fields.4, fields.5, fields.6, fields.7, fields.8,
-        fields.9,
-    );
     if layout != LAYOUT {
         return Cow::Borrowed(stored);
     }
@@ -161,9 +171,9 @@ pub fn explanation_object(stored: &str) -> Cow<'_, str> {
             },
         ),
         tier: &tier,
-        lifetime_orders: fields.10,
-        lifetime_recency_days: fields.11,
-        churn_rate: fields.12,
+        lifetime_orders,
+        lifetime_recency_days,
+        churn_rate,
     };
     serde_json::to_string(&object).map_or(Cow::Borrowed(stored), Cow::Owned)
 }

@@ -285,17 +285,17 @@ fn grade_and_store(
     // the models need 24 bytes of each customer's 192, and facts, grades and the models'
     // tables together were the run's peak memory (610 → 548 MiB with a million customers).
     // Dry runs compare tiers only.
-    let predict = run.is_some() && policy.predictive.enabled;
-    let predictions = if predict {
-        let inputs = PredictionInputs::new(&facts.customers, period.as_of(), policy);
-        drop(facts);
-        let previous = previous_model(conn, period)?;
-        let predictions = inputs.predict(policy, previous.as_ref());
-        watch.lap("predict");
-        Some(predictions)
-    } else {
-        drop(facts);
-        None
+    let inputs = (run.is_some() && policy.predictive.enabled)
+        .then(|| PredictionInputs::new(&facts.customers, period.as_of(), policy));
+    drop(facts);
+    let predictions = match inputs {
+        Some(inputs) => {
+            let previous = previous_model(conn, period)?;
+            let predictions = inputs.predict(policy, previous.as_ref());
+            watch.lap("predict");
+            Some(predictions)
+        }
+        None => None,
     };
     let (predictive, predictive_error) = match predictions.as_ref().map(|p| &p.model) {
         Some(Ok(model)) => (Some(model.clone()), None),

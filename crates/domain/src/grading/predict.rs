@@ -314,16 +314,6 @@ impl PredictionInputs {
         }
     }
 
-    /// Customers covered.
-    pub fn len(&self) -> usize {
-        self.customers.len()
-    }
-
-    /// Whether no customer was given.
-    pub fn is_empty(&self) -> bool {
-        self.customers.is_empty()
-    }
-
     /// Fits the models and predicts each customer, in input order (see [`predict_population`]).
     pub fn predict(self, policy: &Policy, previous: Option<&PredictiveModel>) -> Predictions {
         let Self {
