@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use tierwise_import::crm::fxiaoke::{Fxiaoke, FxiaokeSettings};
+use tierwise_import::crm::fxiaoke::{ActivitySettings, Fxiaoke, FxiaokeSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
 use tierwise_store::testing::{
-    TestDb, assert_same_rows, deleted_snapshot, invoice_snapshot, source_snapshot,
+    TestDb, activity_snapshot, assert_same_rows, deleted_snapshot, invoice_snapshot,
+    source_snapshot,
 };
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
@@ -48,6 +49,8 @@ struct Source {
     orders: Vec<Value>,
     /// Payment plans (回款计划).
     plans: Vec<Value>,
+    /// Follow-up records (销售记录) of the tenant's activity object.
+    activities: Vec<Value>,
     live_tokens: Vec<String>,
     minted: u32,
     /// Expire every live token after this many more data calls.
@@ -129,6 +132,7 @@ impl Respond for FakeFxiaoke {
             "AccountObj" => &s.accounts,
             "SalesOrderObj" => &s.orders,
             "PaymentPlanObj" => &s.plans,
+            "ActiveRecordObj" => &s.activities,
             other => panic!("unexpected object {other}"),
         };
         let mut matching: Vec<&Value> = records
@@ -268,7 +272,87 @@ fn seeded() -> Source {
             "life_status": if i % 40 == 0 { "invalid" } else { "normal" },
             "last_modified_time": at(2 + i % 20, i % 600)}));
     }
+    // 200 follow-ups: calls (电话), visits (拜访) and WeChat messages (微信, not mapped to a
+    // kind); every 25th with a lead instead of a customer (an empty lookup); one naming an
+    // account that does not exist and one without a time: both must be rejected.
+    for i in 1..=200_u32 {
+        // Account 77 has no name and is rejected: its contacts would be too.
+        let account = match (i, 1 + (i * 11) % 450) {
+            (_, _) if i % 25 == 0 => json!([]),
+            (123, _) => json!(["65f0c1e2a1b2c3d4ffffffff"]),
+            (_, 77) => json!(["65f0c1e2a1b2c3d40000004e"]),
+            (_, n) => json!([format!("65f0c1e2a1b2c3d4{n:08x}")]),
+        };
+        let kind = ["电话", "拜访", "微信"][i as usize % 3];
+        s.activities.push(
+            json!({"_id": format!("68c0{i:020x}"), "field_account__c": account,
+            "field_type__c": kind,
+            "create_time": if i == 7 { Value::Null } else { json!(at(1 + i % 20, i % 600)) },
+            "field_note__c": if i % 4 == 0 { json!("") } else { json!(format!("跟进 {i}")) },
+            "owner": [format!("FSUID_{:04}", 1 + i % 3)], "life_status": "normal",
+            "last_modified_time": at(2 + i % 20, i % 600)}),
+        );
+    }
     s
+}
+
+/// The activity object's settings the tests use: a customer lookup, the type options of calls
+/// and visits, a note.
+fn activity_settings() -> ActivitySettings {
+    ActivitySettings {
+        object: "ActiveRecordObj".into(),
+        customer_field: "field_account__c".into(),
+        kind_field: "field_type__c".into(),
+        kinds: [("电话", "call"), ("拜访", "visit")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        note_field: Some("field_note__c".into()),
+        ..ActivitySettings::default()
+    }
+}
+
+/// The contacts the store must hold: follow-ups of a mapped type on an imported account, at
+/// their creation time.
+fn expected_activities(s: &Source) -> Vec<String> {
+    let mut rows: Vec<String> = s
+        .activities
+        .iter()
+        .filter_map(|a| {
+            let customer = a["field_account__c"][0].as_str()?;
+            let kind = match a["field_type__c"].as_str().unwrap() {
+                "电话" => "call",
+                "拜访" => "visit",
+                _ => return None,
+            };
+            if customer.ends_with("ffffffff") || a["create_time"].is_null() {
+                return None;
+            }
+            let owner = s
+                .users
+                .iter()
+                .find(|u| u["openUserId"] == a["owner"][0])
+                .map(|u| u["email"].as_str().unwrap().to_owned());
+            let at = chrono::DateTime::from_timestamp_millis(a["create_time"].as_i64().unwrap())
+                .unwrap()
+                .naive_utc();
+            let note = a["field_note__c"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned);
+            let row = (
+                a["_id"].as_str().unwrap().to_owned(),
+                customer.to_owned(),
+                owner,
+                kind.to_owned(),
+                at,
+                note,
+            );
+            Some(format!("activity {row:?}"))
+        })
+        .collect();
+    rows.sort();
+    rows
 }
 
 /// The invoices the store must hold: every plan with a due date that is not voided, issued when
@@ -400,7 +484,11 @@ impl Harness {
     }
 
     fn connector(&self, permanent_code: &str) -> Fxiaoke {
-        Fxiaoke::new(FxiaokeSettings {
+        Fxiaoke::new(self.settings(permanent_code)).unwrap()
+    }
+
+    fn settings(&self, permanent_code: &str) -> FxiaokeSettings {
+        FxiaokeSettings {
             enabled: true,
             base_url: self.server.uri(),
             app_id: "FSAID_131a2b3".into(),
@@ -411,8 +499,7 @@ impl Harness {
             cost_field: Some("field_cost__c".into()),
             http: fast_http(0),
             ..FxiaokeSettings::default()
-        })
-        .unwrap()
+        }
     }
 
     fn sync(&self, db: &TestDb) -> Result<SyncReport, CrmError> {
@@ -546,4 +633,102 @@ backend_tests! {
             assert!(!shown.contains("FXPC-wrong-0000") && !shown.contains(APP_SECRET), "{shown}");
         }
     }
+
+    fn follow_ups_of_the_configured_object_are_imported_as_contacts(db) {
+        let harness = Harness::new(seeded());
+        let connector = Fxiaoke::new(FxiaokeSettings {
+            activities: activity_settings(),
+            ..harness.settings(PERMANENT_CODE)
+        })
+        .unwrap();
+        let run = || harness.runtime.block_on(sync(&db.db, &connector, &SyncOptions::default())).unwrap();
+        let report = run();
+        let activities = report.entities.iter().find(|e| e.entity == "activities").unwrap();
+        let expected = expected_activities(&harness.source.lock().unwrap());
+        assert!(expected.len() > 100, "{}", expected.len());
+        assert_same_rows(&activity_snapshot(&mut db.conn(), "fxiaoke"), &expected, "activities");
+        // 200 records at 100 a page (and an empty third: a full page may have more behind
+        // it); the unknown account and the missing time are rejected
+        // with their JSON, naming what is wrong.
+        assert_eq!((activities.pages, activities.records, activities.rejected), (3, 200, 2), "{report:?}");
+        let rejects = tierwise_store::runs::rejects_of_run(&mut db.conn(), activities.run.unwrap(), 10).unwrap();
+        assert!(
+            rejects.iter().any(|r| r.field.as_deref() == Some("create_time") && r.reason.contains("missing")),
+            "{rejects:?}"
+        );
+        assert!(
+            rejects.iter().any(|r| r.reason.contains("65f0c1e2a1b2c3d4ffffffff is not imported")),
+            "{rejects:?}"
+        );
+        assert!(rejects.iter().all(|r| r.raw_record.contains("field_type__c")), "{rejects:?}");
+        // A visit logged since: the next run reads the recent changes only and adds it.
+        {
+            let mut s = harness.source.lock().unwrap();
+            s.activities.push(json!({"_id": "68c0ffffffffffffffffffff", "field_account__c": ["65f0c1e2a1b2c3d400000005"],
+                "field_type__c": "拜访", "create_time": at(28, 30), "owner": ["FSUID_0002"],
+                "life_status": "normal", "last_modified_time": at(28, 31)}));
+        }
+        let report = run();
+        let activities = report.entities.iter().find(|e| e.entity == "activities").unwrap();
+        assert_eq!(activities.written, 1, "{report:?}");
+        assert!(activities.records < 20, "only the recent changes are read: {report:?}");
+        assert_same_rows(&activity_snapshot(&mut db.conn(), "fxiaoke"), &expected_activities(&harness.source.lock().unwrap()), "activities after the incremental run");
+    }
+}
+
+#[test]
+fn an_activity_object_without_a_way_to_tell_kinds_is_refused_with_the_fix() {
+    let harness = Harness::new(seeded());
+    let refused = |activities: ActivitySettings| {
+        Fxiaoke::new(FxiaokeSettings {
+            activities,
+            ..harness.settings(PERMANENT_CODE)
+        })
+        .unwrap_err()
+        .to_string()
+    };
+    let no_kind = refused(ActivitySettings {
+        kind_field: String::new(),
+        ..activity_settings()
+    });
+    assert!(
+        no_kind.contains("crm.fxiaoke.activities.kind_field") && no_kind.contains("default_kind"),
+        "{no_kind}"
+    );
+    let unmapped = refused(ActivitySettings {
+        kinds: BTreeMap::new(),
+        ..activity_settings()
+    });
+    assert!(
+        unmapped.contains("kinds") && unmapped.contains("field_type__c"),
+        "{unmapped}"
+    );
+    let bad_kind = refused(ActivitySettings {
+        default_kind: Some("fax".into()),
+        kind_field: String::new(),
+        ..activity_settings()
+    });
+    assert!(bad_kind.contains("default_kind"), "{bad_kind}");
+    let no_customer = refused(ActivitySettings {
+        customer_field: " ".into(),
+        ..activity_settings()
+    });
+    assert!(
+        no_customer.contains("customer_field") && no_customer.contains("ActiveRecordObj"),
+        "{no_customer}"
+    );
+    // Without a kind field, every record is the default kind.
+    let every_call = ActivitySettings {
+        kind_field: String::new(),
+        kinds: BTreeMap::new(),
+        default_kind: Some("call".into()),
+        ..activity_settings()
+    };
+    assert!(
+        Fxiaoke::new(FxiaokeSettings {
+            activities: every_call,
+            ..harness.settings(PERMANENT_CODE)
+        })
+        .is_ok()
+    );
 }

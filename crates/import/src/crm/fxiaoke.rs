@@ -10,6 +10,7 @@
 //! flagged `is_deleted` is marked deleted in the store.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, Utc};
@@ -17,7 +18,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tierwise_domain::{
-    Currency, Customer, EmailAddress, ExternalId, Invoice, Money, Order, Owner, SourceName,
+    Activity, ActivityKind, Currency, Customer, EmailAddress, ExternalId, Invoice, Money, Order,
+    Owner, SourceName,
 };
 
 use super::http::{Attempt, Http, HttpSettings, transport_error};
@@ -56,6 +58,8 @@ pub struct FxiaokeSettings {
     pub payment_plans: bool,
     /// Custom fields of `AccountObj` to import (`[crm.fxiaoke.customer_fields]`).
     pub customer_fields: CustomerFields,
+    /// The object holding contacts with customers, if any (`[crm.fxiaoke.activities]`).
+    pub activities: ActivitySettings,
     /// Timeouts and retries.
     pub http: HttpSettings,
 }
@@ -75,6 +79,7 @@ impl Default for FxiaokeSettings {
             cost_field: None,
             payment_plans: true,
             customer_fields: CustomerFields::default(),
+            activities: ActivitySettings::default(),
             // 100 calls per 20 s per interface: throttled calls wait out the window.
             http: HttpSettings {
                 backoff_ms: 2_000,
@@ -82,6 +87,112 @@ impl Default for FxiaokeSettings {
                 ..HttpSettings::default()
             },
         }
+    }
+}
+
+/// `[crm.fxiaoke.activities]`: which object records contacts with customers (follow-ups such
+/// as 销售记录) and which of its fields say who, when and what kind. Tenants set these objects up
+/// differently, so every name is configured; an empty `object` imports no activities.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActivitySettings {
+    /// The object's API name, e.g. `ActiveRecordObj`; empty: activities are not imported.
+    pub object: String,
+    /// The field holding the customer's `AccountObj` `_id` (a lookup to 客户). Records whose
+    /// field is empty (a contact with a lead, say) are not customer contacts.
+    pub customer_field: String,
+    /// The field holding when the contact happened, in epoch milliseconds.
+    pub time_field: String,
+    /// A single-select field telling the kind of contact; empty: every record is `default_kind`.
+    pub kind_field: String,
+    /// Option values of `kind_field` → `call`, `visit`, `email` or `meeting`; records with
+    /// other values are not contacts.
+    pub kinds: BTreeMap<String, String>,
+    /// The kind of every record when there is no `kind_field`.
+    pub default_kind: Option<String>,
+    /// A text field kept as the contact's note, if any.
+    pub note_field: Option<String>,
+}
+
+impl Default for ActivitySettings {
+    fn default() -> Self {
+        Self {
+            object: String::new(),
+            customer_field: String::new(),
+            time_field: "create_time".into(),
+            kind_field: String::new(),
+            kinds: BTreeMap::new(),
+            default_kind: None,
+            note_field: None,
+        }
+    }
+}
+
+impl ActivitySettings {
+    fn enabled(&self) -> bool {
+        !self.object.trim().is_empty()
+    }
+
+    /// Checks that an enabled object names its customer and time fields and a way to tell
+    /// each record's kind.
+    fn validate(&self) -> Result<(), CrmError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let setup = |what: String| CrmError::Setup(format!("crm.fxiaoke.activities.{what}"));
+        for (name, value) in [
+            ("customer_field", &self.customer_field),
+            ("time_field", &self.time_field),
+        ] {
+            if value.trim().is_empty() {
+                return Err(setup(format!(
+                    "{name}: empty; name the field of {} that holds it (docs/crm/fxiaoke.md)",
+                    self.object
+                )));
+            }
+        }
+        for (option, kind) in &self.kinds {
+            ActivityKind::parse(kind)
+                .map_err(|e| setup(format!("kinds.{option}: {}", e.reason)))?;
+        }
+        if let Some(kind) = &self.default_kind {
+            ActivityKind::parse(kind).map_err(|e| setup(format!("default_kind: {}", e.reason)))?;
+        }
+        match (
+            self.kind_field.trim().is_empty(),
+            self.kinds.is_empty(),
+            &self.default_kind,
+        ) {
+            (true, _, None) => Err(setup(
+                "kind_field: empty and no default_kind; name the field telling calls from visits \
+                 and map its options in kinds, or set default_kind"
+                    .into(),
+            )),
+            (false, true, _) => Err(setup(format!(
+                "kinds: empty; map the options of {} to call, visit, email or meeting",
+                self.kind_field
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The fields a query asks for.
+    fn fields(&self) -> Vec<&str> {
+        let mut fields = vec![
+            "_id",
+            "owner",
+            "life_status",
+            "last_modified_time",
+            self.customer_field.as_str(),
+            self.time_field.as_str(),
+        ];
+        if !self.kind_field.trim().is_empty() {
+            fields.push(&self.kind_field);
+        }
+        fields.extend(self.note_field.as_deref());
+        fields.sort_unstable();
+        fields.dedup();
+        fields
     }
 }
 
@@ -155,6 +266,7 @@ impl Fxiaoke {
                     settings.utc_offset_hours
                 ))
             })?;
+        settings.activities.validate()?;
         let currency = Currency::parse(&settings.currency)
             .map_err(|e| CrmError::Setup(format!("crm.fxiaoke.currency: {}", e.reason)))?;
         let http = Http::new(SOURCE, settings.http.clone())?;
@@ -339,6 +451,9 @@ impl Connector for Fxiaoke {
         if self.settings.payment_plans {
             entities.push(Entity::Invoices);
         }
+        if self.settings.activities.enabled() {
+            entities.push(Entity::Activities);
+        }
         entities
     }
 
@@ -361,9 +476,6 @@ impl Connector for Fxiaoke {
                 records: users,
                 next: None,
             });
-        }
-        if entity == Entity::Activities {
-            return Err(super::not_read(entity));
         }
         let (what, object, mut fields) = match entity {
             Entity::Customers => (
@@ -393,6 +505,11 @@ impl Connector for Fxiaoke {
                     "life_status",
                     "last_modified_time",
                 ],
+            ),
+            Entity::Activities => (
+                "activities",
+                self.settings.activities.object.as_str(),
+                self.settings.activities.fields(),
             ),
             _ => (
                 "orders",
@@ -523,10 +640,10 @@ impl Connector for Fxiaoke {
                     .apply(customer, |f| record.get(f))?;
                 Ok((Mapped::Customer(customer), changed))
             }
-            Entity::DeletedCustomers
-            | Entity::DeletedOrders
-            | Entity::DeletedInvoices
-            | Entity::Activities => Ok((Mapped::Ignored, changed)),
+            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::DeletedInvoices => {
+                Ok((Mapped::Ignored, changed))
+            }
+            Entity::Activities => self.map_activity(record, changed, lookups),
             Entity::Invoices => self.map_payment_plan(record, changed),
             Entity::Orders => {
                 let id = text_or_number_id(record, "_id")?;
@@ -594,6 +711,78 @@ impl Fxiaoke {
         let invoice = Invoice::new(id, customer, order, issued, due, planned, paid)?;
         Ok((Mapped::Invoice(invoice), changed))
     }
+}
+
+impl Fxiaoke {
+    /// A record of the configured activity object as a contact with the customer its
+    /// `customer_field` names, at its `time_field`, of the kind its `kind_field` option maps to.
+    /// Records without a customer or with an unmapped kind are not contacts; the owner is the
+    /// first of `owner` when that user is imported.
+    fn map_activity(
+        &self,
+        record: &Value,
+        changed: Option<DateTime<Utc>>,
+        lookups: &Lookups,
+    ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+        let settings = &self.settings.activities;
+        let Some(customer) = first_id(record, &settings.customer_field)? else {
+            return Ok((Mapped::Ignored, changed));
+        };
+        let kind = if settings.kind_field.trim().is_empty() {
+            settings.default_kind.as_deref()
+        } else {
+            match record.get(&settings.kind_field) {
+                Some(Value::Array(options)) => options.first().and_then(Value::as_str),
+                other => other.and_then(Value::as_str),
+            }
+            .and_then(|option| settings.kinds.get(option.trim()))
+            .map(String::as_str)
+        };
+        let Some(kind) = kind else {
+            return Ok((Mapped::Ignored, changed));
+        };
+        let occurred_at = millis(record, &settings.time_field)?
+            .and_then(DateTime::from_timestamp_millis)
+            .ok_or_else(|| Unmappable::field(&settings.time_field, "is missing on a contact"))?;
+        let owner_email = first_id(record, "owner")
+            .ok()
+            .flatten()
+            .and_then(|id| lookups.owner_email("owner", &id).ok());
+        let note = settings
+            .note_field
+            .as_deref()
+            .and_then(|field| text(record, field))
+            .filter(|note| !note.trim().is_empty())
+            .map(str::to_owned);
+        let activity = Activity {
+            external_id: text_or_number_id(record, "_id")?,
+            customer,
+            owner_email,
+            kind: ActivityKind::parse(kind)?,
+            occurred_at,
+            note,
+        };
+        Ok((Mapped::Activity(activity), changed))
+    }
+}
+
+/// The id in `field`, given as text or as a list of ids (lookups and `owner` are lists; the
+/// first counts); None when the field is absent or empty.
+fn first_id(record: &Value, field: &str) -> Result<Option<ExternalId>, Unmappable> {
+    let value = match record.get(field) {
+        Some(Value::Array(ids)) => ids.first(),
+        other => other,
+    };
+    let raw = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(other) => return Err(Unmappable::field(field, format!("{other} is not an id"))),
+    };
+    ExternalId::parse("id", &raw)
+        .map(Some)
+        .map_err(|e| Unmappable::field(field, e.reason))
 }
 
 /// The customer an order or payment plan belongs to (`account_id`).
