@@ -50,6 +50,7 @@ struct Source {
     companies: Vec<Value>,
     deals: Vec<Value>,
     calls: Vec<Value>,
+    meetings: Vec<Value>,
     invoices: Vec<Value>,
     faults: VecDeque<Option<Fault>>,
     /// Every search body, and every list query.
@@ -122,6 +123,7 @@ impl Respond for FakeHubspot {
         {
             let from = match from_kind {
                 "calls" => &s.calls,
+                "meetings" => &s.meetings,
                 "invoices" => &s.invoices,
                 _ => &s.deals,
             };
@@ -169,6 +171,7 @@ impl Respond for FakeHubspot {
             let records = match kind {
                 "deals" => &s.deals,
                 "calls" => &s.calls,
+                "meetings" => &s.meetings,
                 "invoices" => &s.invoices,
                 _ => &s.companies,
             };
@@ -219,6 +222,7 @@ impl Respond for FakeHubspot {
         let records = match kind {
             "deals" => &s.deals,
             "calls" => &s.calls,
+            "meetings" => &s.meetings,
             "invoices" => &s.invoices,
             _ => &s.companies,
         };
@@ -515,7 +519,11 @@ impl Harness {
     }
 
     fn connector(&self, token: &str) -> Hubspot {
-        Hubspot::new(HubspotSettings {
+        Hubspot::new(self.settings(token)).unwrap()
+    }
+
+    fn settings(&self, token: &str) -> HubspotSettings {
+        HubspotSettings {
             enabled: true,
             base_url: self.server.uri(),
             access_token: SecretString::from(token.to_owned()),
@@ -524,14 +532,16 @@ impl Harness {
             cost_property: Some("cost__c".into()),
             http: fast_http(0),
             ..HubspotSettings::default()
-        })
-        .unwrap()
+        }
+    }
+
+    fn sync_with(&self, db: &TestDb, options: &SyncOptions) -> Result<SyncReport, CrmError> {
+        let connector = self.connector(TOKEN);
+        self.runtime.block_on(sync(&db.db, &connector, options))
     }
 
     fn sync(&self, db: &TestDb) -> Result<SyncReport, CrmError> {
-        let connector = self.connector(TOKEN);
-        self.runtime
-            .block_on(sync(&db.db, &connector, &SyncOptions::default()))
+        self.sync_with(db, &SyncOptions::default())
     }
 }
 
@@ -698,5 +708,77 @@ backend_tests! {
         for shown in [text, format!("{err:?}"), format!("{connector:?}")] {
             assert!(!shown.contains("pat-na1-revoked-0000"), "{shown}");
         }
+    }
+
+    fn meetings_that_took_place_are_contacts_after_the_calls(db) {
+        let harness = Harness::new(seeded());
+        // 130 meetings (two list pages): completed, no-shows and scheduled ones; every 20th
+        // without a company; every 10th (from the 3rd) with its start time only.
+        let meeting = |n: u32, modified: String| {
+            let outcome = ["COMPLETED", "NO_SHOW", "SCHEDULED", "COMPLETED"][n as usize % 4];
+            let start = format!("2024-05-{:02}T{:02}:00:00.000Z", 1 + n % 20, 8 + n % 9);
+            let mut properties = json!({"hs_meeting_start_time": start, "hs_meeting_outcome": outcome,
+                "hs_meeting_title": format!("Meeting {n}"), "hubspot_owner_id": owner_id(1 + n % 3),
+                "hs_lastmodifieddate": modified, "hs_object_id": (7_800_000 + n).to_string()});
+            if n % 10 != 3 {
+                properties["hs_timestamp"] = json!(start);
+            }
+            let company = (!n.is_multiple_of(20)).then(|| (18_342_000 + 1 + n % 70).to_string());
+            json!({"id": (7_800_000 + n).to_string(), "company": company, "properties": properties})
+        };
+        harness.source.lock().unwrap().meetings = (1..=130).map(|n| meeting(n, at(4, n))).collect();
+        let expected = |s: &Source| -> Vec<String> {
+            let mut rows: Vec<String> = s.meetings.iter().filter(|m| {
+                m["properties"]["hs_meeting_outcome"] == "COMPLETED" && !m["company"].is_null()
+            }).map(|m| {
+                let p = &m["properties"];
+                let at = chrono::DateTime::parse_from_rfc3339(p["hs_meeting_start_time"].as_str().unwrap()).unwrap().naive_utc();
+                let owner = s.owners.iter().find(|o| o["id"] == p["hubspot_owner_id"]).map(|o| o["email"].as_str().unwrap().to_owned());
+                format!("activity {:?}", (m["id"].as_str().unwrap().to_owned(), m["company"].as_str().unwrap().to_owned(),
+                    owner, "meeting".to_owned(), at, p["hs_meeting_title"].as_str().map(str::to_owned)))
+            }).collect();
+            rows.sort();
+            rows
+        };
+        let report = harness.sync(&db).unwrap();
+        let activities = report.entities.iter().find(|e| e.entity == "activities").unwrap();
+        // One (empty) page of calls, then two of meetings.
+        assert_eq!((activities.pages, activities.records, activities.rejected), (3, 130, 0), "{report:?}");
+        let pages_to_first_meetings_page: u64 =
+            report.entities.iter().take_while(|e| e.entity != "activities").map(|e| e.pages).sum::<u64>() + 2;
+        let want = expected(&harness.source.lock().unwrap());
+        assert!(want.len() > 50, "{}", want.len());
+        assert_same_rows(&activity_snapshot(&mut db.conn(), "hubspot"), &want, "meetings");
+        // A meeting held since: the incremental run searches the calls, then the meetings.
+        harness.source.lock().unwrap().meetings.push(meeting(204, at(27, 0)));
+        let report = harness.sync(&db).unwrap();
+        let activities = report.entities.iter().find(|e| e.entity == "activities").unwrap();
+        assert_eq!(activities.written, 1, "{report:?}");
+        assert_same_rows(&activity_snapshot(&mut db.conn(), "hubspot"), &expected(&harness.source.lock().unwrap()), "meetings after the incremental run");
+        {
+            let searches = &harness.source.lock().unwrap().searches;
+            assert!(
+                searches.iter().any(|b| b["properties"].as_array().unwrap().iter().any(|p| p == "hs_meeting_outcome")),
+                "meetings searched"
+            );
+        }
+        // A run that dies after the first page of meetings resumes among the meetings and ends
+        // with the same contacts.
+        let fresh = TestDb::new(db.backend());
+        let stop_at = pages_to_first_meetings_page;
+        let stopped = harness.sync_with(&fresh, &SyncOptions { max_pages: Some(stop_at), ..SyncOptions::default() }).unwrap();
+        assert!(!stopped.entities.last().unwrap().completed, "{stopped:?}");
+        let state = tierwise_store::crm::sync_state(&mut fresh.conn(), "hubspot", "activities").unwrap();
+        assert!(state.in_progress && state.run_cursor.as_deref().is_some_and(|c| c.starts_with("meetings:list:")), "{state:?}");
+        let resumed = harness.sync_with(&fresh, &SyncOptions::default()).unwrap();
+        let activities = resumed.entities.iter().find(|e| e.entity == "activities").unwrap();
+        assert!(activities.resumed && activities.completed && activities.pages == 1, "{resumed:?}");
+        assert_same_rows(&activity_snapshot(&mut fresh.conn(), "hubspot"), &expected(&harness.source.lock().unwrap()), "meetings after resuming");
+        // Teams logging visits as meetings can count them as visits; other kinds are refused.
+        let visits = Hubspot::new(HubspotSettings { meeting_kind: "visit".into(), ..harness.settings(TOKEN) }).unwrap();
+        harness.runtime.block_on(sync(&db.db, &visits, &SyncOptions { full: true, ..SyncOptions::default() })).unwrap();
+        assert!(activity_snapshot(&mut db.conn(), "hubspot").iter().all(|r| r.contains("\"visit\"")));
+        let refused = Hubspot::new(HubspotSettings { meeting_kind: "lunch".into(), ..harness.settings(TOKEN) }).unwrap_err();
+        assert!(refused.to_string().contains("crm.hubspot.meeting_kind"), "{refused}");
     }
 }

@@ -53,6 +53,13 @@ pub struct HubspotSettings {
     pub cost_property: Option<String>,
     /// Import invoices (needs the `crm.objects.invoices.read` scope).
     pub invoices: bool,
+    /// Import meetings as contacts, after the calls (same scope as calls).
+    pub meetings: bool,
+    /// Values of `hs_meeting_outcome` that mean the meeting took place.
+    pub meeting_outcomes: Vec<String>,
+    /// What a meeting that took place counts as: `meeting`, or `visit` where the team logs its
+    /// customer visits as meetings.
+    pub meeting_kind: String,
     /// Custom company properties to import (`[crm.hubspot.customer_fields]`).
     pub customer_fields: CustomerFields,
     /// Timeouts and retries.
@@ -72,6 +79,9 @@ impl Default for HubspotSettings {
             currency: "CNY".into(),
             cost_property: None,
             invoices: true,
+            meetings: true,
+            meeting_outcomes: vec!["COMPLETED".into()],
+            meeting_kind: "meeting".into(),
             customer_fields: CustomerFields::default(),
             http: HttpSettings::default(),
         }
@@ -84,6 +94,8 @@ pub struct Hubspot {
     http: Http,
     source: SourceName,
     currency: Currency,
+    /// What a meeting that took place counts as (`meeting_kind`).
+    meeting_kind: ActivityKind,
 }
 
 impl std::fmt::Debug for Hubspot {
@@ -97,6 +109,10 @@ impl std::fmt::Debug for Hubspot {
 const SOURCE: &str = "hubspot";
 const TOKEN_HINT: &str = "the private app's access token (TIERWISE__CRM__HUBSPOT__ACCESS_TOKEN) \
      and its scopes (docs/crm/hubspot.md)";
+/// The meetings object's path.
+const MEETINGS: &str = "meetings";
+/// Marks an activities position among the meetings.
+const MEETINGS_AT: &str = "meetings:";
 /// HubSpot's burst window: a 429 without `Retry-After` waits for it to roll.
 const BURST_WINDOW: Duration = Duration::from_secs(10);
 
@@ -165,6 +181,8 @@ impl Hubspot {
         }
         let currency = Currency::parse(&settings.currency)
             .map_err(|e| CrmError::Setup(format!("crm.hubspot.currency: {}", e.reason)))?;
+        let meeting_kind = ActivityKind::parse(&settings.meeting_kind)
+            .map_err(|e| CrmError::Setup(format!("crm.hubspot.meeting_kind: {}", e.reason)))?;
         let http = Http::new(SOURCE, settings.http.clone())?;
         let source = SourceName::parse(SOURCE).map_err(|e| CrmError::Setup(e.to_string()))?;
         Ok(Self {
@@ -172,6 +190,7 @@ impl Hubspot {
             http,
             source,
             currency,
+            meeting_kind,
         })
     }
 
@@ -208,9 +227,17 @@ impl Hubspot {
             .await
     }
 
-    fn properties(&self, entity: Entity) -> Vec<String> {
+    fn properties(&self, object: Object) -> Vec<String> {
+        let entity = object.entity;
         let mut properties: Vec<String> = match entity {
             Entity::Customers => vec!["name", "hubspot_owner_id", "createdate"],
+            Entity::Activities if object.path == MEETINGS => vec![
+                "hs_timestamp",
+                "hs_meeting_start_time",
+                "hs_meeting_outcome",
+                "hs_meeting_title",
+                "hubspot_owner_id",
+            ],
             Entity::Activities => vec![
                 "hs_timestamp",
                 "hs_call_status",
@@ -242,11 +269,11 @@ impl Hubspot {
     }
 
     /// A list page (full runs): no cap, deals with their companies.
-    async fn list_page(&self, entity: Entity, after: Option<&str>) -> Result<RawPage, CrmError> {
-        let (what, path) = object_of(entity);
+    async fn list_page(&self, object: Object, after: Option<&str>) -> Result<RawPage, CrmError> {
+        let Object { entity, what, path } = object;
         let mut query = vec![
             ("limit", self.settings.page_size.to_string()),
-            ("properties", self.properties(entity).join(",")),
+            ("properties", self.properties(object).join(",")),
             ("archived", "false".into()),
         ];
         if matches!(
@@ -272,10 +299,10 @@ impl Hubspot {
     /// them, so every run lists them all; marking an already marked record changes nothing.
     async fn archived_page(
         &self,
-        entity: Entity,
+        object: Object,
         after: Option<&str>,
     ) -> Result<RawPage, CrmError> {
-        let (what, path) = object_of(entity);
+        let Object { what, path, .. } = object;
         let mut query = vec![
             ("limit", self.settings.page_size.to_string()),
             ("properties", "hs_lastmodifieddate".to_owned()),
@@ -294,8 +321,8 @@ impl Hubspot {
     }
 
     /// A search page (incremental runs) at `at`; the records and where the search goes next.
-    async fn search_page(&self, entity: Entity, at: &SearchAt) -> Result<RawPage, CrmError> {
-        let (what, path) = object_of(entity);
+    async fn search_page(&self, object: Object, at: &SearchAt) -> Result<RawPage, CrmError> {
+        let Object { what, path, .. } = object;
         let limit = u64::from(self.settings.search_page_size);
         let (filters, sort, after) = match at {
             SearchAt::Window { from, after } => (
@@ -316,7 +343,7 @@ impl Hubspot {
         let mut body = json!({
             "filterGroups": [{"filters": filters}],
             "sorts": [{"propertyName": sort, "direction": "ASCENDING"}],
-            "properties": self.properties(entity),
+            "properties": self.properties(object),
             "limit": limit,
         });
         if let Some(after) = after {
@@ -388,10 +415,10 @@ impl Hubspot {
     /// gives them) from the v4 associations batch endpoint.
     async fn with_companies(
         &self,
-        entity: Entity,
+        object: Object,
         mut deals: Vec<Value>,
     ) -> Result<Vec<Value>, CrmError> {
-        let (what, path) = object_of(entity);
+        let Object { what, path, .. } = object;
         let inputs: Vec<Value> = deals
             .iter()
             .filter_map(|d| d.get("id").cloned())
@@ -436,15 +463,28 @@ impl Hubspot {
     }
 }
 
-fn object_of(entity: Entity) -> (&'static str, &'static str) {
-    match entity {
-        Entity::Customers => ("companies", "companies"),
-        Entity::DeletedCustomers => ("archived companies", "companies"),
-        Entity::DeletedOrders => ("archived deals", "deals"),
-        Entity::DeletedInvoices => ("archived invoices", "invoices"),
-        Entity::Activities => ("calls", "calls"),
-        Entity::Invoices => ("invoices", "invoices"),
-        Entity::Orders | Entity::Owners => ("deals", "deals"),
+/// The HubSpot object a page reads: what it is called in messages and its path.
+#[derive(Debug, Clone, Copy)]
+struct Object {
+    entity: Entity,
+    what: &'static str,
+    path: &'static str,
+}
+
+impl Object {
+    /// The object read for `entity`; activities are calls, then meetings.
+    fn of(entity: Entity, meetings: bool) -> Self {
+        let (what, path) = match entity {
+            Entity::Customers => ("companies", "companies"),
+            Entity::DeletedCustomers => ("archived companies", "companies"),
+            Entity::DeletedOrders => ("archived deals", "deals"),
+            Entity::DeletedInvoices => ("archived invoices", "invoices"),
+            Entity::Activities if meetings => ("meetings", MEETINGS),
+            Entity::Activities => ("calls", "calls"),
+            Entity::Invoices => ("invoices", "invoices"),
+            Entity::Orders | Entity::Owners => ("deals", "deals"),
+        };
+        Self { entity, what, path }
     }
 }
 
@@ -575,23 +615,30 @@ impl Connector for Hubspot {
                 next: next_after(&body),
             });
         }
+        // Activities are calls, then meetings; a position among the meetings is marked.
+        let meetings =
+            entity == Entity::Activities && cursor.is_some_and(|c| c.starts_with(MEETINGS_AT));
+        let cursor = cursor
+            .map(|c| c.trim_start_matches(MEETINGS_AT))
+            .filter(|c| !c.is_empty());
+        let object = Object::of(entity, meetings);
         if matches!(
             entity,
             Entity::DeletedCustomers | Entity::DeletedOrders | Entity::DeletedInvoices
         ) {
-            return self.archived_page(entity, cursor).await;
+            return self.archived_page(object, cursor).await;
         }
         let page = match (since, cursor) {
-            (None, None) => self.list_page(entity, None).await?,
+            (None, None) => self.list_page(object, None).await?,
             (_, Some(cursor)) if cursor.starts_with("list:") => {
-                self.list_page(entity, cursor.strip_prefix("list:")).await?
+                self.list_page(object, cursor.strip_prefix("list:")).await?
             }
             (Some(since), None) => {
                 let at = SearchAt::Window {
                     from: since.timestamp_millis(),
                     after: 0,
                 };
-                self.search_page(entity, &at).await?
+                self.search_page(object, &at).await?
             }
             (_, Some(cursor)) => {
                 let at = SearchAt::decode(cursor).ok_or_else(|| {
@@ -600,23 +647,29 @@ impl Connector for Hubspot {
                          run with --full"
                     ))
                 })?;
-                self.search_page(entity, &at).await?
+                self.search_page(object, &at).await?
             }
         };
         // Search results carry no associations; list results do.
         let searched = since.is_some() && !cursor.is_some_and(|c| c.starts_with("list:"));
-        if matches!(
+        let records = if matches!(
             entity,
             Entity::Orders | Entity::Invoices | Entity::Activities
         ) && searched
         {
-            let records = self.with_companies(entity, page.records).await?;
-            return Ok(RawPage {
-                records,
-                next: page.next,
-            });
-        }
-        Ok(page)
+            self.with_companies(object, page.records).await?
+        } else {
+            page.records
+        };
+        let next = match page.next {
+            Some(next) if meetings => Some(format!("{MEETINGS_AT}{next}")),
+            // The calls are read: the meetings next.
+            None if entity == Entity::Activities && !meetings && self.settings.meetings => {
+                Some(MEETINGS_AT.to_owned())
+            }
+            next => next,
+        };
+        Ok(RawPage { records, next })
     }
 
     fn map(
@@ -704,20 +757,38 @@ impl Connector for Hubspot {
                 Ok((Mapped::Invoice(invoice), changed))
             }
             Entity::Activities => {
-                // A completed call on a company is a contact; others are attempts or plans.
-                if property("hs_call_status") != Some("COMPLETED") {
-                    return Ok((Mapped::Ignored, changed));
-                }
+                // A completed call or a meeting that took place, on a company, is a contact;
+                // other calls are attempts, other meetings plans or no-shows. A meeting is told
+                // from a call by its outcome (calls are not asked for one).
+                let (kind, title, what) = match property("hs_meeting_outcome") {
+                    Some(outcome) => {
+                        if !self.settings.meeting_outcomes.iter().any(|o| o == outcome) {
+                            return Ok((Mapped::Ignored, changed));
+                        }
+                        (self.meeting_kind, "hs_meeting_title", "meeting")
+                    }
+                    None if property("hs_call_status") == Some("COMPLETED") => {
+                        (ActivityKind::Call, "hs_call_title", "call")
+                    }
+                    None => return Ok((Mapped::Ignored, changed)),
+                };
                 let Some(company) = record
                     .pointer("/associations/companies/results/0/id")
                     .map(id_text)
                 else {
                     return Ok((Mapped::Ignored, changed));
                 };
-                let occurred_at = property("hs_timestamp")
-                    .map(|t| iso_time("hs_timestamp", t))
-                    .transpose()?
-                    .ok_or_else(|| Unmappable::field("hs_timestamp", "is missing on a call"))?;
+                // When it happened; a meeting's start time stands in where hs_timestamp is
+                // unset (HubSpot defaults one to the other).
+                let occurred_at = match property("hs_timestamp") {
+                    Some(t) => Some(iso_time("hs_timestamp", t)?),
+                    None => property("hs_meeting_start_time")
+                        .map(|t| iso_time("hs_meeting_start_time", t))
+                        .transpose()?,
+                }
+                .ok_or_else(|| {
+                    Unmappable::field("hs_timestamp", format!("is missing on a {what}"))
+                })?;
                 let owner_email = match property("hubspot_owner_id") {
                     Some(owner_id) => ExternalId::parse("hubspot_owner_id", owner_id)
                         .ok()
@@ -728,9 +799,9 @@ impl Connector for Hubspot {
                     external_id: id,
                     customer: ExternalId::parse("companies", &company)?,
                     owner_email,
-                    kind: ActivityKind::Call,
+                    kind,
                     occurred_at,
-                    note: property("hs_call_title").map(str::to_owned),
+                    note: property(title).map(str::to_owned),
                 };
                 Ok((Mapped::Activity(activity), changed))
             }
