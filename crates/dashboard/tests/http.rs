@@ -483,12 +483,18 @@ backend_tests! {
             let dir = tempfile::tempdir().unwrap();
             import(&db, dir.path(), "invoices.csv", RecordKind::Invoices,
                 "invoice_id,customer_id,issued_date,due_date,amount,paid_date\nI03,C03,2026-09-10,2026-10-10,300,\n");
+            import(&db, dir.path(), "activities.csv", RecordKind::Activities,
+                "activity_id,customer_id,kind,occurred_at\nA03,C03,visit,2026-10-20\n");
+            let (_, json) = get(&app, &cookie, &format!("/api/v1/customers/{hostile}")).await;
+            let one: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(one["records"]["last_visit"], "2026-10-20");
             let source = tierwise_domain::SourceName::parse("file").unwrap();
             let at = chrono::NaiveDate::from_ymd_opt(2026, 11, 2).unwrap().and_hms_opt(8, 0, 0).unwrap();
             for (table, id) in [
                 (tierwise_store::load::DeletableTable::Customers, "C03"),
                 (tierwise_store::load::DeletableTable::Orders, "S03"),
                 (tierwise_store::load::DeletableTable::Invoices, "I03"),
+                (tierwise_store::load::DeletableTable::Activities, "A03"),
             ] {
                 let deletion = tierwise_store::load::Deletion { external_id: id, at, reason: "merged into <b>C04</b>" };
                 assert_eq!(tierwise_store::load::mark_deleted(&mut db.conn(), &source, table, &[deletion]).unwrap(), 1);
@@ -496,12 +502,14 @@ backend_tests! {
             let (_, html) = get(&app, &cookie, &format!("/customers/{hostile}")).await;
             assert!(html.contains("id=\"deleted\"") && html.contains("2026-11-02"), "{html}");
             assert!(html.contains("merged into &lt;b&gt;C04&lt;&#x2f;b&gt;") && !html.contains("<b>C04"), "{html}");
-            assert_eq!(html.matches("<s title=").count(), 2, "the deleted order and invoice are struck through");
+            assert_eq!(html.matches("<s title=").count(), 3, "the deleted order, invoice and visit are struck through");
             let (_, json) = get(&app, &cookie, &format!("/api/v1/customers/{hostile}")).await;
             let one: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert_eq!(one["records"]["deleted"][1], "merged into <b>C04</b>");
             assert_eq!(one["records"]["orders"][0]["deleted_reason"], "merged into <b>C04</b>");
             assert_eq!(one["records"]["invoices"][0]["deleted_reason"], "merged into <b>C04</b>");
+            assert_eq!(one["records"]["activities"][0]["deleted_reason"], "merged into <b>C04</b>");
+            assert!(one["records"]["last_visit"].is_null(), "a deleted visit is no contact: {}", one["records"]);
             let (status, _) = get(&app, &cookie, "/api/v1/customers/999999").await;
             assert_eq!(status, StatusCode::NOT_FOUND);
         });

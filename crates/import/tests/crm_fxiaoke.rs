@@ -673,6 +673,19 @@ backend_tests! {
         assert_eq!(activities.written, 1, "{report:?}");
         assert!(activities.records < 20, "only the recent changes are read: {report:?}");
         assert_same_rows(&activity_snapshot(&mut db.conn(), "fxiaoke"), &expected_activities(&harness.source.lock().unwrap()), "activities after the incremental run");
+        // The visit is voided (作废): marked deleted, no longer a contact.
+        {
+            let mut s = harness.source.lock().unwrap();
+            let visit = s.activities.last_mut().unwrap();
+            visit["life_status"] = json!("invalid");
+            visit["last_modified_time"] = json!(at(29, 0));
+        }
+        let report = run();
+        let activities = report.entities.iter().find(|e| e.entity == "activities").unwrap();
+        assert_eq!(activities.deleted, 1, "{report:?}");
+        assert_eq!(deleted_snapshot(&mut db.conn(), "fxiaoke"), ["activity 68c0ffffffffffffffffffff: voided in fxiaoke (作废)"]);
+        let live = activity_snapshot(&mut db.conn(), "fxiaoke");
+        assert!(!live.iter().any(|r| r.contains("68c0ffffffffffffffffffff")), "{live:?}");
     }
 }
 

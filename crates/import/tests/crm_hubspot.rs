@@ -601,9 +601,21 @@ backend_tests! {
         assert!(report.entities[2].records >= 1 && report.entities[2].records < 10, "{report:?}");
     }
 
-    fn archived_companies_deals_and_invoices_are_marked_deleted_and_kept(db) {
+    fn archived_companies_deals_invoices_calls_and_meetings_are_marked_deleted_and_kept(db) {
         let harness = Harness::new(seeded());
+        {
+            // A completed call and two meetings that took place, on companies 1 to 3.
+            let mut s = harness.source.lock().unwrap();
+            s.calls.push(json!({"id": "7700001", "company": "18342001", "properties": {"hs_timestamp": "2024-05-02T09:30:00.000Z",
+                "hs_call_status": "COMPLETED", "hs_lastmodifieddate": at(4, 1), "hs_object_id": "7700001"}}));
+            for n in [1, 2] {
+                s.meetings.push(json!({"id": format!("780000{n}"), "company": format!("1834200{}", n + 1), "properties": {
+                    "hs_timestamp": "2024-05-03T09:30:00.000Z", "hs_meeting_outcome": "COMPLETED",
+                    "hs_lastmodifieddate": at(4, 2), "hs_object_id": format!("780000{n}")}}));
+            }
+        }
         harness.sync(&db).unwrap();
+        assert_eq!(activity_snapshot(&mut db.conn(), "hubspot").len(), 3);
         assert!(deleted_snapshot(&mut db.conn(), "hubspot").is_empty());
         {
             // Company 5 merged into another, deal 1 deleted, deal 3 (never won) deleted too.
@@ -621,21 +633,30 @@ backend_tests! {
             for r in s.invoices.iter_mut().filter(|i| i["id"] == "7300001") {
                 archive(r);
             }
+            // The call and the first meeting are deleted.
+            archive(&mut s.calls[0]);
+            archive(&mut s.meetings[0]);
         }
         let report = harness.sync(&db).unwrap();
         let marked: Vec<(&str, u64, u64)> = report.entities.iter()
             .filter(|e| e.entity.starts_with("deleted_"))
             .map(|e| (e.entity, e.records, e.deleted))
             .collect();
-        assert_eq!(marked, [("deleted_customers", 1, 1), ("deleted_orders", 2, 1), ("deleted_invoices", 1, 1)], "{report:?}");
+        assert_eq!(marked, [("deleted_customers", 1, 1), ("deleted_orders", 2, 1), ("deleted_invoices", 1, 1),
+            ("deleted_activities", 2, 2)], "{report:?}");
         assert_eq!(
             deleted_snapshot(&mut db.conn(), "hubspot"),
             [
                 "customer 18342005: archived in hubspot (deleted or merged)",
                 "order 9100001: archived in hubspot (deleted or merged)",
                 "invoice 7300001: archived in hubspot (deleted or merged)",
+                "activity 7700001: archived in hubspot (deleted)",
+                "activity 7800001: archived in hubspot (deleted)",
             ]
         );
+        // The meeting left is the only contact that counts.
+        let live = activity_snapshot(&mut db.conn(), "hubspot");
+        assert!(live.len() == 1 && live[0].contains("7800002"), "{live:?}");
         assert_same_rows(&invoice_snapshot(&mut db.conn(), "hubspot"), &expected_invoices(&harness.source.lock().unwrap()), "live invoices");
         // The live rows are the source's, less the merged company (its deals stay: HubSpot
         // moves them to the surviving company, which an incremental run then reads).

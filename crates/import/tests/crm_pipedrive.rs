@@ -501,6 +501,18 @@ backend_tests! {
         assert!(activities.records < 20, "only the recent changes are read: {report:?}");
         let expected = expected_activities(&harness.source.lock().unwrap());
         assert_same_rows(&activity_snapshot(&mut db.conn(), "pipedrive"), &expected, "activities after the incremental run");
+        // The call is deleted (Pipedrive keeps listing it with is_deleted): marked, no longer
+        // a contact.
+        {
+            let mut s = harness.source.lock().unwrap();
+            let call = s.activities.get_mut(&1_000).unwrap();
+            call["is_deleted"] = json!(true);
+            call["update_time"] = json!(at(28, 5));
+        }
+        let report = harness.sync(&db, &SyncOptions::default()).unwrap();
+        assert_eq!(report.entities.iter().find(|e| e.entity == "activities").unwrap().deleted, 1, "{report:?}");
+        assert_eq!(deleted_snapshot(&mut db.conn(), "pipedrive"), ["activity 1000: deleted in pipedrive"]);
+        assert_eq!(activity_snapshot(&mut db.conn(), "pipedrive").len(), expected.len() - 1);
     }
 
     fn deleted_deals_are_marked_kept_and_revived_when_won_again(db) {

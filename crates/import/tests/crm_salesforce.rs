@@ -544,8 +544,9 @@ backend_tests! {
         }
         let report = harness.sync(&db, &SyncOptions::default()).unwrap();
         let activities = report.entities.iter().find(|e| e.entity == "activities").unwrap();
-        // Read: the four closed, undeleted tasks and the past event; three are contacts.
-        assert_eq!((activities.records, activities.written, activities.rejected), (5, 3, 0), "{report:?}");
+        // Read: the five closed tasks (queryAll: the deleted one too, never held, so nothing to
+        // mark) and the past event; three are contacts.
+        assert_eq!((activities.records, activities.written, activities.rejected, activities.deleted), (6, 3, 0, 0), "{report:?}");
         let row = |id: &str, account: u32, kind: &str, at: &str, note: &str| {
             let at = chrono::NaiveDateTime::parse_from_str(at, "%Y-%m-%d %H:%M").unwrap();
             format!("activity {:?}", (id.to_owned(), format!("001xx{account:013}"), Some("li.wei@example.com".to_owned()), kind.to_owned(), at, Some(note.to_owned())))
@@ -564,6 +565,17 @@ backend_tests! {
         assert_eq!(stored[3], row("00Uxx0000000002", 8, "meeting", "2026-01-05 03:00", "Visit 00Uxx0000000002"));
         let soql = harness.source.lock().unwrap().soql_seen.clone();
         assert!(soql.iter().any(|q| q.contains("FROM Task") && q.contains("IsClosed = true")), "{soql:?}");
+        // The call task is deleted (to the recycle bin): the next run marks it; it no longer
+        // counts as a contact.
+        {
+            let mut s = harness.source.lock().unwrap();
+            s.tasks[0]["IsDeleted"] = json!(true);
+            s.tasks[0]["SystemModstamp"] = json!(at(28, 0));
+        }
+        let report = harness.sync(&db, &SyncOptions::default()).unwrap();
+        assert_eq!(report.entities.iter().find(|e| e.entity == "activities").unwrap().deleted, 1, "{report:?}");
+        assert_eq!(deleted_snapshot(&mut db.conn(), "salesforce"), ["activity 00Txx0000000001: deleted in salesforce"]);
+        assert_eq!(activity_snapshot(&mut db.conn(), "salesforce").len(), 3);
     }
 
     fn a_resumed_run_whose_locator_expired_reads_again_and_ends_the_same(db) {

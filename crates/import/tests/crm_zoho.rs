@@ -513,9 +513,15 @@ backend_tests! {
         assert!(report.entities[1].records < 10 && report.entities[1].records >= 1, "{report:?}");
     }
 
-    fn deleted_accounts_deals_and_invoices_are_marked_and_kept(db) {
+    fn deleted_accounts_deals_invoices_and_calls_are_marked_and_kept(db) {
         let harness = Harness::new(seeded());
+        // A call that took place on account 1.
+        harness.source.lock().unwrap().calls.push(json!({"id": "6660000000001", "Subject": "Call", "Call_Type": "Outbound",
+            "Outgoing_Call_Status": "Completed", "Call_Start_Time": "2024-05-03T10:30:00+08:00", "$se_module": "Accounts",
+            "What_Id": {"name": "x", "id": "4876876000000000001"}, "Owner": {"name": "x", "id": "9002", "email": "wang.fang@example.com"},
+            "Modified_Time": "2024-05-06T10:00:00+08:00"}));
         harness.sync(&db).unwrap();
+        assert_eq!(activity_snapshot(&mut db.conn(), "zoho").len(), 1);
         assert!(deleted_snapshot(&mut db.conn(), "zoho").is_empty());
         {
             // Accounts 10 and 13 (no won deals) and won deal 1 go to the recycle bin or are
@@ -532,13 +538,16 @@ backend_tests! {
             let i = s.invoices.remove(0);
             s.deleted.push(json!({"id": i["id"], "display_name": i["Subject"], "type": "recycle",
                 "deleted_time": "2024-05-27T12:00:00+08:00", "module": "Invoices"}));
+            let c = s.calls.remove(0);
+            s.deleted.push(json!({"id": c["id"], "display_name": c["Subject"], "type": "recycle",
+                "deleted_time": "2024-05-27T13:00:00+08:00", "module": "Calls"}));
         }
         let report = harness.sync(&db).unwrap();
         let marked: Vec<(&str, u64)> = report.entities.iter()
             .filter(|e| e.entity.starts_with("deleted_"))
             .map(|e| (e.entity, e.deleted))
             .collect();
-        assert_eq!(marked, [("deleted_customers", 2), ("deleted_orders", 1), ("deleted_invoices", 1)], "{report:?}");
+        assert_eq!(marked, [("deleted_customers", 2), ("deleted_orders", 1), ("deleted_invoices", 1), ("deleted_activities", 1)], "{report:?}");
         assert_eq!(
             deleted_snapshot(&mut db.conn(), "zoho"),
             [
@@ -546,8 +555,10 @@ backend_tests! {
                 "customer 4876876000000000013: deleted in zoho (purged)",
                 "order 5550000000001: deleted in zoho (in the recycle bin)",
                 "invoice 7770000000001: deleted in zoho (in the recycle bin)",
+                "activity 6660000000001: deleted in zoho (in the recycle bin)",
             ]
         );
+        assert!(activity_snapshot(&mut db.conn(), "zoho").is_empty(), "the deleted call no longer counts");
         assert_same_rows(&snapshot(&db), &expected(&harness.source.lock().unwrap()), "live rows after deletions");
         assert_same_rows(&invoice_snapshot(&mut db.conn(), "zoho"), &expected_invoices(&harness.source.lock().unwrap()), "live invoices after deletions");
         // The next run asks for deletions after the newest one seen, less the overlap.
@@ -557,7 +568,7 @@ backend_tests! {
         assert_eq!(
             harness.source.lock().unwrap().deleted_since_seen,
             [Some("2024-05-27T01:55:00+00:00".to_owned()), Some("2024-05-27T02:55:00+00:00".to_owned()),
-                Some("2024-05-27T03:55:00+00:00".to_owned())]
+                Some("2024-05-27T03:55:00+00:00".to_owned()), Some("2024-05-27T04:55:00+00:00".to_owned())]
         );
     }
 

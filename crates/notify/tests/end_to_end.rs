@@ -260,4 +260,19 @@ backend_tests! {
         // C02 (A: monthly), never called, counts from entering A on 2026-09-30.
         assert!(li_text.contains("Customer 02 [C02] (A) 电话: 到期日 2026年10月30日"), "{li_text}");
     }
+
+    fn a_call_deleted_at_its_source_is_no_longer_a_contact(db) {
+        graded_book(&db);
+        let today = chrono::NaiveDate::from_ymd_opt(2027, 1, 27).unwrap();
+        let c01 = tierwise_store::queries::find_customer(&mut db.conn(), "file", "C01").unwrap().unwrap().id.0;
+        let before = tierwise_store::notify::last_contacts(&mut db.conn(), today).unwrap();
+        assert_eq!(before[&c01].call, chrono::NaiveDate::from_ymd_opt(2026, 10, 20));
+        let source = tierwise_domain::SourceName::parse("file").unwrap();
+        let at = chrono::NaiveDate::from_ymd_opt(2026, 11, 2).unwrap().and_hms_opt(8, 0, 0).unwrap();
+        let deletion = tierwise_store::load::Deletion { external_id: "A1", at, reason: "deleted in the CRM" };
+        let marked = tierwise_store::load::mark_deleted(&mut db.conn(), &source, tierwise_store::load::DeletableTable::Activities, &[deletion]).unwrap();
+        assert_eq!(marked, 1);
+        let after = tierwise_store::notify::last_contacts(&mut db.conn(), today).unwrap();
+        assert!(after.get(&c01).is_none_or(|c| c.call.is_none()), "{:?}", after.get(&c01).map(|c| c.call));
+    }
 }

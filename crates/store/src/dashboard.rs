@@ -456,6 +456,8 @@ pub struct ActivityRow {
     pub occurred_at: chrono::NaiveDateTime,
     /// Note.
     pub note: Option<String>,
+    /// Why the source deleted it, when it did (listed, not counted as a contact).
+    pub deleted_reason: Option<String>,
 }
 
 /// A customer's newest orders, invoices and activities (`limit` of each, newest first) and the
@@ -500,7 +502,7 @@ pub fn customer_records(
             .filter(activities::customer_id.eq(id))
             .order((activities::occurred_at.desc(), activities::id.desc()))
             .limit(limit)
-            .select((activities::kind, activities::occurred_at, activities::note))
+            .select((activities::kind, activities::occurred_at, activities::note, activities::deleted_reason))
             .load(c)?,
         last_call: None,
         last_visit: None,
@@ -517,6 +519,7 @@ pub fn customer_records(
     let latest: Vec<(String, Option<chrono::NaiveDateTime>)> = with_backend!(conn, c => activities::table
         .filter(activities::customer_id.eq(id))
         .filter(activities::kind.eq_any(["call", "visit"]))
+        .filter(activities::deleted_at.is_null())
         .group_by(activities::kind)
         .select((activities::kind, diesel::dsl::max(activities::occurred_at)))
         .load(c)?);

@@ -265,6 +265,8 @@ pub enum DeletableTable {
     Orders,
     /// Invoices: no longer owed.
     Invoices,
+    /// Contact activities: no longer count as contacts.
+    Activities,
 }
 
 /// A record the source reports deleted or merged away.
@@ -287,7 +289,7 @@ pub fn mark_deleted(
     table: DeletableTable,
     deletions: &[Deletion<'_>],
 ) -> StoreResult<u64> {
-    use crate::schema::{customers, invoices, orders};
+    use crate::schema::{activities, customers, invoices, orders};
     // The same statement for each table (diesel's types differ per table).
     macro_rules! mark {
         ($table:ident, $d:expr) => {
@@ -307,6 +309,7 @@ pub fn mark_deleted(
             DeletableTable::Customers => mark!(customers, d),
             DeletableTable::Orders => mark!(orders, d),
             DeletableTable::Invoices => mark!(invoices, d),
+            DeletableTable::Activities => mark!(activities, d),
         } as u64;
     }
     Ok(marked)
@@ -939,6 +942,8 @@ const ACTIVITY_UPDATES: &[OnUpdate] = &[
     OnUpdate::Replace("kind"),
     OnUpdate::Replace("occurred_at"),
     OnUpdate::KeepIfNull("note"),
+    OnUpdate::Clear("deleted_at"),
+    OnUpdate::Clear("deleted_reason"),
 ];
 
 #[cfg(test)]

@@ -217,6 +217,7 @@ pub fn last_contacts(
     let rows: Vec<(i64, String, Option<NaiveDateTime>)> = with_backend!(conn, c => activities::table
         .filter(activities::kind.eq_any(["call", "visit"]))
         .filter(activities::occurred_at.lt(end))
+        .filter(activities::deleted_at.is_null())
         .group_by((activities::customer_id, activities::kind))
         .select((
             activities::customer_id,

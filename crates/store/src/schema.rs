@@ -109,6 +109,8 @@ diesel::table! {
         occurred_at -> Timestamp,
         note -> Nullable<Text>,
         import_run_id -> Nullable<BigInt>,
+        deleted_at -> Nullable<Timestamp>,
+        deleted_reason -> Nullable<Text>,
     }
 }
 

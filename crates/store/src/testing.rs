@@ -343,7 +343,7 @@ pub fn source_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
     out
 }
 
-/// The activities of `source` by content: `activity (id, customer id, owner email, kind,
+/// The live (not deleted) activities of `source` by content: `activity (id, customer id, owner email, kind,
 /// occurred at, note)`, in id order.
 #[expect(clippy::expect_used, reason = "test helper")]
 #[expect(clippy::type_complexity, reason = "one tuple per activity, used once")]
@@ -353,6 +353,7 @@ pub fn activity_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
             .inner_join(customers::table)
             .left_join(owners::table.on(activities::owner_id.eq(owners::id.nullable())))
             .filter(activities::source.eq(source))
+            .filter(activities::deleted_at.is_null())
             .order(activities::external_id)
             .select((activities::external_id, customers::external_id, owners::email.nullable(), activities::kind, activities::occurred_at, activities::note))
             .load(c).expect("activities");
@@ -377,8 +378,8 @@ pub fn invoice_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
     })
 }
 
-/// The customers, orders and invoices of `source` marked deleted, as `customer <id>: <reason>`,
-/// `order <id>: <reason>` and `invoice <id>: <reason>`, in id order.
+/// The customers, orders, invoices and activities of `source` marked deleted, as
+/// `customer <id>: <reason>`, `order …`, `invoice …` and `activity …`, in id order.
 #[expect(clippy::expect_used, reason = "test helper")]
 pub fn deleted_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -404,6 +405,7 @@ pub fn deleted_snapshot(conn: &mut DbConnection, source: &str) -> Vec<String> {
         out.extend(deleted_of!(c, customers, "customer").expect("customers"));
         out.extend(deleted_of!(c, orders, "order").expect("orders"));
         out.extend(deleted_of!(c, invoices, "invoice").expect("invoices"));
+        out.extend(deleted_of!(c, activities, "activity").expect("activities"));
     });
     out
 }

@@ -640,9 +640,10 @@ impl Connector for Fxiaoke {
                     .apply(customer, |f| record.get(f))?;
                 Ok((Mapped::Customer(customer), changed))
             }
-            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::DeletedInvoices => {
-                Ok((Mapped::Ignored, changed))
-            }
+            Entity::DeletedCustomers
+            | Entity::DeletedOrders
+            | Entity::DeletedInvoices
+            | Entity::DeletedActivities => Ok((Mapped::Ignored, changed)),
             Entity::Activities => self.map_activity(record, changed, lookups),
             Entity::Invoices => self.map_payment_plan(record, changed),
             Entity::Orders => {

@@ -479,6 +479,8 @@ impl Object {
             Entity::DeletedCustomers => ("archived companies", "companies"),
             Entity::DeletedOrders => ("archived deals", "deals"),
             Entity::DeletedInvoices => ("archived invoices", "invoices"),
+            Entity::DeletedActivities if meetings => ("archived meetings", MEETINGS),
+            Entity::DeletedActivities => ("archived calls", "calls"),
             Entity::Activities if meetings => ("meetings", MEETINGS),
             Entity::Activities => ("calls", "calls"),
             Entity::Invoices => ("invoices", "invoices"),
@@ -592,6 +594,7 @@ impl Connector for Hubspot {
         if self.settings.invoices {
             entities.push(Entity::DeletedInvoices);
         }
+        entities.push(Entity::DeletedActivities);
         entities
     }
 
@@ -615,20 +618,23 @@ impl Connector for Hubspot {
                 next: next_after(&body),
             });
         }
-        // Activities are calls, then meetings; a position among the meetings is marked.
-        let meetings =
-            entity == Entity::Activities && cursor.is_some_and(|c| c.starts_with(MEETINGS_AT));
+        // Activities (and their archived ones) are calls, then meetings; a position among the
+        // meetings is marked.
+        let engagements = matches!(entity, Entity::Activities | Entity::DeletedActivities);
+        let meetings = engagements && cursor.is_some_and(|c| c.starts_with(MEETINGS_AT));
         let cursor = cursor
             .map(|c| c.trim_start_matches(MEETINGS_AT))
             .filter(|c| !c.is_empty());
         let object = Object::of(entity, meetings);
-        if matches!(
+        let archived = matches!(
             entity,
-            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::DeletedInvoices
-        ) {
-            return self.archived_page(object, cursor).await;
-        }
+            Entity::DeletedCustomers
+                | Entity::DeletedOrders
+                | Entity::DeletedInvoices
+                | Entity::DeletedActivities
+        );
         let page = match (since, cursor) {
+            _ if archived => self.archived_page(object, cursor).await?,
             (None, None) => self.list_page(object, None).await?,
             (_, Some(cursor)) if cursor.starts_with("list:") => {
                 self.list_page(object, cursor.strip_prefix("list:")).await?
@@ -651,7 +657,8 @@ impl Connector for Hubspot {
             }
         };
         // Search results carry no associations; list results do.
-        let searched = since.is_some() && !cursor.is_some_and(|c| c.starts_with("list:"));
+        let searched =
+            !archived && since.is_some() && !cursor.is_some_and(|c| c.starts_with("list:"));
         let records = if matches!(
             entity,
             Entity::Orders | Entity::Invoices | Entity::Activities
@@ -664,7 +671,7 @@ impl Connector for Hubspot {
         let next = match page.next {
             Some(next) if meetings => Some(format!("{MEETINGS_AT}{next}")),
             // The calls are read: the meetings next.
-            None if entity == Entity::Activities && !meetings && self.settings.meetings => {
+            None if engagements && !meetings && self.settings.meetings => {
                 Some(MEETINGS_AT.to_owned())
             }
             next => next,
@@ -701,7 +708,10 @@ impl Connector for Hubspot {
         let id = ExternalId::parse("id", &record.get("id").map(id_text).unwrap_or_default())?;
         if matches!(
             entity,
-            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::DeletedInvoices
+            Entity::DeletedCustomers
+                | Entity::DeletedOrders
+                | Entity::DeletedInvoices
+                | Entity::DeletedActivities
         ) {
             let at = record
                 .get("archivedAt")
@@ -711,7 +721,11 @@ impl Connector for Hubspot {
             let deleted = Deleted {
                 external_id: id,
                 at,
-                reason: "archived in hubspot (deleted or merged)".into(),
+                reason: if entity == Entity::DeletedActivities {
+                    "archived in hubspot (deleted)".into()
+                } else {
+                    "archived in hubspot (deleted or merged)".into()
+                },
             };
             return Ok((Mapped::Deleted(deleted), at));
         }

@@ -207,6 +207,8 @@ pub enum Entity {
     DeletedOrders,
     /// Invoices the source lists as deleted (a listing of its own).
     DeletedInvoices,
+    /// Activities the source lists as deleted (a listing of its own).
+    DeletedActivities,
 }
 
 impl Entity {
@@ -221,6 +223,7 @@ impl Entity {
             Self::DeletedCustomers => "deleted_customers",
             Self::DeletedOrders => "deleted_orders",
             Self::DeletedInvoices => "deleted_invoices",
+            Self::DeletedActivities => "deleted_activities",
         }
     }
 
@@ -230,8 +233,8 @@ impl Entity {
             Self::Customers | Self::DeletedCustomers => Some(DeletableTable::Customers),
             Self::Orders | Self::DeletedOrders => Some(DeletableTable::Orders),
             Self::Invoices | Self::DeletedInvoices => Some(DeletableTable::Invoices),
-            // Activities have no deletion mark (yet): a deletion read for one is not applied.
-            Self::Owners | Self::Activities => None,
+            Self::Activities | Self::DeletedActivities => Some(DeletableTable::Activities),
+            Self::Owners => None,
         }
     }
 }
@@ -759,7 +762,7 @@ async fn sync_entity<C: Connector>(
         Entity::Customers | Entity::DeletedCustomers => LoadedTable::Customers,
         Entity::Orders | Entity::DeletedOrders => LoadedTable::Orders,
         Entity::Invoices | Entity::DeletedInvoices => LoadedTable::Invoices,
-        Entity::Activities => LoadedTable::Activities,
+        Entity::Activities | Entity::DeletedActivities => LoadedTable::Activities,
     };
     db.run(move |c| {
         finish_import_run(c, run, status, &totals, error.as_deref())?;

@@ -305,9 +305,10 @@ impl Connector for Pipedrive {
             }
             Entity::Activities => self.map_activity(record, lookups),
             // Pipedrive does not list deleted organisations; invoices are not read.
-            Entity::DeletedCustomers | Entity::Invoices | Entity::DeletedInvoices => {
-                Ok((Mapped::Ignored, None))
-            }
+            Entity::DeletedCustomers
+            | Entity::Invoices
+            | Entity::DeletedInvoices
+            | Entity::DeletedActivities => Ok((Mapped::Ignored, None)),
         }
     }
 
@@ -331,10 +332,18 @@ impl Pipedrive {
         lookups: &Lookups,
     ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         let changed = time(record, "update_time")?;
+        // A deleted activity stays listed with `is_deleted`: a contact held is marked deleted.
+        if record.get("is_deleted").and_then(Value::as_bool) == Some(true) {
+            let deleted = Deleted {
+                external_id: id_of(record, "id")?,
+                at: changed,
+                reason: "deleted in pipedrive".into(),
+            };
+            return Ok((Mapped::Deleted(deleted), changed));
+        }
         let kind = text(record, "type").and_then(|t| self.settings.activity_kinds.get(t));
         let done = record.get("done").and_then(Value::as_bool) == Some(true);
-        let deleted = record.get("is_deleted").and_then(Value::as_bool) == Some(true);
-        let (Some(kind), true, false) = (kind, done, deleted) else {
+        let (Some(kind), true) = (kind, done) else {
             return Ok((Mapped::Ignored, changed));
         };
         let customer = match record.get("org_id") {

@@ -342,6 +342,7 @@ impl Salesforce {
             Entity::DeletedCustomers
             | Entity::DeletedOrders
             | Entity::DeletedInvoices
+            | Entity::DeletedActivities
             | Entity::Activities
             | Entity::Invoices => ("Id".to_owned(), "Account", Some("IsDeleted = true")),
         };
@@ -370,13 +371,12 @@ impl Salesforce {
         let mut soql = if events {
             format!(
                 "SELECT Id, AccountId, OwnerId, Subject, StartDateTime, SystemModstamp, IsDeleted \
-                 FROM Event WHERE IsDeleted = false AND StartDateTime <= {}",
+                 FROM Event WHERE StartDateTime <= {}",
                 stamp(now)
             )
         } else {
             "SELECT Id, AccountId, OwnerId, Subject, TaskSubtype, ActivityDate, \
-             CompletedDateTime, SystemModstamp, IsDeleted FROM Task WHERE IsDeleted = false \
-             AND IsClosed = true"
+             CompletedDateTime, SystemModstamp, IsDeleted FROM Task WHERE IsClosed = true"
                 .to_owned()
         };
         if let Some(since) = since {
@@ -519,7 +519,7 @@ impl Connector for Salesforce {
             Entity::Owners => "users",
             Entity::Customers | Entity::DeletedCustomers => "accounts",
             Entity::Orders | Entity::DeletedOrders => "opportunities",
-            Entity::Activities => "activities",
+            Entity::Activities | Entity::DeletedActivities => "activities",
             Entity::Invoices | Entity::DeletedInvoices => "invoices",
         };
         // Activities are two queries, Tasks then Events; an Event position is marked.
@@ -656,7 +656,8 @@ impl Connector for Salesforce {
             Entity::DeletedCustomers
             | Entity::DeletedOrders
             | Entity::Invoices
-            | Entity::DeletedInvoices => Ok((Mapped::Ignored, changed)),
+            | Entity::DeletedInvoices
+            | Entity::DeletedActivities => Ok((Mapped::Ignored, changed)),
             Entity::Orders => {
                 if record.get("IsWon").and_then(Value::as_bool) != Some(true) {
                     return Ok((Mapped::Ignored, changed));
@@ -696,7 +697,7 @@ impl Connector for Salesforce {
 
 impl Salesforce {
     /// A closed Task of subtype Call or Email, or a past Event, on an account is a contact;
-    /// other tasks, deleted ones and those without an account are not.
+    /// other tasks and those without an account are not; a deleted one is marked deleted.
     fn map_activity(
         &self,
         record: &Value,
@@ -704,13 +705,18 @@ impl Salesforce {
         changed: Option<DateTime<Utc>>,
     ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         let is_event = record.pointer("/attributes/type").and_then(Value::as_str) == Some("Event");
-        let deleted = record.get("IsDeleted").and_then(Value::as_bool) == Some(true);
+        // queryAll returns deleted rows too (IsDeleted): a contact held is marked deleted.
+        if record.get("IsDeleted").and_then(Value::as_bool) == Some(true) {
+            let deleted = Deleted {
+                external_id: id_of(record, "Id")?,
+                at: changed,
+                reason: "deleted in salesforce".into(),
+            };
+            return Ok((Mapped::Deleted(deleted), changed));
+        }
         let Some(Value::String(_)) = record.get("AccountId") else {
             return Ok((Mapped::Ignored, changed));
         };
-        if deleted {
-            return Ok((Mapped::Ignored, changed));
-        }
         let (kind, occurred_at) = if is_event {
             let start = time(record, "StartDateTime")?
                 .ok_or_else(|| Unmappable::field("StartDateTime", "is missing on an event"))?;

@@ -361,6 +361,7 @@ impl Connector for Zoho {
         if self.settings.invoices {
             entities.push(Entity::DeletedInvoices);
         }
+        entities.push(Entity::DeletedActivities);
         entities
     }
 
@@ -392,6 +393,9 @@ impl Connector for Zoho {
                 "data",
                 since,
             )),
+            Entity::DeletedActivities => {
+                Some(("deleted calls", "/Calls/deleted", "all", "data", since))
+            }
             Entity::Customers | Entity::Orders | Entity::Activities | Entity::Invoices => None,
         };
         if let Some((what, path, kind, key, since)) = numbered {
@@ -503,7 +507,10 @@ impl Connector for Zoho {
         match entity {
             Entity::Activities => map_call(record, lookups),
             Entity::Invoices => self.map_invoice(record),
-            Entity::DeletedCustomers | Entity::DeletedOrders | Entity::DeletedInvoices => {
+            Entity::DeletedCustomers
+            | Entity::DeletedOrders
+            | Entity::DeletedInvoices
+            | Entity::DeletedActivities => {
                 let at = time(record, "deleted_time")?;
                 let reason = match text(record, "type") {
                     Some("recycle") => "deleted in zoho (in the recycle bin)",
