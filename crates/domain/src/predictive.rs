@@ -226,10 +226,16 @@ pub fn expected_purchases_if_alive(
     Some(lead / (p.a - 1.0) * (1.0 - shrink * hyper))
 }
 
-/// P(alive) as [`expected_purchases`] multiplies it in: with `a` moved away from 1 as there
-/// (equal to [`p_alive`] unless a is within 1e-6 of 1).
+/// P(alive) as [`expected_purchases`] multiplies it in: [`p_alive`] under
+/// [`expectation_params`] (equal to [`p_alive`] unless a is within 1e-6 of 1).
 pub fn p_alive_for_expectations(p: &BgNbdParams, variant: Variant, c: &RepeatSummary) -> f64 {
-    p_alive(&away_from_one(p), variant, c)
+    p_alive(&expectation_params(p), variant, c)
+}
+
+/// The parameters [`expected_purchases`] works with: `p` with a := 1 ± 1e-6 when |a − 1| <
+/// 1e-6 (its formula divides by a − 1), else `p` itself.
+pub fn expectation_params(p: &BgNbdParams) -> BgNbdParams {
+    away_from_one(p)
 }
 
 /// [`expected_purchases`] from its two factors: [`expected_purchases_if_alive`] ·

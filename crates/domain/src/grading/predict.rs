@@ -283,6 +283,8 @@ impl PredictionInputs {
         let mut pairs: Vec<(SummaryKey, u32)> = Vec::new();
         for (i, f) in customers.iter().enumerate() {
             if let Some(key) = repeat_summary_days(f, as_of) {
+                // Lossless for every population grade_population takes (it refuses more
+                // than u32::MAX customers).
                 pairs.push((key, i as u32));
             }
             inputs.push(CustomerInput {
@@ -371,6 +373,10 @@ impl PredictionInputs {
         drop(spend_data);
 
         let (p, variant) = (purchases.params, purchases.variant);
+        // P(alive) as the expectations weigh it differs from the stored one only when a is
+        // within 1e-6 of 1: then, and only then, it is computed apart.
+        let expectation_params = predictive::expectation_params(&p);
+        let weigh_apart = expectation_params != p;
         let horizon = ClvHorizon {
             months: settings.clv_months,
             monthly_discount: settings.monthly_discount_rate,
@@ -416,7 +422,11 @@ impl PredictionInputs {
                         months.extend(month_t.iter().map(|&t| if_alive(t)));
                     }
                     let alive = predictive::p_alive(&p, variant, &c);
-                    let weighted = predictive::p_alive_for_expectations(&p, variant, &c);
+                    let weighted = if weigh_apart {
+                        predictive::p_alive(&expectation_params, variant, &c)
+                    } else {
+                        alive
+                    };
                     // Margin and value scale the discounted purchases: one pass per summary.
                     let discounted =
                         predictive::discounted_clv_from(&months, weighted, 1.0, 1.0, &horizon);
