@@ -484,9 +484,10 @@ backend_tests! {
             import(&db, dir.path(), "invoices.csv", RecordKind::Invoices,
                 "invoice_id,customer_id,issued_date,due_date,amount,paid_date\nI03,C03,2026-09-10,2026-10-10,300,\n");
             import(&db, dir.path(), "activities.csv", RecordKind::Activities,
-                "activity_id,customer_id,kind,occurred_at\nA03,C03,visit,2026-10-20\n");
+                "activity_id,customer_id,kind,occurred_at\nA03,C03,visit,2026-10-20\nA04,C03,visit,2099-01-05\n");
             let (_, json) = get(&app, &cookie, &format!("/api/v1/customers/{hostile}")).await;
             let one: serde_json::Value = serde_json::from_str(&json).unwrap();
+            // The visit planned for 2099 is not the last one yet.
             assert_eq!(one["records"]["last_visit"], "2026-10-20");
             let source = tierwise_domain::SourceName::parse("file").unwrap();
             let at = chrono::NaiveDate::from_ymd_opt(2026, 11, 2).unwrap().and_hms_opt(8, 0, 0).unwrap();
@@ -503,12 +504,13 @@ backend_tests! {
             assert!(html.contains("id=\"deleted\"") && html.contains("2026-11-02"), "{html}");
             assert!(html.contains("merged into &lt;b&gt;C04&lt;&#x2f;b&gt;") && !html.contains("<b>C04"), "{html}");
             assert_eq!(html.matches("<s title=").count(), 3, "the deleted order, invoice and visit are struck through");
+            assert!(html.contains("2099-01-05"), "a planned visit is listed");
             let (_, json) = get(&app, &cookie, &format!("/api/v1/customers/{hostile}")).await;
             let one: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert_eq!(one["records"]["deleted"][1], "merged into <b>C04</b>");
             assert_eq!(one["records"]["orders"][0]["deleted_reason"], "merged into <b>C04</b>");
             assert_eq!(one["records"]["invoices"][0]["deleted_reason"], "merged into <b>C04</b>");
-            assert_eq!(one["records"]["activities"][0]["deleted_reason"], "merged into <b>C04</b>");
+            assert_eq!(one["records"]["activities"][1]["deleted_reason"], "merged into <b>C04</b>");
             assert!(one["records"]["last_visit"].is_null(), "a deleted visit is no contact: {}", one["records"]);
             let (status, _) = get(&app, &cookie, "/api/v1/customers/999999").await;
             assert_eq!(status, StatusCode::NOT_FOUND);

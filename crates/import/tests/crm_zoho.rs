@@ -48,6 +48,8 @@ struct Source {
     accounts: Vec<Value>,
     deals: Vec<Value>,
     calls: Vec<Value>,
+    /// Meetings (the Events module).
+    events: Vec<Value>,
     invoices: Vec<Value>,
     /// Tokens currently accepted.
     live_tokens: Vec<String>,
@@ -174,6 +176,7 @@ impl Respond for FakeZoho {
         let records = match path.as_str() {
             "/crm/v8/Deals" => &s.deals,
             "/crm/v8/Calls" => &s.calls,
+            "/crm/v8/Events" => &s.events,
             "/crm/v8/Invoices" => &s.invoices,
             "/crm/v8/Accounts" => &s.accounts,
             other => panic!("unexpected module {other}"),
@@ -420,7 +423,11 @@ impl Harness {
     }
 
     fn connector(&self, refresh: &str) -> Zoho {
-        Zoho::new(ZohoSettings {
+        Zoho::new(self.settings(refresh)).unwrap()
+    }
+
+    fn settings(&self, refresh: &str) -> ZohoSettings {
+        ZohoSettings {
             enabled: true,
             accounts_url: self.server.uri(),
             client_id: "1000.CLIENT".into(),
@@ -430,8 +437,7 @@ impl Harness {
             cost_field: Some("Cost__c".into()),
             http: fast_http(1),
             ..ZohoSettings::default()
-        })
-        .unwrap()
+        }
     }
 
     fn sync(&self, db: &TestDb) -> Result<SyncReport, CrmError> {
@@ -568,7 +574,9 @@ backend_tests! {
         assert_eq!(
             harness.source.lock().unwrap().deleted_since_seen,
             [Some("2024-05-27T01:55:00+00:00".to_owned()), Some("2024-05-27T02:55:00+00:00".to_owned()),
-                Some("2024-05-27T03:55:00+00:00".to_owned()), Some("2024-05-27T04:55:00+00:00".to_owned())]
+                Some("2024-05-27T03:55:00+00:00".to_owned()), Some("2024-05-27T04:55:00+00:00".to_owned()),
+                // Deleted meetings are asked for from the same time as deleted calls.
+                Some("2024-05-27T04:55:00+00:00".to_owned())]
         );
     }
 
@@ -617,5 +625,58 @@ backend_tests! {
         for shown in [text, format!("{err:?}"), format!("{connector:?}")] {
             assert!(!shown.contains("1000.revoked.0000") && !shown.contains(CLIENT_SECRET), "{shown}");
         }
+    }
+
+    fn meetings_on_an_account_are_contacts_from_their_start(db) {
+        let harness = Harness::new(seeded());
+        let meeting = |id: &str, module: &str, what: &str, start: Value, modified: &str| {
+            json!({"id": id, "Event_Title": format!("Meeting {id}"), "Start_DateTime": start,
+                "End_DateTime": null, "$se_module": module, "What_Id": {"name": "x", "id": what},
+                "Owner": {"name": "x", "id": "9002", "email": "wang.fang@example.com"}, "Modified_Time": modified})
+        };
+        {
+            let mut s = harness.source.lock().unwrap();
+            s.events = vec![
+                meeting("7770000000101", "Accounts", "4876876000000000001", json!("2024-05-03T14:00:00+08:00"), "2024-05-06T10:00:00+08:00"),
+                // Planned ahead: stored now, counts once it has taken place.
+                meeting("7770000000102", "Accounts", "4876876000000000002", json!("2099-05-04T09:00:00+08:00"), "2024-05-06T10:01:00+08:00"),
+                meeting("7770000000103", "Deals", "5550000000005", json!("2024-05-04T09:00:00+08:00"), "2024-05-06T10:02:00+08:00"),
+                meeting("7770000000104", "Accounts", "4876876000000000004", Value::Null, "2024-05-06T10:03:00+08:00"),
+            ];
+        }
+        let report = harness.sync(&db).unwrap();
+        let activities = report.entities.iter().find(|e| e.entity == "activities").unwrap();
+        // The calls (none: one empty answer), then the meetings.
+        assert_eq!((activities.pages, activities.records, activities.written, activities.rejected), (2, 4, 2, 1), "{report:?}");
+        let row = |id: &str, account: &str, at: &str| {
+            let at = chrono::NaiveDateTime::parse_from_str(at, "%Y-%m-%d %H:%M").unwrap();
+            format!("activity {:?}", (id.to_owned(), account.to_owned(), Some("wang.fang@example.com".to_owned()), "meeting".to_owned(), at, Some(format!("Meeting {id}"))))
+        };
+        assert_eq!(activity_snapshot(&mut db.conn(), "zoho"), [
+            row("7770000000101", "4876876000000000001", "2024-05-03 06:00"),
+            row("7770000000102", "4876876000000000002", "2099-05-04 01:00"),
+        ]);
+        let rejects = tierwise_store::runs::rejects_of_run(&mut db.conn(), activities.run.unwrap(), 10).unwrap();
+        assert!(rejects[0].field.as_deref() == Some("Start_DateTime") && rejects[0].raw_record.contains("7770000000104"), "{rejects:?}");
+        // The planned meeting is cancelled, the held one deleted: both marked, neither counts.
+        {
+            let mut s = harness.source.lock().unwrap();
+            s.events[1]["$event_cancelled"] = json!(true);
+            s.events[1]["Modified_Time"] = json!("2024-05-27T09:00:00+08:00");
+            let held = s.events.remove(0);
+            s.deleted.push(json!({"id": held["id"], "display_name": held["Event_Title"], "type": "recycle",
+                "deleted_time": "2024-05-27T10:00:00+08:00", "module": "Events"}));
+        }
+        let report = harness.sync(&db).unwrap();
+        let deleted: u64 = report.entities.iter().filter(|e| e.entity.ends_with("activities")).map(|e| e.deleted).sum();
+        assert_eq!(deleted, 2, "{report:?}");
+        assert_eq!(deleted_snapshot(&mut db.conn(), "zoho"), [
+            "activity 7770000000101: deleted in zoho (in the recycle bin)",
+            "activity 7770000000102: cancelled in zoho",
+        ]);
+        assert!(activity_snapshot(&mut db.conn(), "zoho").is_empty());
+        // A meeting kind other than call, visit, email or meeting is refused.
+        let refused = Zoho::new(ZohoSettings { meeting_kind: "lunch".into(), ..harness.settings(REFRESH) }).unwrap_err();
+        assert!(refused.to_string().contains("crm.zoho.meeting_kind"), "{refused}");
     }
 }

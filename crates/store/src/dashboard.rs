@@ -520,6 +520,8 @@ pub fn customer_records(
         .filter(activities::customer_id.eq(id))
         .filter(activities::kind.eq_any(["call", "visit"]))
         .filter(activities::deleted_at.is_null())
+        // Planned contacts (a meeting ahead) count once they have happened.
+        .filter(activities::occurred_at.le(chrono::Utc::now().naive_utc()))
         .group_by(activities::kind)
         .select((activities::kind, diesel::dsl::max(activities::occurred_at)))
         .load(c)?);

@@ -4,9 +4,9 @@
 //! 10 per 10 minutes), refreshed a minute early, and refreshed once more when the API answers
 //! `INVALID_TOKEN`. Paging follows `page_token` (pages past 2,000 records need it), changes come
 //! from `If-Modified-Since`, and 204/304 mean an empty page. Zoho sends no `Retry-After` on 429,
-//! so throttling waits by back-off. Calls logged on an account are contacts. Deleted Accounts
-//! and Deals are read from
-//! `/{module}/deleted` (recycle bin and purged, since the watermark) and marked deleted.
+//! so throttling waits by back-off. Calls and meetings (Events) on an account are contacts.
+//! Deleted Accounts, Deals, Invoices, Calls and Events are read from `/{module}/deleted`
+//! (recycle bin and purged, since the watermark) and marked deleted.
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -61,6 +61,12 @@ pub struct ZohoSettings {
     pub paid_date_field: Option<String>,
     /// Custom Accounts fields to import (`[crm.zoho.customer_fields]`).
     pub customer_fields: CustomerFields,
+    /// Import meetings (the Events module) on accounts as contacts, after the calls (needs the
+    /// `ZohoCRM.modules.events.READ` scope).
+    pub meetings: bool,
+    /// What a meeting counts as: `meeting`, or `visit` where the team logs its customer visits
+    /// as meetings.
+    pub meeting_kind: String,
     /// Timeouts and retries.
     pub http: HttpSettings,
 }
@@ -82,6 +88,8 @@ impl Default for ZohoSettings {
             paid_statuses: vec!["Paid".into()],
             paid_date_field: None,
             customer_fields: CustomerFields::default(),
+            meetings: true,
+            meeting_kind: "meeting".into(),
             // Zoho sends no Retry-After; its own guidance is to back off 30 s → 60 s → 120 s.
             http: HttpSettings {
                 backoff_ms: 2_000,
@@ -105,6 +113,8 @@ pub struct Zoho {
     http: Http,
     source: SourceName,
     currency: Currency,
+    /// What a meeting counts as (`meeting_kind`).
+    meeting_kind: ActivityKind,
     token: RefCell<Option<AccessToken>>,
 }
 
@@ -117,6 +127,8 @@ impl std::fmt::Debug for Zoho {
 }
 
 const SOURCE: &str = "zoho";
+/// Marks an activities position among the meetings (read after the calls).
+const EVENTS_AT: &str = "events:";
 const CREDENTIALS: &str = "[crm.zoho] client_id, TIERWISE__CRM__ZOHO__CLIENT_SECRET and \
      TIERWISE__CRM__ZOHO__REFRESH_TOKEN, and that accounts_url is your data centre's";
 
@@ -139,6 +151,8 @@ impl Zoho {
         }
         let currency = Currency::parse(&settings.currency)
             .map_err(|e| CrmError::Setup(format!("crm.zoho.currency: {}", e.reason)))?;
+        let meeting_kind = ActivityKind::parse(&settings.meeting_kind)
+            .map_err(|e| CrmError::Setup(format!("crm.zoho.meeting_kind: {}", e.reason)))?;
         let http = Http::new(SOURCE, settings.http.clone())?;
         let source = SourceName::parse(SOURCE).map_err(|e| CrmError::Setup(e.to_string()))?;
         Ok(Self {
@@ -146,6 +160,7 @@ impl Zoho {
             http,
             source,
             currency,
+            meeting_kind,
             token: RefCell::new(None),
         })
     }
@@ -371,131 +386,23 @@ impl Connector for Zoho {
         since: Option<DateTime<Utc>>,
         cursor: Option<&str>,
     ) -> Result<RawPage, CrmError> {
-        let per_page = self.settings.page_size.to_string();
-        // Users and deletions page by number (an org has far fewer than 2,000 users, and
-        // deletions since the last run are few).
-        let numbered = match entity {
-            Entity::Owners => Some(("users", "/users", "AllUsers", "users", None)),
-            Entity::DeletedCustomers => Some((
-                "deleted accounts",
-                "/Accounts/deleted",
-                "all",
-                "data",
-                since,
-            )),
-            Entity::DeletedOrders => {
-                Some(("deleted deals", "/Deals/deleted", "all", "data", since))
-            }
-            Entity::DeletedInvoices => Some((
-                "deleted invoices",
-                "/Invoices/deleted",
-                "all",
-                "data",
-                since,
-            )),
-            Entity::DeletedActivities => {
-                Some(("deleted calls", "/Calls/deleted", "all", "data", since))
-            }
-            Entity::Customers | Entity::Orders | Entity::Activities | Entity::Invoices => None,
+        // Activities (and their deletions) are the Calls, then the Events; a position among
+        // the Events is marked.
+        let engagements = matches!(entity, Entity::Activities | Entity::DeletedActivities);
+        let events = engagements && cursor.is_some_and(|c| c.starts_with(EVENTS_AT));
+        let cursor = cursor
+            .map(|c| c.trim_start_matches(EVENTS_AT))
+            .filter(|c| !c.is_empty());
+        let page = self.module_page(entity, since, cursor, events).await?;
+        let next = match page.next {
+            Some(next) if events => Some(format!("{EVENTS_AT}{next}")),
+            None if engagements && !events && self.settings.meetings => Some(EVENTS_AT.to_owned()),
+            next => next,
         };
-        if let Some((what, path, kind, key, since)) = numbered {
-            let page = cursor.unwrap_or("1").to_owned();
-            let query = [
-                ("type", kind.to_owned()),
-                ("per_page", per_page),
-                ("page", page.clone()),
-            ];
-            let body = self.get(what, path, &query, since).await?;
-            let records = body
-                .as_ref()
-                .and_then(|b| b.get(key))
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let more = body
-                .as_ref()
-                .and_then(|b| b.pointer("/info/more_records"))
-                .and_then(Value::as_bool)
-                == Some(true);
-            let next = more.then(|| {
-                page.parse::<u64>()
-                    .map(|p| (p + 1).to_string())
-                    .unwrap_or_default()
-            });
-            return Ok(RawPage { records, next });
-        }
-        let (what, path, fields) = match entity {
-            Entity::Customers => {
-                let mut fields = "Account_Name,Owner,Created_Time,Modified_Time".to_owned();
-                for field in self.settings.customer_fields.names() {
-                    fields.push(',');
-                    fields.push_str(field);
-                }
-                ("accounts", "/Accounts", fields)
-            }
-            Entity::Invoices => {
-                let mut fields =
-                    "Subject,Account_Name,Sales_Order,Invoice_Date,Due_Date,Grand_Total,Status,\
-                     Modified_Time"
-                        .to_owned();
-                if let Some(paid) = &self.settings.paid_date_field {
-                    fields.push(',');
-                    fields.push_str(paid);
-                }
-                ("invoices", "/Invoices", fields)
-            }
-            Entity::Activities => (
-                "calls",
-                "/Calls",
-                "Subject,Call_Type,Call_Start_Time,Outgoing_Call_Status,What_Id,Owner,Modified_Time"
-                    .to_owned(),
-            ),
-            _ => {
-                let mut fields =
-                    "Deal_Name,Amount,Closing_Date,Stage,Account_Name,Owner,Modified_Time"
-                        .to_owned();
-                if let Some(cost) = &self.settings.cost_field {
-                    fields.push(',');
-                    fields.push_str(cost);
-                }
-                ("deals", "/Deals", fields)
-            }
-        };
-        let mut query = vec![
-            ("fields", fields),
-            ("per_page", per_page),
-            ("sort_by", "Modified_Time".to_owned()),
-            ("sort_order", "asc".to_owned()),
-        ];
-        if let Some(token) = cursor {
-            query.push(("page_token", token.to_owned()));
-        }
-        let Some(body) = self.get(what, path, &query, since).await? else {
-            return Ok(RawPage::default());
-        };
-        let records = body
-            .get("data")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let more = body.pointer("/info/more_records").and_then(Value::as_bool) == Some(true);
-        let next = match (
-            more,
-            body.pointer("/info/next_page_token")
-                .and_then(Value::as_str),
-        ) {
-            (true, Some(token)) => Some(token.to_owned()),
-            (true, None) => {
-                return Err(CrmError::Http {
-                    source_name: SOURCE.into(),
-                    what: what.into(),
-                    status: 200,
-                    message: "more records announced without a next_page_token".into(),
-                });
-            }
-            (false, _) => None,
-        };
-        Ok(RawPage { records, next })
+        Ok(RawPage {
+            records: page.records,
+            next,
+        })
     }
 
     fn map(
@@ -505,6 +412,10 @@ impl Connector for Zoho {
         lookups: &Lookups,
     ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         match entity {
+            // Events are told from calls by their start (every asked-for field comes back).
+            Entity::Activities if record.get("Start_DateTime").is_some() => {
+                map_event(record, lookups, self.meeting_kind)
+            }
             Entity::Activities => map_call(record, lookups),
             Entity::Invoices => self.map_invoice(record),
             Entity::DeletedCustomers
@@ -572,6 +483,151 @@ impl Connector for Zoho {
                 ))
             }
         }
+    }
+}
+
+impl Zoho {
+    /// One page of the module `entity` reads (the Events instead of the Calls when `events`).
+    async fn module_page(
+        &self,
+        entity: Entity,
+        since: Option<DateTime<Utc>>,
+        cursor: Option<&str>,
+        events: bool,
+    ) -> Result<RawPage, CrmError> {
+        let per_page = self.settings.page_size.to_string();
+        // Users and deletions page by number (an org has far fewer than 2,000 users, and
+        // deletions since the last run are few).
+        let numbered = match entity {
+            Entity::Owners => Some(("users", "/users", "AllUsers", "users", None)),
+            Entity::DeletedCustomers => Some((
+                "deleted accounts",
+                "/Accounts/deleted",
+                "all",
+                "data",
+                since,
+            )),
+            Entity::DeletedOrders => {
+                Some(("deleted deals", "/Deals/deleted", "all", "data", since))
+            }
+            Entity::DeletedInvoices => Some((
+                "deleted invoices",
+                "/Invoices/deleted",
+                "all",
+                "data",
+                since,
+            )),
+            Entity::DeletedActivities if events => {
+                Some(("deleted meetings", "/Events/deleted", "all", "data", since))
+            }
+            Entity::DeletedActivities => {
+                Some(("deleted calls", "/Calls/deleted", "all", "data", since))
+            }
+            Entity::Customers | Entity::Orders | Entity::Activities | Entity::Invoices => None,
+        };
+        if let Some((what, path, kind, key, since)) = numbered {
+            let page = cursor.unwrap_or("1").to_owned();
+            let query = [
+                ("type", kind.to_owned()),
+                ("per_page", per_page),
+                ("page", page.clone()),
+            ];
+            let body = self.get(what, path, &query, since).await?;
+            let records = body
+                .as_ref()
+                .and_then(|b| b.get(key))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let more = body
+                .as_ref()
+                .and_then(|b| b.pointer("/info/more_records"))
+                .and_then(Value::as_bool)
+                == Some(true);
+            let next = more.then(|| {
+                page.parse::<u64>()
+                    .map(|p| (p + 1).to_string())
+                    .unwrap_or_default()
+            });
+            return Ok(RawPage { records, next });
+        }
+        let (what, path, fields) = match entity {
+            Entity::Customers => {
+                let mut fields = "Account_Name,Owner,Created_Time,Modified_Time".to_owned();
+                for field in self.settings.customer_fields.names() {
+                    fields.push(',');
+                    fields.push_str(field);
+                }
+                ("accounts", "/Accounts", fields)
+            }
+            Entity::Invoices => {
+                let mut fields =
+                    "Subject,Account_Name,Sales_Order,Invoice_Date,Due_Date,Grand_Total,Status,\
+                     Modified_Time"
+                        .to_owned();
+                if let Some(paid) = &self.settings.paid_date_field {
+                    fields.push(',');
+                    fields.push_str(paid);
+                }
+                ("invoices", "/Invoices", fields)
+            }
+            Entity::Activities if events => (
+                "meetings",
+                "/Events",
+                "Event_Title,Start_DateTime,End_DateTime,What_Id,Owner,Modified_Time".to_owned(),
+            ),
+            Entity::Activities => (
+                "calls",
+                "/Calls",
+                "Subject,Call_Type,Call_Start_Time,Outgoing_Call_Status,What_Id,Owner,Modified_Time"
+                    .to_owned(),
+            ),
+            _ => {
+                let mut fields =
+                    "Deal_Name,Amount,Closing_Date,Stage,Account_Name,Owner,Modified_Time"
+                        .to_owned();
+                if let Some(cost) = &self.settings.cost_field {
+                    fields.push(',');
+                    fields.push_str(cost);
+                }
+                ("deals", "/Deals", fields)
+            }
+        };
+        let mut query = vec![
+            ("fields", fields),
+            ("per_page", per_page),
+            ("sort_by", "Modified_Time".to_owned()),
+            ("sort_order", "asc".to_owned()),
+        ];
+        if let Some(token) = cursor {
+            query.push(("page_token", token.to_owned()));
+        }
+        let Some(body) = self.get(what, path, &query, since).await? else {
+            return Ok(RawPage::default());
+        };
+        let records = body
+            .get("data")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let more = body.pointer("/info/more_records").and_then(Value::as_bool) == Some(true);
+        let next = match (
+            more,
+            body.pointer("/info/next_page_token")
+                .and_then(Value::as_str),
+        ) {
+            (true, Some(token)) => Some(token.to_owned()),
+            (true, None) => {
+                return Err(CrmError::Http {
+                    source_name: SOURCE.into(),
+                    what: what.into(),
+                    status: 200,
+                    message: "more records announced without a next_page_token".into(),
+                });
+            }
+            (false, _) => None,
+        };
+        Ok(RawPage { records, next })
     }
 }
 
@@ -686,6 +742,44 @@ fn map_call(
         kind: ActivityKind::Call,
         occurred_at: at,
         note: text(record, "Subject")
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_owned),
+    };
+    Ok((Mapped::Activity(activity), changed))
+}
+
+/// A meeting (Events module) on an account is a contact of `kind` at its start, stored even
+/// when it lies ahead: contacts count from their time on, so a planned meeting counts once it
+/// has taken place without being read again. A cancelled one (`$event_cancelled`) is marked
+/// deleted; meetings on a deal, contact or lead alone are not contacts.
+fn map_event(
+    record: &Value,
+    lookups: &Lookups,
+    kind: ActivityKind,
+) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+    let changed = time(record, "Modified_Time")?;
+    if record.get("$event_cancelled").and_then(Value::as_bool) == Some(true) {
+        let deleted = Deleted {
+            external_id: text_or_number_id(record, "id")?,
+            at: changed,
+            reason: "cancelled in zoho".into(),
+        };
+        return Ok((Mapped::Deleted(deleted), changed));
+    }
+    if text(record, "$se_module") != Some("Accounts") {
+        return Ok((Mapped::Ignored, changed));
+    }
+    let at = time(record, "Start_DateTime")?
+        .ok_or_else(|| Unmappable::field("Start_DateTime", "is missing on a meeting"))?;
+    let customer = text_or_number_id(record.get("What_Id").unwrap_or(&Value::Null), "id")
+        .map_err(|_| Unmappable::field("What_Id", "names no account id"))?;
+    let activity = Activity {
+        external_id: text_or_number_id(record, "id")?,
+        customer,
+        owner_email: owner_of(record, lookups).ok().flatten(),
+        kind,
+        occurred_at: at,
+        note: text(record, "Event_Title")
             .filter(|s| !s.trim().is_empty())
             .map(str::to_owned),
     };
