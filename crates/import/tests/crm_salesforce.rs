@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex};
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use tierwise_import::crm::salesforce::{Salesforce, SalesforceSettings};
+use tierwise_import::crm::salesforce::{InvoiceObject, Salesforce, SalesforceSettings};
 use tierwise_import::crm::{CrmError, SyncOptions, SyncReport, sync};
 use tierwise_store::backend_tests;
 use tierwise_store::testing::{
-    TestDb, activity_snapshot, assert_same_rows, deleted_snapshot, source_snapshot,
+    TestDb, activity_snapshot, assert_same_rows, deleted_snapshot, invoice_snapshot,
+    source_snapshot,
 };
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
@@ -52,6 +53,8 @@ struct Source {
     opportunities: Vec<Value>,
     tasks: Vec<Value>,
     events: Vec<Value>,
+    /// Records of the org's invoice object (`Invoice__c`).
+    invoices: Vec<Value>,
     live_tokens: Vec<String>,
     minted: u32,
     /// End every live session after this many more query calls.
@@ -100,6 +103,7 @@ fn run_soql(s: &Source, soql: &str, with_deleted: bool) -> Vec<Value> {
         "Opportunity" => &s.opportunities,
         "Task" => &s.tasks,
         "Event" => &s.events,
+        "Invoice__c" => &s.invoices,
         other => panic!("unexpected object {other}"),
     };
     let start = |r: &Value| {
@@ -378,7 +382,11 @@ impl Harness {
     }
 
     fn connector(&self, refresh: &str) -> Salesforce {
-        Salesforce::new(SalesforceSettings {
+        Salesforce::new(self.settings(refresh)).unwrap()
+    }
+
+    fn settings(&self, refresh: &str) -> SalesforceSettings {
+        SalesforceSettings {
             enabled: true,
             login_url: self.server.uri(),
             client_id: "3MVG9consumer.key".into(),
@@ -388,8 +396,7 @@ impl Harness {
             cost_field: Some("Cost__c".into()),
             http: fast_http(1),
             ..SalesforceSettings::default()
-        })
-        .unwrap()
+        }
     }
 
     fn with_customer_fields(&self) -> Salesforce {
@@ -646,5 +653,75 @@ backend_tests! {
         for shown in [text, format!("{err:?}"), format!("{connector:?}")] {
             assert!(!shown.contains("5Aep861revoked.0000") && !shown.contains(CLIENT_SECRET), "{shown}");
         }
+    }
+
+    fn records_of_a_configured_invoice_object_are_invoices(db) {
+        let harness = Harness::new(seeded());
+        let account = |i: u32| format!("001xx{i:013}");
+        let invoice = |n: u32, account: Value, status: &str, paid: Value, modified: String| {
+            json!({"attributes": {"type": "Invoice__c"}, "Id": format!("a0Bxx{n:013}"), "Account__c": account,
+                "Invoice_Date__c": "2024-04-01", "Due_Date__c": if n == 2 { Value::Null } else { json!("2024-05-01") },
+                "Amount__c": 1200.5 + f64::from(n), "Paid_Date__c": paid, "Status__c": status,
+                "IsDeleted": n == 6, "SystemModstamp": modified})
+        };
+        harness.source.lock().unwrap().invoices = vec![
+            invoice(1, json!(account(1)), "Open", Value::Null, at(6, 1)),
+            invoice(2, json!(account(2)), "Paid", json!("2024-05-10"), at(6, 2)),
+            // Paid by status alone: dated by its last change.
+            invoice(3, json!(account(3)), "Paid", Value::Null, at(7, 3)),
+            invoice(4, json!(account(4)), "Draft", Value::Null, at(6, 4)),
+            invoice(5, Value::Null, "Open", Value::Null, at(6, 5)),
+            invoice(6, json!(account(6)), "Open", Value::Null, at(6, 6)),
+        ];
+        let settings = SalesforceSettings {
+            invoices: InvoiceObject {
+                object: "Invoice__c".into(),
+                account_field: "Account__c".into(),
+                issued_field: "Invoice_Date__c".into(),
+                due_field: Some("Due_Date__c".into()),
+                amount_field: "Amount__c".into(),
+                paid_date_field: Some("Paid_Date__c".into()),
+                status_field: Some("Status__c".into()),
+                paid_statuses: vec!["Paid".into()],
+                skipped_statuses: vec!["Draft".into(), "Cancelled".into()],
+            },
+            ..harness.settings(REFRESH)
+        };
+        let connector = Salesforce::new(settings.clone()).unwrap();
+        let run = || harness.runtime.block_on(sync(&db.db, &connector, &SyncOptions::default())).unwrap();
+        let report = run();
+        let invoices = report.entities.iter().find(|e| e.entity == "invoices").unwrap();
+        // Six read (queryAll: the deleted one too), three stored, the one without an account
+        // rejected, the draft skipped.
+        assert_eq!((invoices.records, invoices.written, invoices.rejected), (6, 3, 1), "{report:?}");
+        let day = |d: &str| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap();
+        let row = |n: u32, due: &str, paid: Option<&str>| {
+            format!("invoice {:?}", (format!("a0Bxx{n:013}"), account(n), None::<String>, day("2024-04-01"), day(due),
+                120_050 + i64::from(n) * 100, "CNY".to_owned(), paid.map(day)))
+        };
+        assert_eq!(invoice_snapshot(&mut db.conn(), "salesforce"), [
+            row(1, "2024-05-01", None),
+            row(2, "2024-04-01", Some("2024-05-10")),
+            row(3, "2024-05-01", Some("2024-05-07")),
+        ]);
+        let rejects = tierwise_store::runs::rejects_of_run(&mut db.conn(), invoices.run.unwrap(), 10).unwrap();
+        assert!(rejects[0].field.as_deref() == Some("Account__c") && rejects[0].raw_record.contains("a0Bxx0000000000005"), "{rejects:?}");
+        // The open invoice is deleted: the next run marks it.
+        {
+            let mut s = harness.source.lock().unwrap();
+            s.invoices[0]["IsDeleted"] = json!(true);
+            s.invoices[0]["SystemModstamp"] = json!(at(28, 0));
+        }
+        let report = run();
+        assert_eq!(report.entities.iter().find(|e| e.entity == "invoices").unwrap().deleted, 1, "{report:?}");
+        assert_eq!(deleted_snapshot(&mut db.conn(), "salesforce"), ["invoice a0Bxx0000000000001: deleted in salesforce"]);
+        let soql = harness.source.lock().unwrap().soql_seen.clone();
+        assert!(soql.iter().any(|q| q.contains("FROM Invoice__c") && q.contains("Paid_Date__c")), "{soql:?}");
+        // An object without a way to tell paid invoices is refused, naming the settings.
+        let mut unpaid_forever = settings.clone();
+        unpaid_forever.invoices.paid_date_field = None;
+        unpaid_forever.invoices.status_field = None;
+        let refused = Salesforce::new(unpaid_forever).unwrap_err().to_string();
+        assert!(refused.contains("crm.salesforce.invoices.paid_date_field") && refused.contains("paid_statuses"), "{refused}");
     }
 }

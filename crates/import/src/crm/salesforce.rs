@@ -19,8 +19,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tierwise_domain::{
-    Activity, ActivityKind, Currency, Customer, EmailAddress, ExternalId, Locale, Money, Order,
-    Owner, SourceName,
+    Activity, ActivityKind, Currency, Customer, EmailAddress, ExternalId, Invoice, Locale, Money,
+    Order, Owner, SourceName,
 };
 
 use super::http::{Attempt, Http, HttpSettings, transport_error};
@@ -65,6 +65,9 @@ pub struct SalesforceSettings {
     /// What a past Event counts as: `meeting` (the default) or `visit` where the team logs
     /// customer visits as events. Closed Tasks of subtype Call or Email are calls and emails.
     pub event_kind: String,
+    /// An invoice object to read for the credit grade, if the org has one
+    /// (`[crm.salesforce.invoices]`).
+    pub invoices: InvoiceObject,
     /// Timeouts and retries.
     pub http: HttpSettings,
 }
@@ -85,8 +88,88 @@ impl Default for SalesforceSettings {
             customer_fields: CustomerFields::default(),
             max_api_usage_percent: 80.0,
             event_kind: "meeting".into(),
+            invoices: InvoiceObject::default(),
             http: HttpSettings::default(),
         }
+    }
+}
+
+/// `[crm.salesforce.invoices]`: Salesforce has no standard invoice object outside its billing
+/// products, so an org's own (`Invoice__c`) or a billing package's (`blng__Invoice__c`) is
+/// named here with its fields. An empty `object` reads no invoices.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InvoiceObject {
+    /// The object's API name; empty: invoices are not read.
+    pub object: String,
+    /// Lookup to the Account.
+    pub account_field: String,
+    /// Date the invoice was issued.
+    pub issued_field: String,
+    /// Date it is due; empty or unset: due when issued.
+    pub due_field: Option<String>,
+    /// Currency field with the amount owed.
+    pub amount_field: String,
+    /// Date it was paid, if the object keeps one.
+    pub paid_date_field: Option<String>,
+    /// Picklist with the invoice's status, if any.
+    pub status_field: Option<String>,
+    /// Statuses meaning paid (dated by `paid_date_field`, else by the last change).
+    pub paid_statuses: Vec<String>,
+    /// Statuses meaning not owed (draft, cancelled): such invoices are skipped.
+    pub skipped_statuses: Vec<String>,
+}
+
+impl InvoiceObject {
+    fn enabled(&self) -> bool {
+        !self.object.trim().is_empty()
+    }
+
+    /// Checks that an enabled object names the fields an invoice needs and a way to tell paid.
+    fn validate(&self) -> Result<(), CrmError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let setup = |what: String| CrmError::Setup(format!("crm.salesforce.invoices.{what}"));
+        for (name, value) in [
+            ("account_field", &self.account_field),
+            ("issued_field", &self.issued_field),
+            ("amount_field", &self.amount_field),
+        ] {
+            if value.trim().is_empty() {
+                return Err(setup(format!(
+                    "{name}: empty; name the field of {} that holds it (docs/crm/salesforce.md)",
+                    self.object
+                )));
+            }
+        }
+        let by_status = self.status_field.is_some() && !self.paid_statuses.is_empty();
+        if self.paid_date_field.is_none() && !by_status {
+            return Err(setup(
+                "paid_date_field: unset, and no status_field with paid_statuses; without one \
+                 of them every invoice would count as unpaid"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The fields a query asks for.
+    fn fields(&self, multi_currency: bool) -> String {
+        let mut fields = vec!["Id", "SystemModstamp", "IsDeleted"];
+        fields.extend([
+            self.account_field.as_str(),
+            self.issued_field.as_str(),
+            self.amount_field.as_str(),
+        ]);
+        fields.extend(self.due_field.as_deref());
+        fields.extend(self.paid_date_field.as_deref());
+        fields.extend(self.status_field.as_deref());
+        if multi_currency {
+            fields.push("CurrencyIsoCode");
+        }
+        fields.dedup();
+        fields.join(", ")
     }
 }
 
@@ -141,6 +224,7 @@ impl Salesforce {
         }
         ActivityKind::parse(&settings.event_kind)
             .map_err(|e| CrmError::Setup(format!("crm.salesforce.event_kind: {}", e.reason)))?;
+        settings.invoices.validate()?;
         if !(200..=2000).contains(&settings.batch_size) {
             return Err(CrmError::Setup(format!(
                 "crm.salesforce.batch_size: {} is outside 200..=2000",
@@ -337,8 +421,13 @@ impl Salesforce {
                 }
                 (fields, "Opportunity", Some("IsWon = true"))
             }
+            Entity::Invoices if self.settings.invoices.enabled() => (
+                self.settings.invoices.fields(self.settings.multi_currency),
+                self.settings.invoices.object.as_str(),
+                None,
+            ),
             // Deletions come with the records (queryAll): never asked for on their own;
-            // activities have queries of their own, and invoices are not read.
+            // activities have queries of their own.
             Entity::DeletedCustomers
             | Entity::DeletedOrders
             | Entity::DeletedInvoices
@@ -495,12 +584,12 @@ impl Connector for Salesforce {
     }
 
     fn entities(&self) -> Vec<Entity> {
-        vec![
-            Entity::Owners,
-            Entity::Customers,
-            Entity::Orders,
-            Entity::Activities,
-        ]
+        let mut entities = vec![Entity::Owners, Entity::Customers, Entity::Orders];
+        if self.settings.invoices.enabled() {
+            entities.push(Entity::Invoices);
+        }
+        entities.push(Entity::Activities);
+        entities
     }
 
     async fn page(
@@ -509,7 +598,9 @@ impl Connector for Salesforce {
         since: Option<DateTime<Utc>>,
         cursor: Option<&str>,
     ) -> Result<RawPage, CrmError> {
-        if matches!(entity, Entity::Invoices | Entity::DeletedInvoices) {
+        if entity == Entity::DeletedInvoices
+            || (entity == Entity::Invoices && !self.settings.invoices.enabled())
+        {
             return Err(super::not_read(entity));
         }
         if self.over_budget.get() {
@@ -603,7 +694,10 @@ impl Connector for Salesforce {
         lookups: &Lookups,
     ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
         let changed = time(record, "SystemModstamp")?;
-        let deletable = matches!(entity, Entity::Customers | Entity::Orders);
+        let deletable = matches!(
+            entity,
+            Entity::Customers | Entity::Orders | Entity::Invoices
+        );
         if deletable && record.get("IsDeleted").and_then(Value::as_bool) == Some(true) {
             let reason = match record.get("MasterRecordId").and_then(Value::as_str) {
                 Some(master) => format!("merged into {master} in salesforce"),
@@ -652,10 +746,10 @@ impl Connector for Salesforce {
                 Ok((Mapped::Customer(customer), changed))
             }
             Entity::Activities => self.map_activity(record, lookups, changed),
+            Entity::Invoices => self.map_invoice(record, changed),
             // Never read as such (see `soql`).
             Entity::DeletedCustomers
             | Entity::DeletedOrders
-            | Entity::Invoices
             | Entity::DeletedInvoices
             | Entity::DeletedActivities => Ok((Mapped::Ignored, changed)),
             Entity::Orders => {
@@ -696,6 +790,65 @@ impl Connector for Salesforce {
 }
 
 impl Salesforce {
+    /// A record of the configured invoice object: owed by its account from the issue date,
+    /// due on the due date (or when issued), paid on the paid date, or — when only its status
+    /// says paid — on the day of its last change (marking it paid changes it). Skipped
+    /// statuses (drafts, cancelled) are not debts.
+    fn map_invoice(
+        &self,
+        record: &Value,
+        changed: Option<DateTime<Utc>>,
+    ) -> Result<(Mapped, Option<DateTime<Utc>>), Unmappable> {
+        let object = &self.settings.invoices;
+        let status = object.status_field.as_deref().and_then(|f| text(record, f));
+        if status.is_some_and(|s| object.skipped_statuses.iter().any(|k| k == s)) {
+            return Ok((Mapped::Ignored, changed));
+        }
+        let id = id_of(record, "Id")?;
+        let account = match record.get(&object.account_field) {
+            Some(Value::String(a)) if !a.is_empty() => ExternalId::parse("account", a)
+                .map_err(|e| Unmappable::field(&object.account_field, e.reason))?,
+            _ => {
+                return Err(Unmappable::field(
+                    &object.account_field,
+                    "the invoice has no account; link it to one in Salesforce",
+                ));
+            }
+        };
+        let day = |field: &str| -> Result<Option<chrono::NaiveDate>, Unmappable> {
+            text(record, field).map(|d| iso_date(field, d)).transpose()
+        };
+        let issued = day(&object.issued_field)?
+            .ok_or_else(|| Unmappable::field(&object.issued_field, "is missing on an invoice"))?;
+        let due = match &object.due_field {
+            Some(field) => day(field)?.unwrap_or(issued),
+            None => issued,
+        };
+        let currency = if self.settings.multi_currency {
+            Currency::parse(text(record, "CurrencyIsoCode").unwrap_or_default())?
+        } else {
+            self.currency
+        };
+        let amount = record
+            .get(&object.amount_field)
+            .and_then(decimal_text)
+            .ok_or_else(|| Unmappable::field(&object.amount_field, "is missing"))?;
+        let amount = Money::parse_decimal("amount", &amount, currency)
+            .map_err(|e| Unmappable::field(&object.amount_field, e.reason))?;
+        let paid_on = match &object.paid_date_field {
+            Some(field) => day(field)?,
+            None => None,
+        };
+        let paid_by_status = status.is_some_and(|s| object.paid_statuses.iter().any(|p| p == s));
+        let paid = match paid_on {
+            Some(day) => Some(day.max(issued)),
+            None if paid_by_status => changed.map(|t| t.date_naive().max(issued)),
+            None => None,
+        };
+        let invoice = Invoice::new(id, account, None, issued, due, amount, paid)?;
+        Ok((Mapped::Invoice(invoice), changed))
+    }
+
     /// A closed Task of subtype Call or Email, or a past Event, on an account is a contact;
     /// other tasks and those without an account are not; a deleted one is marked deleted.
     fn map_activity(
