@@ -51,6 +51,8 @@ struct Source {
     plans: Vec<Value>,
     /// Follow-up records (销售记录) of the tenant's activity object.
     activities: Vec<Value>,
+    /// Payments (回款, `PaymentObj`).
+    payments: Vec<Value>,
     live_tokens: Vec<String>,
     minted: u32,
     /// Expire every live token after this many more data calls.
@@ -133,22 +135,26 @@ impl Respond for FakeFxiaoke {
             "SalesOrderObj" => &s.orders,
             "PaymentPlanObj" => &s.plans,
             "ActiveRecordObj" => &s.activities,
+            "PaymentObj" => &s.payments,
             other => panic!("unexpected object {other}"),
         };
         let mut matching: Vec<&Value> = records
             .iter()
             .filter(|r| {
                 info["filters"].as_array().unwrap().iter().all(|f| {
-                    assert_eq!(f["operator"], "GT", "only GT is used");
                     let field = f["field_name"].as_str().unwrap();
-                    match field {
-                        "_id" => {
+                    match (field, f["operator"].as_str().unwrap()) {
+                        ("_id", "GT") => {
                             r["_id"].as_str().unwrap() > f["field_values"][0].as_str().unwrap()
                         }
-                        "last_modified_time" => {
+                        ("last_modified_time", "GT") => {
                             r[field].as_i64().unwrap() > f["field_values"][0].as_i64().unwrap()
                         }
-                        other => panic!("unexpected filter on {other}"),
+                        ("order_id", "IN") => f["field_values"]
+                            .as_array()
+                            .unwrap()
+                            .contains(&r["order_id"]),
+                        other => panic!("unexpected filter {other:?}"),
                     }
                 })
             })
@@ -686,6 +692,43 @@ backend_tests! {
         assert_eq!(deleted_snapshot(&mut db.conn(), "fxiaoke"), ["activity 68c0ffffffffffffffffffff: voided in fxiaoke (作废)"]);
         let live = activity_snapshot(&mut db.conn(), "fxiaoke");
         assert!(!live.iter().any(|r| r.contains("68c0ffffffffffffffffffff")), "{live:?}");
+    }
+
+    fn completed_plans_are_dated_by_the_payments_of_their_order(db) {
+        let mut source = seeded();
+        let day = |m: u32, d: u32| midnight_china(chrono::NaiveDate::from_ymd_opt(2024, m, d).unwrap());
+        let account = "65f0c1e2a1b2c3d400000005";
+        let plan = |id: &str, order: &str, due: i64| {
+            json!({"_id": id, "account_id": account, "order_id": order, "plan_payment_amount": "100.00",
+                "actual_payment_amount": "100.00", "plan_payment_time": due, "create_time": at(1, 600),
+                "life_status": "normal", "last_modified_time": at(20, 0)})
+        };
+        // One order paid in three payments over two plans; another order without payments.
+        source.plans.push(plan("67b0ffffffffffffffff0001", "66a0ffffffffffffffff0001", day(6, 1)));
+        source.plans.push(plan("67b0ffffffffffffffff0002", "66a0ffffffffffffffff0001", day(7, 1)));
+        source.plans.push(plan("67b0ffffffffffffffff0003", "66a0ffffffffffffffff0002", day(6, 1)));
+        for (n, (paid, amount)) in [(day(6, 5), "60.00"), (day(6, 20) + 3_600_000, "40.00"), (day(7, 10), "100.00")].into_iter().enumerate() {
+            source.payments.push(json!({"_id": format!("69d0{n:020x}"), "account_id": account,
+                "order_id": "66a0ffffffffffffffff0001", "payment_amount": amount, "payment_time": paid,
+                "life_status": "normal", "last_modified_time": paid}));
+        }
+        let harness = Harness::new(source);
+        harness.sync(&db).unwrap();
+        let stored = invoice_snapshot(&mut db.conn(), "fxiaoke");
+        let paid_on = |id: &str| -> String {
+            let row = stored.iter().find(|r| r.contains(id)).unwrap();
+            row.rsplit_once(", ").unwrap().1.to_owned()
+        };
+        // The second payment completes the first plan, the third the second; the plan of an
+        // order without payments keeps the day of its last change.
+        assert_eq!(paid_on("67b0ffffffffffffffff0001"), "Some(2024-06-20))");
+        assert_eq!(paid_on("67b0ffffffffffffffff0002"), "Some(2024-07-10))");
+        assert_eq!(paid_on("67b0ffffffffffffffff0003"), "Some(2024-05-20))");
+        let s = harness.source.lock().unwrap();
+        assert!(s.filters_seen.iter().any(|f| f[0]["operator"] == "IN"), "payments asked for by order");
+        // Every other plan is as before (none of their orders has payments).
+        let others: Vec<String> = stored.into_iter().filter(|r| !r.contains("ffffffffffffffff")).collect();
+        assert_same_rows(&others, &expected_invoices(&seeded()), "the other invoices");
     }
 }
 

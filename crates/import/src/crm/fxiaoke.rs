@@ -10,7 +10,7 @@
 //! flagged `is_deleted` is marked deleted in the store.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, Utc};
@@ -56,6 +56,10 @@ pub struct FxiaokeSettings {
     pub cost_field: Option<String>,
     /// Import payment plans (`PaymentPlanObj`, 回款计划) as invoices, for the credit grade.
     pub payment_plans: bool,
+    /// Date a completed plan by the payment (`PaymentObj`, 回款) that completed it: the
+    /// payments of its order fill its plans in due-date order. Off, or for a plan without an
+    /// order or payments: by the plan's last change.
+    pub payment_dates: bool,
     /// Custom fields of `AccountObj` to import (`[crm.fxiaoke.customer_fields]`).
     pub customer_fields: CustomerFields,
     /// The object holding contacts with customers, if any (`[crm.fxiaoke.activities]`).
@@ -78,6 +82,7 @@ impl Default for FxiaokeSettings {
             utc_offset_hours: 8,
             cost_field: None,
             payment_plans: true,
+            payment_dates: true,
             customer_fields: CustomerFields::default(),
             activities: ActivitySettings::default(),
             // 100 calls per 20 s per interface: throttled calls wait out the window.
@@ -211,6 +216,9 @@ pub struct Fxiaoke {
     currency: Currency,
     zone: FixedOffset,
     token: RefCell<Option<CorpToken>>,
+    /// When the payment completing each completed plan of the page being read came in (plan
+    /// id → epoch ms), found by `page` and taken by `map`.
+    paid_at: RefCell<HashMap<String, i64>>,
 }
 
 impl std::fmt::Debug for Fxiaoke {
@@ -278,6 +286,7 @@ impl Fxiaoke {
             currency,
             zone,
             token: RefCell::new(None),
+            paid_at: RefCell::new(HashMap::new()),
         })
     }
 
@@ -559,6 +568,9 @@ impl Connector for Fxiaoke {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
+        if entity == Entity::Invoices && self.settings.payment_dates {
+            self.date_completed_plans(&records).await?;
+        }
         // A full page may have more behind it; the next page starts after its last _id.
         let next = if records.len() >= self.settings.page_size as usize {
             match records
@@ -673,7 +685,8 @@ impl Fxiaoke {
     /// `plan_payment_amount`, issued when the plan was created (or on its due date, if it was
     /// entered later). Fxiaoke marks a plan completed once `actual_payment_amount` reaches the
     /// planned amount; plans carry no payment date, so a completed plan counts as paid on the
-    /// day of its last change (booking the payment that completes it changes the plan).
+    /// day of the payment that completed it (see [`completion_times`]) or, where none was
+    /// found, of its last change (booking the payment that completes it changes the plan).
     fn map_payment_plan(
         &self,
         record: &Value,
@@ -703,8 +716,11 @@ impl Fxiaoke {
             .map_or(due, |created| created.min(due));
         let received = money("actual_payment_amount")?.map_or(0, |m| m.minor);
         let paid = if received >= planned.minor {
-            changed
-                .and_then(|t| self.date(t.timestamp_millis()))
+            // The completing payment's day where it was found, else the plan's last change.
+            let completed = self.paid_at.borrow_mut().remove(id.as_str());
+            completed
+                .or_else(|| changed.map(|t| t.timestamp_millis()))
+                .and_then(|ms| self.date(ms))
                 .map(|day| day.max(issued))
         } else {
             None
@@ -786,6 +802,190 @@ fn first_id(record: &Value, field: &str) -> Result<Option<ExternalId>, Unmappabl
         .map_err(|e| Unmappable::field(field, e.reason))
 }
 
+impl Fxiaoke {
+    /// Finds when each completed plan of `plans` that belongs to an order was completed: reads
+    /// every plan and payment of those orders and fills the plans with the payments in order.
+    async fn date_completed_plans(&self, plans: &[Value]) -> Result<(), CrmError> {
+        let orders: BTreeSet<&str> = plans
+            .iter()
+            .filter(|p| completed_plan(p))
+            .filter_map(|p| p.get("order_id").and_then(Value::as_str))
+            .filter(|o| !o.is_empty())
+            .collect();
+        let orders: Vec<&str> = orders.into_iter().collect();
+        // Bounded IN lists: the limit on them is not documented.
+        for chunk in orders.chunks(100) {
+            let of_orders = json!({"field_name": "order_id", "operator": "IN",
+                "field_values": chunk});
+            let all_plans = self
+                .query_all(
+                    "payment plans of orders",
+                    "PaymentPlanObj",
+                    &[
+                        "_id",
+                        "order_id",
+                        "plan_payment_amount",
+                        "plan_payment_time",
+                        "life_status",
+                    ],
+                    &of_orders,
+                )
+                .await?;
+            let payments = self
+                .query_all(
+                    "payments",
+                    "PaymentObj",
+                    &[
+                        "_id",
+                        "order_id",
+                        "payment_amount",
+                        "payment_time",
+                        "life_status",
+                    ],
+                    &of_orders,
+                )
+                .await?;
+            let times = completion_times(&all_plans, &payments, self.currency);
+            self.paid_at.borrow_mut().extend(times);
+        }
+        Ok(())
+    }
+
+    /// Every record of `object` passing `filter`, page by page along `_id`.
+    async fn query_all(
+        &self,
+        what: &str,
+        object: &str,
+        fields: &[&str],
+        filter: &Value,
+    ) -> Result<Vec<Value>, CrmError> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut filters = vec![filter.clone()];
+            if let Some(last) = &after {
+                filters
+                    .push(json!({"field_name": "_id", "operator": "GT", "field_values": [last]}));
+            }
+            let body = json!({
+                "data": {
+                    "dataObjectApiName": object,
+                    "search_query_info": {
+                        "limit": self.settings.page_size,
+                        "offset": 0,
+                        "filters": filters,
+                        "orders": [{"fieldName": "_id", "isAsc": true}],
+                        "fieldProjection": fields,
+                    },
+                },
+            });
+            let answer = self.call(what, "/cgi/crm/v2/data/query", body).await?;
+            let page = answer
+                .pointer("/data/dataList")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let full = page.len() >= self.settings.page_size as usize;
+            after = page
+                .last()
+                .and_then(|r| r.get("_id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            all.extend(page);
+            if !full || after.is_none() {
+                return Ok(all);
+            }
+        }
+    }
+}
+
+/// Whether a plan's received amount reaches its planned amount (Fxiaoke's "completed").
+fn completed_plan(plan: &Value) -> bool {
+    let amount = |field: &str| {
+        plan.get(field)
+            .and_then(decimal_text)
+            .and_then(|a| a.trim().parse::<f64>().ok())
+    };
+    match (
+        amount("plan_payment_amount"),
+        amount("actual_payment_amount"),
+    ) {
+        (Some(planned), Some(received)) => received >= planned,
+        _ => false,
+    }
+}
+
+/// When each plan of an order was completed: the order's live payments, oldest first, fill its
+/// live plans in due-date order; a plan is completed by the payment that brings the running
+/// total of payments to the running total of planned amounts up to it. Plan id → epoch ms of
+/// that payment. Records with unreadable amounts or times are left out (their plans keep the
+/// last-change date).
+fn completion_times(
+    plans: &[Value],
+    payments: &[Value],
+    currency: Currency,
+) -> HashMap<String, i64> {
+    let live = |r: &&Value| text(r, "life_status") != Some("invalid");
+    let minor = |r: &Value, field: &'static str| {
+        r.get(field)
+            .and_then(decimal_text)
+            .and_then(|a| Money::parse_decimal(field, &a, currency).ok())
+            .map(|m| m.minor)
+    };
+    let ms = |r: &Value, field: &str| millis(r, field).ok().flatten();
+    // order → [(due or paid time, id, amount)]
+    let mut owed: BTreeMap<&str, Vec<(i64, &str, i64)>> = BTreeMap::new();
+    for plan in plans.iter().filter(live) {
+        if let (Some(order), Some(id), Some(due), Some(amount)) = (
+            text(plan, "order_id").filter(|o| !o.is_empty()),
+            text(plan, "_id"),
+            ms(plan, "plan_payment_time"),
+            minor(plan, "plan_payment_amount"),
+        ) {
+            owed.entry(order).or_default().push((due, id, amount));
+        }
+    }
+    let mut paid: BTreeMap<&str, Vec<(i64, &str, i64)>> = BTreeMap::new();
+    for payment in payments.iter().filter(live) {
+        if let (Some(order), Some(id), Some(at), Some(amount)) = (
+            text(payment, "order_id").filter(|o| !o.is_empty()),
+            text(payment, "_id"),
+            ms(payment, "payment_time"),
+            minor(payment, "payment_amount"),
+        ) {
+            paid.entry(order).or_default().push((at, id, amount));
+        }
+    }
+    let mut times = HashMap::new();
+    for (order, mut plans) in owed {
+        let Some(mut payments) = paid.remove(order) else {
+            continue;
+        };
+        plans.sort_unstable();
+        payments.sort_unstable();
+        let mut payments = payments.into_iter();
+        let (mut owed_total, mut paid_total, mut last_payment) = (0_i64, 0_i64, None);
+        for (_, plan, amount) in plans {
+            owed_total = owed_total.saturating_add(amount);
+            while paid_total < owed_total {
+                let Some((at, _, amount)) = payments.next() else {
+                    break;
+                };
+                paid_total = paid_total.saturating_add(amount);
+                last_payment = Some(at);
+            }
+            if paid_total < owed_total {
+                // The payments ran out: this plan and the later ones are not completed by them.
+                break;
+            }
+            if let Some(at) = last_payment {
+                times.insert(plan.to_owned(), at);
+            }
+        }
+    }
+    times
+}
+
 /// The customer an order or payment plan belongs to (`account_id`).
 fn account_of(record: &Value, what: &str) -> Result<ExternalId, Unmappable> {
     match record.get("account_id") {
@@ -814,5 +1014,70 @@ fn millis(record: &Value, field: &str) -> Result<Option<i64>, Unmappable> {
             field,
             format!("{other} is not epoch milliseconds"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(id: &str, order: &str, due: i64, amount: &str) -> Value {
+        json!({"_id": id, "order_id": order, "plan_payment_time": due,
+            "plan_payment_amount": amount, "life_status": "normal"})
+    }
+
+    fn payment(id: &str, order: &str, at: i64, amount: &str) -> Value {
+        json!({"_id": id, "order_id": order, "payment_time": at, "payment_amount": amount,
+            "life_status": "normal"})
+    }
+
+    #[test]
+    fn payments_fill_an_orders_plans_in_due_order() {
+        let cny = Currency::parse("CNY").unwrap();
+        let plans = [
+            // Listed out of due order: the second plan is due first.
+            plan("P2", "O1", 2_000, "100.00"),
+            plan("P1", "O1", 1_000, "100.00"),
+            plan("P3", "O1", 3_000, "100.00"),
+            plan("Q1", "O2", 1_000, "50"),
+        ];
+        let mut voided = payment("X", "O1", 1_200, "999");
+        voided["life_status"] = json!("invalid");
+        let payments = [
+            payment("A", "O1", 1_500, "60"),
+            payment("B", "O1", 1_800, "40.00"),
+            // Covers P2 and part of P3.
+            payment("C", "O1", 2_500, "150"),
+            voided,
+            // Another order's payment does not pay O1's plans.
+            payment("D", "O2", 900, "49.99"),
+        ];
+        let times = completion_times(&plans, &payments, cny);
+        assert_eq!(
+            times.get("P1"),
+            Some(&1_800),
+            "completed by the second payment"
+        );
+        assert_eq!(times.get("P2"), Some(&2_500));
+        assert_eq!(times.get("P3"), None, "50 of 100 received");
+        assert_eq!(times.get("Q1"), None, "a cent short");
+        assert_eq!(times.len(), 2);
+    }
+
+    #[test]
+    fn plans_without_an_order_or_payments_get_no_time() {
+        let cny = Currency::parse("CNY").unwrap();
+        let plans = [plan("P1", "", 1_000, "10"), plan("P2", "O9", 1_000, "10")];
+        let payments = [payment("A", "", 1_100, "10")];
+        assert!(completion_times(&plans, &payments, cny).is_empty());
+    }
+
+    #[test]
+    fn a_plan_of_nothing_owed_does_not_stop_the_later_ones() {
+        let cny = Currency::parse("CNY").unwrap();
+        let plans = [plan("P0", "O1", 500, "0"), plan("P1", "O1", 1_000, "10")];
+        let payments = [payment("A", "O1", 1_100, "10")];
+        let times = completion_times(&plans, &payments, cny);
+        assert_eq!((times.get("P0"), times.get("P1")), (None, Some(&1_100)));
     }
 }
