@@ -550,24 +550,7 @@ impl Connector for Fxiaoke {
         if let Some(last) = cursor {
             filters.push(json!({"field_name": "_id", "operator": "GT", "field_values": [last]}));
         }
-        let body = json!({
-            "data": {
-                "dataObjectApiName": object,
-                "search_query_info": {
-                    "limit": self.settings.page_size,
-                    "offset": 0,
-                    "filters": filters,
-                    "orders": [{"fieldName": "_id", "isAsc": true}],
-                    "fieldProjection": fields,
-                },
-            },
-        });
-        let answer = self.call(what, "/cgi/crm/v2/data/query", body).await?;
-        let records = answer
-            .pointer("/data/dataList")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let records = self.query(what, object, &fields, filters).await?;
         if entity == Entity::Invoices && self.settings.payment_dates {
             self.date_completed_plans(&records).await?;
         }
@@ -728,9 +711,7 @@ impl Fxiaoke {
         let invoice = Invoice::new(id, customer, order, issued, due, planned, paid)?;
         Ok((Mapped::Invoice(invoice), changed))
     }
-}
 
-impl Fxiaoke {
     /// A record of the configured activity object as a contact with the customer its
     /// `customer_field` names, at its `time_field`, of the kind its `kind_field` option maps to.
     /// Records without a customer or with an unmapped kind are not contacts; the owner is the
@@ -781,31 +762,12 @@ impl Fxiaoke {
         };
         Ok((Mapped::Activity(activity), changed))
     }
-}
 
-/// The id in `field`, given as text or as a list of ids (lookups and `owner` are lists; the
-/// first counts); None when the field is absent or empty.
-fn first_id(record: &Value, field: &str) -> Result<Option<ExternalId>, Unmappable> {
-    let value = match record.get(field) {
-        Some(Value::Array(ids)) => ids.first(),
-        other => other,
-    };
-    let raw = match value {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        Some(other) => return Err(Unmappable::field(field, format!("{other} is not an id"))),
-    };
-    ExternalId::parse("id", &raw)
-        .map(Some)
-        .map_err(|e| Unmappable::field(field, e.reason))
-}
-
-impl Fxiaoke {
     /// Finds when each completed plan of `plans` that belongs to an order was completed: reads
     /// every plan and payment of those orders and fills the plans with the payments in order.
     async fn date_completed_plans(&self, plans: &[Value]) -> Result<(), CrmError> {
+        // Only this page's plans are mapped next.
+        self.paid_at.borrow_mut().clear();
         let orders: BTreeSet<&str> = plans
             .iter()
             .filter(|p| completed_plan(p))
@@ -851,6 +813,34 @@ impl Fxiaoke {
         Ok(())
     }
 
+    /// One page (`page_size` records, in `_id` order) of `object` passing `filters`.
+    async fn query(
+        &self,
+        what: &str,
+        object: &str,
+        fields: &[&str],
+        filters: Vec<Value>,
+    ) -> Result<Vec<Value>, CrmError> {
+        let body = json!({
+            "data": {
+                "dataObjectApiName": object,
+                "search_query_info": {
+                    "limit": self.settings.page_size,
+                    "offset": 0,
+                    "filters": filters,
+                    "orders": [{"fieldName": "_id", "isAsc": true}],
+                    "fieldProjection": fields,
+                },
+            },
+        });
+        let answer = self.call(what, "/cgi/crm/v2/data/query", body).await?;
+        Ok(answer
+            .pointer("/data/dataList")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
     /// Every record of `object` passing `filter`, page by page along `_id`.
     async fn query_all(
         &self,
@@ -867,24 +857,7 @@ impl Fxiaoke {
                 filters
                     .push(json!({"field_name": "_id", "operator": "GT", "field_values": [last]}));
             }
-            let body = json!({
-                "data": {
-                    "dataObjectApiName": object,
-                    "search_query_info": {
-                        "limit": self.settings.page_size,
-                        "offset": 0,
-                        "filters": filters,
-                        "orders": [{"fieldName": "_id", "isAsc": true}],
-                        "fieldProjection": fields,
-                    },
-                },
-            });
-            let answer = self.call(what, "/cgi/crm/v2/data/query", body).await?;
-            let page = answer
-                .pointer("/data/dataList")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let page = self.query(what, object, fields, filters).await?;
             let full = page.len() >= self.settings.page_size as usize;
             after = page
                 .last()
@@ -897,6 +870,25 @@ impl Fxiaoke {
             }
         }
     }
+}
+
+/// The id in `field`, given as text or as a list of ids (lookups and `owner` are lists; the
+/// first counts); None when the field is absent or empty.
+fn first_id(record: &Value, field: &str) -> Result<Option<ExternalId>, Unmappable> {
+    let value = match record.get(field) {
+        Some(Value::Array(ids)) => ids.first(),
+        other => other,
+    };
+    let raw = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(other) => return Err(Unmappable::field(field, format!("{other} is not an id"))),
+    };
+    ExternalId::parse("id", &raw)
+        .map(Some)
+        .map_err(|e| Unmappable::field(field, e.reason))
 }
 
 /// Whether a plan's received amount reaches its planned amount (Fxiaoke's "completed").
