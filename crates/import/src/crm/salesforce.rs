@@ -168,8 +168,14 @@ impl InvoiceObject {
         if multi_currency {
             fields.push("CurrencyIsoCode");
         }
-        fields.dedup();
-        fields.join(", ")
+        // SOQL refuses a field selected twice (one field may serve as two settings).
+        let mut distinct: Vec<&str> = Vec::with_capacity(fields.len());
+        for field in fields {
+            if !distinct.contains(&field) {
+                distinct.push(field);
+            }
+        }
+        distinct.join(", ")
     }
 }
 
