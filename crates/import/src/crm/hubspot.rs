@@ -24,8 +24,8 @@ use tierwise_domain::{
 
 use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
 use super::{
-    Connector, CrmError, CustomerFields, Deleted, Entity, Lookups, Mapped, RawPage, Unmappable,
-    masked,
+    Connector, CrmError, CustomerFields, Deleted, Entity, Lookups, Mapped, RawPage, TwoObjects,
+    Unmappable, masked,
 };
 
 /// `[crm.hubspot]` settings.
@@ -111,8 +111,10 @@ const TOKEN_HINT: &str = "the private app's access token (TIERWISE__CRM__HUBSPOT
      and its scopes (docs/crm/hubspot.md)";
 /// The meetings object's path.
 const MEETINGS: &str = "meetings";
-/// Marks an activities position among the meetings.
-const MEETINGS_AT: &str = "meetings:";
+/// Activities are calls, then meetings; a position among the meetings is marked.
+const CALLS_THEN_MEETINGS: TwoObjects = TwoObjects {
+    marker: "meetings:",
+};
 /// HubSpot's burst window: a 429 without `Retry-After` waits for it to roll.
 const BURST_WINDOW: Duration = Duration::from_secs(10);
 
@@ -621,10 +623,10 @@ impl Connector for Hubspot {
         // Activities (and their archived ones) are calls, then meetings; a position among the
         // meetings is marked.
         let engagements = matches!(entity, Entity::Activities | Entity::DeletedActivities);
-        let meetings = engagements && cursor.is_some_and(|c| c.starts_with(MEETINGS_AT));
-        let cursor = cursor
-            .map(|c| c.trim_start_matches(MEETINGS_AT))
-            .filter(|c| !c.is_empty());
+        let (meetings, cursor) = match engagements {
+            true => CALLS_THEN_MEETINGS.split(cursor),
+            false => (false, cursor),
+        };
         let object = Object::of(entity, meetings);
         let archived = matches!(
             entity,
@@ -668,13 +670,9 @@ impl Connector for Hubspot {
         } else {
             page.records
         };
-        let next = match page.next {
-            Some(next) if meetings => Some(format!("{MEETINGS_AT}{next}")),
-            // The calls are read: the meetings next.
-            None if engagements && !meetings && self.settings.meetings => {
-                Some(MEETINGS_AT.to_owned())
-            }
-            next => next,
+        let next = match engagements {
+            true => CALLS_THEN_MEETINGS.next(meetings, page.next, self.settings.meetings),
+            false => page.next,
         };
         Ok(RawPage { records, next })
     }

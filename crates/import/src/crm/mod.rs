@@ -335,6 +335,41 @@ impl Lookups {
     }
 }
 
+/// Positions of a listing that reads two objects in turn within one entity (calls, then
+/// meetings): a position in the second object is the object's own cursor behind `marker`, and
+/// the marker alone is its start. Stored positions of the first object are never marked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TwoObjects {
+    /// Marks positions in the second object, e.g. `meetings:`.
+    pub marker: &'static str,
+}
+
+impl TwoObjects {
+    /// Whether `cursor` lies in the second object, and the object's own cursor (none at the
+    /// start of either).
+    pub(crate) fn split(self, cursor: Option<&str>) -> (bool, Option<&str>) {
+        match cursor.and_then(|c| c.strip_prefix(self.marker)) {
+            Some(rest) => (true, Some(rest).filter(|c| !c.is_empty())),
+            None => (false, cursor.filter(|c| !c.is_empty())),
+        }
+    }
+
+    /// The position to store after a page whose object gave `next`: marked in the second
+    /// object; at the end of the first, the start of the second (when it is read at all).
+    pub(crate) fn next(
+        self,
+        second: bool,
+        next: Option<String>,
+        then_second: bool,
+    ) -> Option<String> {
+        match next {
+            Some(next) if second => Some(format!("{}{next}", self.marker)),
+            None if !second && then_second => Some(self.marker.to_owned()),
+            next => next,
+        }
+    }
+}
+
 /// The error of a connector asked for an entity it does not read (its `entities` never lists
 /// it, so this is a programming error, said plainly).
 pub(crate) fn not_read(entity: Entity) -> CrmError {
@@ -1026,5 +1061,33 @@ mod tests {
         assert!(e.is_some_and(
             |e| e.field.as_deref() == Some("Rating__c") && e.reason.contains("outside 1-5")
         ));
+    }
+
+    #[test]
+    fn two_objects_mark_the_second_objects_positions() {
+        let parts = TwoObjects { marker: "events:" };
+        assert_eq!(parts.split(None), (false, None));
+        assert_eq!(parts.split(Some("")), (false, None));
+        assert_eq!(parts.split(Some("/q/01g-200")), (false, Some("/q/01g-200")));
+        assert_eq!(parts.split(Some("events:")), (true, None));
+        assert_eq!(
+            parts.split(Some("events:/q/02h-400")),
+            (true, Some("/q/02h-400"))
+        );
+        // The first object ends: the second starts, unless it is not read.
+        assert_eq!(parts.next(false, None, true).as_deref(), Some("events:"));
+        assert_eq!(parts.next(false, None, false), None);
+        assert_eq!(
+            parts.next(false, Some("a".into()), true).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            parts.next(true, Some("b".into()), true).as_deref(),
+            Some("events:b")
+        );
+        assert_eq!(parts.next(true, None, true), None);
+        // A stored position round-trips.
+        let stored = parts.next(true, Some("b".into()), true);
+        assert_eq!(parts.split(stored.as_deref()), (true, Some("b")));
     }
 }

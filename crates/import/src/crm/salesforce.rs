@@ -25,8 +25,8 @@ use tierwise_domain::{
 
 use super::http::{Attempt, Http, HttpSettings, transport_error};
 use super::{
-    Connector, CrmError, CustomerFields, Deleted, Entity, Lookups, Mapped, RawPage, Unmappable,
-    configured_cost, decimal_text, iso_date, masked, text,
+    Connector, CrmError, CustomerFields, Deleted, Entity, Lookups, Mapped, RawPage, TwoObjects,
+    Unmappable, configured_cost, decimal_text, iso_date, masked, text,
 };
 
 /// `[crm.salesforce]` settings.
@@ -205,8 +205,8 @@ impl std::fmt::Debug for Salesforce {
 }
 
 const SOURCE: &str = "salesforce";
-/// Marks an activities position inside the Events query.
-const EVENTS: &str = "events:";
+/// Activities are two queries, Tasks then Events; a position in the Events query is marked.
+const TASKS_THEN_EVENTS: TwoObjects = TwoObjects { marker: "events:" };
 const CREDENTIALS: &str = "[crm.salesforce] client_id and login_url, \
      TIERWISE__CRM__SALESFORCE__CLIENT_SECRET and TIERWISE__CRM__SALESFORCE__REFRESH_TOKEN";
 
@@ -619,11 +619,11 @@ impl Connector for Salesforce {
             Entity::Activities | Entity::DeletedActivities => "activities",
             Entity::Invoices | Entity::DeletedInvoices => "invoices",
         };
-        // Activities are two queries, Tasks then Events; an Event position is marked.
-        let events = cursor.is_some_and(|c| c.starts_with(EVENTS));
-        let cursor = cursor
-            .map(|c| c.trim_start_matches(EVENTS))
-            .filter(|c| !c.is_empty());
+        let activities = entity == Entity::Activities;
+        let (events, cursor) = match activities {
+            true => TASKS_THEN_EVENTS.split(cursor),
+            false => (false, cursor),
+        };
         let first = if entity == Entity::Activities {
             self.query_path("queryAll", &Self::activity_soql(events, since, Utc::now()))
         } else {
@@ -676,10 +676,7 @@ impl Connector for Salesforce {
             .unwrap_or_default();
         let done = body.get("done").and_then(Value::as_bool).unwrap_or(true);
         let next = match (done, body.get("nextRecordsUrl").and_then(Value::as_str)) {
-            // The Tasks are read: the Events next.
-            (true, _) if entity == Entity::Activities && !events => Some(EVENTS.to_owned()),
             (true, _) => None,
-            (false, Some(url)) if events => Some(format!("{EVENTS}{url}")),
             (false, Some(url)) => Some(url.to_owned()),
             (false, None) => {
                 return Err(CrmError::Http {
@@ -689,6 +686,10 @@ impl Connector for Salesforce {
                     message: "done is false but there is no nextRecordsUrl".into(),
                 });
             }
+        };
+        let next = match activities {
+            true => TASKS_THEN_EVENTS.next(events, next, true),
+            false => next,
         };
         Ok(RawPage { records, next })
     }

@@ -22,8 +22,8 @@ use tierwise_domain::{
 
 use super::http::{Attempt, Http, HttpSettings, retry_after, transport_error};
 use super::{
-    Connector, CrmError, CustomerFields, Deleted, Entity, Lookups, Mapped, RawPage, Unmappable,
-    configured_cost, decimal_text, iso_date, masked, text, text_or_number_id,
+    Connector, CrmError, CustomerFields, Deleted, Entity, Lookups, Mapped, RawPage, TwoObjects,
+    Unmappable, configured_cost, decimal_text, iso_date, masked, text, text_or_number_id,
 };
 
 /// `[crm.zoho]` settings.
@@ -127,8 +127,8 @@ impl std::fmt::Debug for Zoho {
 }
 
 const SOURCE: &str = "zoho";
-/// Marks an activities position among the meetings (read after the calls).
-const EVENTS_AT: &str = "events:";
+/// Activities are the Calls, then the Events (meetings); a position among the Events is marked.
+const CALLS_THEN_EVENTS: TwoObjects = TwoObjects { marker: "events:" };
 const CREDENTIALS: &str = "[crm.zoho] client_id, TIERWISE__CRM__ZOHO__CLIENT_SECRET and \
      TIERWISE__CRM__ZOHO__REFRESH_TOKEN, and that accounts_url is your data centre's";
 
@@ -389,15 +389,14 @@ impl Connector for Zoho {
         // Activities (and their deletions) are the Calls, then the Events; a position among
         // the Events is marked.
         let engagements = matches!(entity, Entity::Activities | Entity::DeletedActivities);
-        let events = engagements && cursor.is_some_and(|c| c.starts_with(EVENTS_AT));
-        let cursor = cursor
-            .map(|c| c.trim_start_matches(EVENTS_AT))
-            .filter(|c| !c.is_empty());
+        let (events, cursor) = match engagements {
+            true => CALLS_THEN_EVENTS.split(cursor),
+            false => (false, cursor),
+        };
         let page = self.module_page(entity, since, cursor, events).await?;
-        let next = match page.next {
-            Some(next) if events => Some(format!("{EVENTS_AT}{next}")),
-            None if engagements && !events && self.settings.meetings => Some(EVENTS_AT.to_owned()),
-            next => next,
+        let next = match engagements {
+            true => CALLS_THEN_EVENTS.next(events, page.next, self.settings.meetings),
+            false => page.next,
         };
         Ok(RawPage {
             records: page.records,
