@@ -144,18 +144,16 @@ impl ActivitySettings {
         if !self.enabled() {
             return Ok(());
         }
+        super::require_field_settings(
+            "crm.fxiaoke.activities",
+            &self.object,
+            "docs/crm/fxiaoke.md",
+            &[
+                ("customer_field", &self.customer_field),
+                ("time_field", &self.time_field),
+            ],
+        )?;
         let setup = |what: String| CrmError::Setup(format!("crm.fxiaoke.activities.{what}"));
-        for (name, value) in [
-            ("customer_field", &self.customer_field),
-            ("time_field", &self.time_field),
-        ] {
-            if value.trim().is_empty() {
-                return Err(setup(format!(
-                    "{name}: empty; name the field of {} that holds it (docs/crm/fxiaoke.md)",
-                    self.object
-                )));
-            }
-        }
         for (option, kind) in &self.kinds {
             ActivityKind::parse(kind)
                 .map_err(|e| setup(format!("kinds.{option}: {}", e.reason)))?;
@@ -770,7 +768,7 @@ impl Fxiaoke {
         self.paid_at.borrow_mut().clear();
         let orders: BTreeSet<&str> = plans
             .iter()
-            .filter(|p| completed_plan(p))
+            .filter(|p| completed_plan(p, self.currency))
             .filter_map(|p| p.get("order_id").and_then(Value::as_str))
             .filter(|o| !o.is_empty())
             .collect();
@@ -891,16 +889,21 @@ fn first_id(record: &Value, field: &str) -> Result<Option<ExternalId>, Unmappabl
         .map_err(|e| Unmappable::field(field, e.reason))
 }
 
-/// Whether a plan's received amount reaches its planned amount (Fxiaoke's "completed").
-fn completed_plan(plan: &Value) -> bool {
-    let amount = |field: &str| {
-        plan.get(field)
-            .and_then(decimal_text)
-            .and_then(|a| a.trim().parse::<f64>().ok())
-    };
+/// An amount field in minor units of `currency`; None when absent or unreadable.
+fn minor_units(record: &Value, field: &'static str, currency: Currency) -> Option<i64> {
+    record
+        .get(field)
+        .and_then(decimal_text)
+        .and_then(|a| Money::parse_decimal(field, &a, currency).ok())
+        .map(|m| m.minor)
+}
+
+/// Whether a plan's received amount reaches its planned amount (Fxiaoke's "completed"), read
+/// in minor units as the plan's mapping reads them.
+fn completed_plan(plan: &Value, currency: Currency) -> bool {
     match (
-        amount("plan_payment_amount"),
-        amount("actual_payment_amount"),
+        minor_units(plan, "plan_payment_amount", currency),
+        minor_units(plan, "actual_payment_amount", currency),
     ) {
         (Some(planned), Some(received)) => received >= planned,
         _ => false,
@@ -917,37 +920,8 @@ fn completion_times(
     payments: &[Value],
     currency: Currency,
 ) -> HashMap<String, i64> {
-    let live = |r: &&Value| text(r, "life_status") != Some("invalid");
-    let minor = |r: &Value, field: &'static str| {
-        r.get(field)
-            .and_then(decimal_text)
-            .and_then(|a| Money::parse_decimal(field, &a, currency).ok())
-            .map(|m| m.minor)
-    };
-    let ms = |r: &Value, field: &str| millis(r, field).ok().flatten();
-    // order → [(due or paid time, id, amount)]
-    let mut owed: BTreeMap<&str, Vec<(i64, &str, i64)>> = BTreeMap::new();
-    for plan in plans.iter().filter(live) {
-        if let (Some(order), Some(id), Some(due), Some(amount)) = (
-            text(plan, "order_id").filter(|o| !o.is_empty()),
-            text(plan, "_id"),
-            ms(plan, "plan_payment_time"),
-            minor(plan, "plan_payment_amount"),
-        ) {
-            owed.entry(order).or_default().push((due, id, amount));
-        }
-    }
-    let mut paid: BTreeMap<&str, Vec<(i64, &str, i64)>> = BTreeMap::new();
-    for payment in payments.iter().filter(live) {
-        if let (Some(order), Some(id), Some(at), Some(amount)) = (
-            text(payment, "order_id").filter(|o| !o.is_empty()),
-            text(payment, "_id"),
-            ms(payment, "payment_time"),
-            minor(payment, "payment_amount"),
-        ) {
-            paid.entry(order).or_default().push((at, id, amount));
-        }
-    }
+    let owed = by_order(plans, "plan_payment_time", "plan_payment_amount", currency);
+    let mut paid = by_order(payments, "payment_time", "payment_amount", currency);
     let mut times = HashMap::new();
     for (order, mut plans) in owed {
         let Some(mut payments) = paid.remove(order) else {
@@ -976,6 +950,31 @@ fn completion_times(
         }
     }
     times
+}
+
+/// The live records (not voided) with an order, a time and an amount, by order: `(time, id,
+/// amount in minor units)` each.
+fn by_order<'a>(
+    records: &'a [Value],
+    time_field: &str,
+    amount_field: &'static str,
+    currency: Currency,
+) -> BTreeMap<&'a str, Vec<(i64, &'a str, i64)>> {
+    let mut orders: BTreeMap<&str, Vec<(i64, &str, i64)>> = BTreeMap::new();
+    for record in records
+        .iter()
+        .filter(|r| text(r, "life_status") != Some("invalid"))
+    {
+        if let (Some(order), Some(id), Some(at), Some(amount)) = (
+            text(record, "order_id").filter(|o| !o.is_empty()),
+            text(record, "_id"),
+            millis(record, time_field).ok().flatten(),
+            minor_units(record, amount_field, currency),
+        ) {
+            orders.entry(order).or_default().push((at, id, amount));
+        }
+    }
+    orders
 }
 
 /// The customer an order or payment plan belongs to (`account_id`).

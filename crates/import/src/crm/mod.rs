@@ -370,6 +370,22 @@ impl TwoObjects {
     }
 }
 
+/// Fails unless every field setting of a configured object (`section`, e.g.
+/// `crm.salesforce.invoices`) is filled in, naming the first empty one and the doc to read.
+pub(crate) fn require_field_settings(
+    section: &str,
+    object: &str,
+    doc: &str,
+    settings: &[(&str, &str)],
+) -> Result<(), CrmError> {
+    match settings.iter().find(|(_, value)| value.trim().is_empty()) {
+        Some((name, _)) => Err(CrmError::Setup(format!(
+            "{section}.{name}: empty; name the field of {object} that holds it ({doc})"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The error of a connector asked for an entity it does not read (its `entities` never lists
 /// it, so this is a programming error, said plainly).
 pub(crate) fn not_read(entity: Entity) -> CrmError {

@@ -130,19 +130,17 @@ impl InvoiceObject {
         if !self.enabled() {
             return Ok(());
         }
+        super::require_field_settings(
+            "crm.salesforce.invoices",
+            &self.object,
+            "docs/crm/salesforce.md",
+            &[
+                ("account_field", &self.account_field),
+                ("issued_field", &self.issued_field),
+                ("amount_field", &self.amount_field),
+            ],
+        )?;
         let setup = |what: String| CrmError::Setup(format!("crm.salesforce.invoices.{what}"));
-        for (name, value) in [
-            ("account_field", &self.account_field),
-            ("issued_field", &self.issued_field),
-            ("amount_field", &self.amount_field),
-        ] {
-            if value.trim().is_empty() {
-                return Err(setup(format!(
-                    "{name}: empty; name the field of {} that holds it (docs/crm/salesforce.md)",
-                    self.object
-                )));
-            }
-        }
         let by_status = self.status_field.is_some() && !self.paid_statuses.is_empty();
         if self.paid_date_field.is_none() && !by_status {
             return Err(setup(
