@@ -44,6 +44,9 @@ pub enum JobKind {
     Grade {
         /// Which period.
         period: PeriodSpec,
+        /// How long to wait while another run holds the grading lock (a what-if on the
+        /// dashboard, a manual `tierwise grade`) before failing.
+        lock_wait: std::time::Duration,
     },
     /// Queues what pending publications owe (digests, churn alerts).
     Digest,
@@ -78,6 +81,11 @@ impl JobKind {
         }
     }
 }
+
+/// How long a grade job waits for the grading lock unless `args.lock_wait_secs` says otherwise:
+/// long enough for a what-if or a manual run to finish, short enough that a stuck holder is
+/// noticed the same night.
+pub const DEFAULT_LOCK_WAIT_SECS: i64 = 15 * 60;
 
 /// The period a grade job grades.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,7 +249,11 @@ pub fn parse_kind(kind: &str, args: &toml::Table) -> Result<JobKind, String> {
             JobKind::CrmImport { sources }
         }
         "grade" => {
-            only(args, &["period"])?;
+            only(args, &["period", "lock_wait_secs"])?;
+            let lock_wait_secs = arg_int(args, "lock_wait_secs")?.unwrap_or(DEFAULT_LOCK_WAIT_SECS);
+            let lock_wait = u64::try_from(lock_wait_secs)
+                .map(std::time::Duration::from_secs)
+                .map_err(|_| format!("args.lock_wait_secs: {lock_wait_secs} is negative"))?;
             let period = match arg_str(args, "period")?.as_deref() {
                 None | Some("previous") => PeriodSpec::Previous,
                 Some(p) => PeriodSpec::Fixed(Period::parse(p).map_err(|e| {
@@ -250,7 +262,7 @@ pub fn parse_kind(kind: &str, args: &toml::Table) -> Result<JobKind, String> {
                     )
                 })?),
             };
-            JobKind::Grade { period }
+            JobKind::Grade { period, lock_wait }
         }
         "digest" => {
             only(args, &[])?;
@@ -462,7 +474,7 @@ mod tests {
         let last = def.occurrence_at_or_before(now).unwrap();
         assert_eq!(last.to_string(), "2026-11-30 18:00:00");
         // And that occurrence grades November (the month before December in Shanghai).
-        let JobKind::Grade { period } = def.kind else {
+        let JobKind::Grade { period, .. } = def.kind else {
             panic!("grade")
         };
         assert_eq!(period.resolve(last, def.timezone).to_string(), "2026-11");
@@ -477,11 +489,34 @@ mod tests {
         let def = parse("schedule = \"0 0 2 1 * *\"\nkind = \"grade\"").unwrap();
         let mut over = toml::Table::new();
         over.insert("period".into(), toml::Value::String("2026-07".into()));
-        let JobKind::Grade { period } = def.kind_with(&over).unwrap() else {
+        let JobKind::Grade { period, .. } = def.kind_with(&over).unwrap() else {
             panic!("grade")
         };
         assert_eq!(period, PeriodSpec::Fixed(Period::parse("2026-07").unwrap()));
         over.insert("bogus".into(), toml::Value::Integer(1));
         assert!(def.kind_with(&over).unwrap_err().contains("args.bogus"));
+    }
+
+    #[test]
+    fn a_grade_job_waits_for_the_lock_fifteen_minutes_unless_told() {
+        let wait = |text: &str| match parse(text).map(|d| d.kind) {
+            Ok(JobKind::Grade { lock_wait, .. }) => Ok(lock_wait.as_secs()),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(
+            wait("schedule = \"0 0 2 1 * *\"\nkind = \"grade\""),
+            Ok(900)
+        );
+        assert_eq!(
+            wait("schedule = \"0 0 2 1 * *\"\nkind = \"grade\"\n[args]\nlock_wait_secs = 0"),
+            Ok(0)
+        );
+        let e = wait("schedule = \"0 0 2 1 * *\"\nkind = \"grade\"\n[args]\nlock_wait_secs = -5")
+            .unwrap_err();
+        assert!(
+            e.contains("args.lock_wait_secs") && e.contains("negative"),
+            "{e}"
+        );
     }
 }

@@ -4,16 +4,18 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{NaiveDateTime, TimeDelta};
 use chrono_tz::Tz;
 use serde_json::json;
+use tierwise_domain::Period;
 use tierwise_domain::grading::Policy;
-use tierwise_grading::{Mode, effective_policy, grade_period};
+use tierwise_grading::{GradingError, GradingReport, Mode, effective_policy, grade_period};
 use tierwise_import::{ColumnMapping, FileImportOptions, ImportSettings, import_file};
 use tierwise_notify::{Composer, NotifySettings, SmtpSettings, Templates};
 use tierwise_store::jobs::{self as store, Lease};
-use tierwise_store::{Database, DbConnection};
+use tierwise_store::{Database, DbConnection, StoreError};
 
 use crate::JobsError;
 use crate::clock::Clock;
@@ -77,11 +79,9 @@ pub fn execute(
 ) -> Result<serde_json::Value, JobsError> {
     let domain = tierwise_notify::mail_domain(&env.smtp.from)?;
     Ok(match kind {
-        JobKind::Grade { period } => {
+        JobKind::Grade { period, lock_wait } => {
             let period = period.resolve(o.scheduled_for, o.timezone);
-            // The policy in force now: an admin may have applied a version since start-up.
-            let policy = effective_policy(&mut *env.db.conn()?, &env.policy)?.policy;
-            let report = grade_period(&env.db, period, &policy, Mode::Publish)?;
+            let report = grade_when_unlocked(env, o, period, *lock_wait)?;
             let queued = match env.notify.after_grading {
                 true => queue_pending(&mut *env.db.conn()?, &env.composer(&domain, o))?,
                 false => 0,
@@ -139,6 +139,48 @@ pub fn execute(
             json!({ "probe": "written" })
         }
     })
+}
+
+/// How often a waiting grade job tries the grading lock again.
+const LOCK_RETRY: Duration = Duration::from_secs(2);
+
+/// Grades and publishes `period` with the policy in force, trying again every [`LOCK_RETRY`]
+/// while another run holds the grading lock (a what-if on the dashboard, a manual `tierwise
+/// grade`), for up to `wait`. The scheduler is the one caller that should wait (its lease is
+/// renewed meanwhile); a person at the CLI or on the dashboard is told at once instead.
+fn grade_when_unlocked(
+    env: &JobEnv,
+    o: &Occurrence,
+    period: Period,
+    wait: Duration,
+) -> Result<GradingReport, JobsError> {
+    let started = Instant::now();
+    let mut waited = false;
+    loop {
+        // The policy in force now: an admin may have applied a version since start-up, or
+        // while this job waited for their what-if.
+        let policy = effective_policy(&mut *env.db.conn()?, &env.policy)?.policy;
+        match grade_period(&env.db, period, &policy, Mode::Publish) {
+            Err(GradingError::Store(StoreError::Busy(why))) if started.elapsed() < wait => {
+                if !waited {
+                    tracing::info!(%period, reason = %why, wait_secs = wait.as_secs(), "grading lock held; waiting for it");
+                    waited = true;
+                }
+                std::thread::sleep(LOCK_RETRY.min(wait.saturating_sub(started.elapsed())));
+                // A replica that lost its lease while waiting (shut down, or stalled) leaves
+                // the occurrence to the one that took it over.
+                if !store::holds(&mut *env.db.conn()?, o.lease)? {
+                    return Err(JobsError::LeaseLost(o.job.clone()));
+                }
+            }
+            result => {
+                if waited {
+                    tracing::info!(%period, waited_ms = started.elapsed().as_millis() as u64, "grading lock taken after waiting");
+                }
+                return Ok(result?);
+            }
+        }
+    }
 }
 
 /// Runs the named CRM connectors, or every enabled one, one after the other. One that fails

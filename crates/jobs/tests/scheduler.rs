@@ -1,5 +1,6 @@
 //! The scheduler in process, on both backends: catch-up after an outage, the monthly grade at a
-//! month boundary in the job's time zone, manual requests, and leases with fencing.
+//! month boundary in the job's time zone and while another run holds the grading lock, manual
+//! requests, and leases with fencing.
 #![expect(clippy::unwrap_used, reason = "tests")]
 
 use std::path::Path;
@@ -75,6 +76,24 @@ async fn finished_runs(db: &TestDb, job: &str, n: usize) -> Vec<store::JobRun> {
     panic!("{job} did not finish {n} runs");
 }
 
+/// Two customers with an order each (November and October 2026).
+fn import_two_customers(db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let orders = dir.path().join("orders.csv");
+    std::fs::write(
+        &orders,
+        "order_id,customer_id,order_date,amount\nO1,C1,2026-11-20,100\nO2,C2,2026-10-05,50\n",
+    )
+    .unwrap();
+    let options = tierwise_import::FileImportOptions::from_settings(
+        &tierwise_import::ImportSettings::default(),
+        tierwise_import::RecordKind::Orders,
+        tierwise_import::ColumnMapping::default(),
+    )
+    .unwrap();
+    tierwise_import::import_file(&db.db, &orders, &options).unwrap();
+}
+
 backend_tests! {
     fn a_missed_occurrence_runs_once_on_start(db) {
         // Every scheduler was down at 02:00 on the 1st; one starts at 03:00.
@@ -105,20 +124,7 @@ backend_tests! {
     }
 
     fn the_monthly_grade_grades_the_previous_month_in_its_time_zone(db) {
-        let dir = tempfile::tempdir().unwrap();
-        let orders = dir.path().join("orders.csv");
-        std::fs::write(
-            &orders,
-            "order_id,customer_id,order_date,amount\nO1,C1,2026-11-20,100\nO2,C2,2026-10-05,50\n",
-        )
-        .unwrap();
-        let options_import = tierwise_import::FileImportOptions::from_settings(
-            &tierwise_import::ImportSettings::default(),
-            tierwise_import::RecordKind::Orders,
-            tierwise_import::ColumnMapping::default(),
-        )
-        .unwrap();
-        tierwise_import::import_file(&db.db, &orders, &options_import).unwrap();
+        import_two_customers(&db);
         // 02:00 on Dec 1 in Shanghai is 18:00 on Nov 30 in UTC: still November in UTC, but the
         // job's month is December, so it grades November.
         let clock = Arc::new(FixedClock::new(at("2026-11-30T18:00:05Z")));
@@ -138,6 +144,42 @@ backend_tests! {
         let outcome: serde_json::Value = serde_json::from_str(runs[0].outcome.as_deref().unwrap()).unwrap();
         assert_eq!(outcome["period"], "2026-11");
         assert_eq!(outcome["graded"], 2);
+        let published = tierwise_store::grading::published_run(&mut db.conn(), Period::parse("2026-11").unwrap()).unwrap();
+        assert!(published.is_some());
+    }
+
+    fn a_scheduled_grade_waits_while_another_run_holds_the_grading_lock(db) {
+        import_two_customers(&db);
+        // A what-if on the dashboard (or a manual `tierwise grade`) is running at 02:00.
+        let what_if = db.db.try_exclusive(tierwise_grading::GRADING_LOCK).unwrap();
+        let clock = Arc::new(FixedClock::new(at("2026-12-01T02:00:05Z")));
+        let defs = vec![
+            def("monthly-grade", "schedule = \"0 0 2 1 * *\"\nkind = \"grade\""),
+            // Told not to wait: fails at once, with the holder's message.
+            def("impatient-grade", "schedule = \"0 0 2 1 * *\"\nkind = \"grade\"\n[args]\nlock_wait_secs = 0"),
+        ];
+        let rt = runtime();
+        let runs = rt.block_on(async {
+            let s = Scheduler::start(env(&db, clock.clone(), "r1"), defs, options()).await.unwrap();
+            let impatient = finished_runs(&db, "impatient-grade", 1).await;
+            assert_eq!(impatient[0].status, "failed");
+            assert!(impatient[0].error.as_deref().unwrap_or_default().contains("'grading' lock"), "{:?}", impatient[0].error);
+            // Longer than the 3 s lease, with time passing: the waiting job renews its lease,
+            // is not taken over and does not fail.
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                clock.advance(TimeDelta::seconds(1));
+            }
+            let waiting = store::history(&mut db.conn(), Some("monthly-grade"), 10).unwrap();
+            assert_eq!(waiting.len(), 1, "taken over or run twice: {waiting:?}");
+            assert_eq!((waiting[0].status.as_str(), waiting[0].fence), (store::status::RUNNING, 1));
+            drop(what_if);
+            let runs = finished_runs(&db, "monthly-grade", 1).await;
+            s.shutdown().await.unwrap();
+            runs
+        });
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].status, "succeeded", "{:?}", runs[0].error);
         let published = tierwise_store::grading::published_run(&mut db.conn(), Period::parse("2026-11").unwrap()).unwrap();
         assert!(published.is_some());
     }

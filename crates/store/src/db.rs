@@ -394,7 +394,7 @@ impl Database {
                     .write(true)
                     .open(&lock_path)
                     .map_err(|e| {
-                        StoreError::Busy(format!(
+                        StoreError::LockFailed(format!(
                             "cannot open lock file {}: {e}",
                             PathBuf::from(&lock_path).display()
                         ))
@@ -405,7 +405,7 @@ impl Database {
                         "another process holds the '{name}' lock on this database ({}); wait for it to finish",
                         PathBuf::from(&lock_path).display()
                     ))),
-                    Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Busy(format!(
+                    Err(std::fs::TryLockError::Error(e)) => Err(StoreError::LockFailed(format!(
                         "cannot lock {}: {e}",
                         PathBuf::from(&lock_path).display()
                     ))),

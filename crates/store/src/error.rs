@@ -33,9 +33,13 @@ pub enum StoreError {
     /// A blocking database task panicked or was cancelled.
     #[error("database task did not finish: {0}")]
     Task(String),
-    /// A lock is held by another process.
+    /// A lock is held by another process: trying again later may work.
     #[error("{0}")]
     Busy(String),
+    /// A lock could not be taken for another reason than its being held (its file cannot be
+    /// opened or locked): waiting does not help.
+    #[error("{0}")]
+    LockFailed(String),
     /// A stored value could not be read back into a domain type.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
