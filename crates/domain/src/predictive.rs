@@ -599,15 +599,23 @@ pub(crate) fn sum_in_chunks<T: Sync>(items: &[T], part: impl Fn(&[T]) -> f64 + S
     map_in_chunks(items, |chunk| part(chunk)).into_iter().sum()
 }
 
+/// The cores this process may use, asked once: `available_parallelism` reads the cgroup files
+/// on every call, and the fits sum in chunks thousands of times per run.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
 /// `f` applied to [`SUM_CHUNKS`] consecutive chunks of `items`, results in chunk order, on
 /// several cores when `items` is large.
 pub(crate) fn map_in_chunks<T: Sync, R: Send>(items: &[T], f: impl Fn(&[T]) -> R + Sync) -> Vec<R> {
     let chunk_len = items.len().div_ceil(SUM_CHUNKS).max(1);
     let chunks: Vec<&[T]> = items.chunks(chunk_len).collect();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(chunks.len());
-    if items.len() < PARALLEL_FROM || threads <= 1 {
+    if items.len() < PARALLEL_FROM {
+        return chunks.into_iter().map(f).collect();
+    }
+    let threads = cores().min(chunks.len());
+    if threads <= 1 {
         return chunks.into_iter().map(f).collect();
     }
     let f = &f;
