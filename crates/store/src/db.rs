@@ -537,8 +537,61 @@ pub fn migration_status(conn: &mut DbConnection) -> StoreResult<Vec<(String, boo
     .map_err(|e| StoreError::Migration(e.to_string()))
 }
 
-/// Runs `f` inside one transaction: committed when `f` returns `Ok`, rolled back otherwise.
+/// Runs `f` inside one transaction that may write: committed when `f` returns `Ok`, rolled back
+/// otherwise; a nested call is a savepoint.
+///
+/// SQLite: the outermost one begins `IMMEDIATE`, taking the write lock at once (waiting up to
+/// the busy timeout for another writer). A deferred transaction that reads and then writes fails
+/// at its first write with "database is locked", without waiting, whenever another connection
+/// committed since its first read (in WAL mode its snapshot is then stale): a scheduler's lease
+/// renewal while a digest was being composed failed the monthly grade job that way. Reads that
+/// only need one snapshot use [`read_transaction`], which does not hold other writers up.
 pub fn transaction<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
+where
+    E: From<StoreError>,
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+{
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    type Manager = AnsiTransactionManager;
+    fn on_sqlite<E: From<StoreError>>(
+        conn: &mut DbConnection,
+        step: impl FnOnce(&mut SqliteConnection) -> QueryResult<()>,
+    ) -> Result<(), E> {
+        match conn {
+            DbConnection::Sqlite(c) => step(c).map_err(|e| E::from(StoreError::Query(e))),
+            DbConnection::Postgresql(_) => Ok(()),
+        }
+    }
+    let outermost_on_sqlite = match conn {
+        DbConnection::Sqlite(c) => {
+            <Manager as TransactionManager<SqliteConnection>>::transaction_manager_status_mut(c)
+                .transaction_depth()
+                .map_err(|e| E::from(StoreError::Query(e)))?
+                .is_none()
+        }
+        DbConnection::Postgresql(_) => false,
+    };
+    if !outermost_on_sqlite {
+        return read_transaction(conn, f);
+    }
+    on_sqlite(conn, |c| {
+        Manager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+    })?;
+    match f(conn) {
+        Ok(value) => on_sqlite(conn, Manager::commit_transaction).map(|()| value),
+        Err(error) => {
+            if let Err(rollback) = on_sqlite::<StoreError>(conn, Manager::rollback_transaction) {
+                tracing::warn!(error = %rollback, "rolling back a failed transaction failed");
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Runs `f` inside one transaction that only reads (one consistent snapshot): on SQLite a
+/// deferred transaction, which takes no write lock. Writing in it risks the stale-snapshot
+/// failure [`transaction`] describes.
+pub fn read_transaction<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
 where
     E: From<StoreError>,
     F: FnOnce(&mut DbConnection) -> Result<T, E>,

@@ -847,15 +847,15 @@ pub fn load_facts(
             // The side connection only scans: a small page cache for the run keeps memory down
             // (the pool's default is 32 MB per connection), restored afterwards.
             set_sqlite_cache_kib(&mut side, 2 * 1024)?;
-            let facts = crate::transaction(conn, |conn| {
-                crate::transaction(&mut side, |side| {
+            let facts = crate::read_transaction(conn, |conn| {
+                crate::read_transaction(&mut side, |side| {
                     load_facts_in_transaction(conn, Readers::Sqlite { invoices: side }, req)
                 })
             });
             set_sqlite_cache_kib(&mut side, crate::db::SQLITE_CACHE_KIB)?;
             facts
         }
-        crate::Backend::Postgres => crate::transaction(conn, |conn| {
+        crate::Backend::Postgres => crate::read_transaction(conn, |conn| {
             let snapshot = export_snapshot(conn)?;
             let mut orders = db.snapshot_connection(&snapshot)?;
             let mut invoices = db.snapshot_connection(&snapshot)?;

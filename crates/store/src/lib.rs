@@ -24,7 +24,7 @@ pub mod users;
 
 pub use db::{
     Backend, ConnectionManager, Database, DatabaseUrl, DbConnection, ExclusiveLock,
-    PooledConnection, mask_password, migration_status, revert_all_migrations,
+    PooledConnection, mask_password, migration_status, read_transaction, revert_all_migrations,
     run_pending_migrations, transaction,
 };
 pub use error::{StoreError, StoreResult};

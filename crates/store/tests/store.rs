@@ -349,6 +349,31 @@ backend_tests! {
         let counts = table_counts(&mut conn).unwrap();
         assert_eq!((counts.orders, counts.customers), (0, 0));
     }
+
+    fn a_transaction_that_reads_then_writes_survives_a_commit_beside_it(db) {
+        use diesel::connection::SimpleConnection;
+        let add_owner = |conn: &mut DbConnection, name: &str| {
+            conn.batch_execute(&format!(
+                "INSERT INTO owners (email, name, locale, source) VALUES ('{name}@example.com', '{name}', 'en', 'test')"
+            ))
+        };
+        let mut conn = db.conn();
+        let mut beside = None;
+        tierwise_store::transaction(&mut conn, |tx| -> Result<(), tierwise_store::StoreError> {
+            // A read first (a digest being composed), then another connection writes and commits
+            // (a scheduler renewing its lease). On SQLite a deferred transaction's snapshot is
+            // now stale and its first write fails at once with "database is locked".
+            assert_eq!(table_counts(tx)?.owners, 0);
+            let pool = db.db.clone();
+            beside = Some(std::thread::spawn(move || add_owner(&mut pool.conn().unwrap(), "lease")));
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            add_owner(tx, "digest")?;
+            Ok(())
+        })
+        .unwrap();
+        beside.unwrap().join().unwrap().unwrap();
+        assert_eq!(table_counts(&mut conn).unwrap().owners, 2);
+    }
 }
 
 mod pooled_postgres_connections {
