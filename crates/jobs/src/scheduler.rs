@@ -4,7 +4,8 @@
 //!   now) and claims `(job, occurrence)`; only the replica whose insert wins runs it.
 //! - A running occurrence holds a lease, renewed every third of its length. A replica that dies
 //!   stops renewing; once the lease runs out another replica takes the occurrence over (new
-//!   fence) and runs it again. Writes of the replaced holder are refused.
+//!   fence) and runs it again. Writes of the replaced holder are refused. A replica never takes
+//!   over a run it is still working on (its renewals may merely have been held up).
 //! - On start, each job's latest occurrence within the catch-up horizon runs once if nobody ran
 //!   it (every replica was down).
 //! - Manual requests (`tierwise jobs run`, the dashboard) are polled from the database.
@@ -289,10 +290,11 @@ async fn poll_once(s: &Arc<Shared>, spawn: &impl Fn(JoinHandle<()>)) -> Result<(
     let now = s.env.clock.now().naive_utc();
     let lease_until = now + to_delta(s.options.lease);
     let replica = s.env.replica.clone();
+    let working_here: Vec<i64> = s.state.running().into_iter().map(|(run, _)| run).collect();
     let taken = s
         .env
         .db
-        .run(move |c| store::take_over_expired(c, &replica, now, lease_until))
+        .run(move |c| store::take_over_expired(c, &replica, now, lease_until, &working_here))
         .await?;
     for (run, lease) in taken {
         tracing::warn!(job = %run.job, run = run.id, from = %run.replica, "took over an occurrence whose lease ran out");

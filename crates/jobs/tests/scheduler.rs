@@ -184,6 +184,25 @@ backend_tests! {
         assert!(published.is_some());
     }
 
+    fn a_replica_does_not_take_over_a_run_it_is_still_working_on(db) {
+        // The lease runs out while the job works, without a renewal in between (on SQLite a long
+        // import's transaction holds renewals up): the process is alive and keeps the run.
+        let clock = Arc::new(FixedClock::new(at("2026-12-01T02:00:00Z")));
+        let defs = vec![def("slow", "schedule = \"0 0 2 1 * *\"\nkind = \"probe\"\n[args]\nsleep_ms = 2500")];
+        let rt = runtime();
+        let runs = rt.block_on(async {
+            let s = Scheduler::start(env(&db, clock.clone(), "r1"), defs, options()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            clock.advance(TimeDelta::seconds(10));
+            let runs = finished_runs(&db, "slow", 1).await;
+            s.shutdown().await.unwrap();
+            runs
+        });
+        assert_eq!(runs.len(), 1);
+        assert_eq!((runs[0].status.as_str(), runs[0].fence), ("succeeded", 1), "{runs:?}");
+        assert_eq!(store::probes(&mut db.conn(), "slow").unwrap().len(), 1, "ran twice");
+    }
+
     fn a_manual_request_is_picked_up_with_its_arguments(db) {
         let clock = Arc::new(FixedClock::new(at("2026-11-10T09:00:00Z")));
         let defs = vec![def("probe", "schedule = \"0 0 0 1 1 *\"\nkind = \"probe\"\ncatch_up = false")];
@@ -217,9 +236,9 @@ backend_tests! {
         let first = store::claim(&mut conn, claim("a")).unwrap().unwrap();
         assert!(store::claim(&mut conn, claim("b")).unwrap().is_none(), "one winner per occurrence");
         // Within the lease nobody takes it; after it, b does.
-        assert!(store::take_over_expired(&mut conn, "b", t0 + TimeDelta::seconds(2), t0).unwrap().is_empty());
+        assert!(store::take_over_expired(&mut conn, "b", t0 + TimeDelta::seconds(2), t0, &[]).unwrap().is_empty());
         let later = t0 + TimeDelta::seconds(4);
-        let taken = store::take_over_expired(&mut conn, "b", later, later + TimeDelta::seconds(3)).unwrap();
+        let taken = store::take_over_expired(&mut conn, "b", later, later + TimeDelta::seconds(3), &[]).unwrap();
         assert_eq!(taken.len(), 1);
         let second = taken[0].1;
         assert_eq!(second.fence, first.fence + 1);
