@@ -611,10 +611,10 @@ fn cores() -> usize {
 pub(crate) fn map_in_chunks<T: Sync, R: Send>(items: &[T], f: impl Fn(&[T]) -> R + Sync) -> Vec<R> {
     let chunk_len = items.len().div_ceil(SUM_CHUNKS).max(1);
     let chunks: Vec<&[T]> = items.chunks(chunk_len).collect();
-    if items.len() < PARALLEL_FROM {
-        return chunks.into_iter().map(f).collect();
-    }
-    let threads = cores().min(chunks.len());
+    let threads = match items.len() < PARALLEL_FROM {
+        true => 1,
+        false => cores().min(chunks.len()),
+    };
     if threads <= 1 {
         return chunks.into_iter().map(f).collect();
     }

@@ -572,7 +572,7 @@ where
         DbConnection::Postgresql(_) => false,
     };
     if !outermost_on_sqlite {
-        return read_transaction(conn, f);
+        return diesel_transaction(conn, f);
     }
     on_sqlite(conn, |c| {
         Manager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
@@ -592,6 +592,15 @@ where
 /// deferred transaction, which takes no write lock. Writing in it risks the stale-snapshot
 /// failure [`transaction`] describes.
 pub fn read_transaction<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
+where
+    E: From<StoreError>,
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+{
+    diesel_transaction(conn, f)
+}
+
+/// diesel's own transaction (deferred on SQLite), or a savepoint inside one.
+fn diesel_transaction<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
 where
     E: From<StoreError>,
     F: FnOnce(&mut DbConnection) -> Result<T, E>,
