@@ -1,8 +1,9 @@
 //! Grading benchmark: 1,000,000 customers (~8.6M orders and as many invoices) graded end to end —
 //! stored orders and invoices → stored, published grades — on SQLite and on PostgreSQL, against
 //! the DuckDB peer (../shared/bench/rfm_duckdb.py) computing RFM scores, rfm8 segments and ABC
-//! classes over the same orders from CSV. The same run checks that tierwise's RFM, segment and
-//! ABC columns equal DuckDB's for every customer.
+//! classes over the same orders from CSV, with the polars peer (rfm_polars.py) beside it. The
+//! same run checks that tierwise's RFM, segment and ABC columns equal DuckDB's for every customer
+//! and, at 1M customers, sets every time against the peers' published baselines.
 //!
 //! ```text
 //! cargo bench -p tierwise-grading --bench grade_1m                     # 1M customers, median of 3
@@ -31,6 +32,9 @@ use tierwise_store::Database;
 use tierwise_store::grading::for_each_graded_customer;
 use tierwise_store::queries::table_counts;
 use tierwise_store::testing::{clear_period, median, peak_rss_kb, with_database_name};
+
+/// The peers' published times at 1M customers (../shared/bench/README.md): DuckDB, polars.
+const PUBLISHED_PEER_SECS: (f64, f64) = (12.3, 8.4);
 
 const PERIOD: &str = "2026-10";
 const AS_OF: &str = "2026-10-31";
@@ -269,26 +273,29 @@ fn main() -> Result<()> {
     };
     let csv_s = csv.to_string_lossy().to_string();
 
-    // The peer.
-    let peer_out = dir.join(format!("rfm_duckdb_{n}.csv"));
+    // The peers: DuckDB (the one the targets name) and polars, the same job on the same CSV.
+    let run_peer = |peer: &str| -> Result<(Vec<(f64, u64)>, std::path::PathBuf)> {
+        let script = shared
+            .join(format!("rfm_{peer}.py"))
+            .to_string_lossy()
+            .to_string();
+        let out = dir.join(format!("rfm_{peer}_{n}.csv"));
+        let out_s = out.to_string_lossy().to_string();
+        let mut runs = Vec::new();
+        for round in 0..args.repeat {
+            eprintln!("{peer} {}/{}", round + 1, args.repeat);
+            runs.push(timed(
+                &args.python,
+                &[&script, &csv_s, &out_s, "--asof", AS_OF, "--months", "24"],
+            )?);
+        }
+        Ok((runs, out))
+    };
+    let (duckdb, peer_out) = run_peer("duckdb")?;
     let peer_s = peer_out.to_string_lossy().to_string();
-    let duckdb_script = shared.join("rfm_duckdb.py").to_string_lossy().to_string();
-    let mut duckdb = Vec::new();
-    for round in 0..args.repeat {
-        eprintln!("duckdb {}/{}", round + 1, args.repeat);
-        duckdb.push(timed(
-            &args.python,
-            &[
-                &duckdb_script,
-                &csv_s,
-                &peer_s,
-                "--asof",
-                AS_OF,
-                "--months",
-                "24",
-            ],
-        )?);
-    }
+    let (polars, polars_out) = run_peer("polars")?;
+    // The peer scripts are meant to agree to the byte (../shared/bench/README.md).
+    let peers_agree = std::fs::read(&peer_out)? == std::fs::read(&polars_out)?;
 
     let admin = std::env::var("TIERWISE_BENCH_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
@@ -330,6 +337,8 @@ fn main() -> Result<()> {
 
     let duck_secs = median(duckdb.iter().map(|d| d.0).collect());
     let duck_mib = duckdb.iter().map(|d| d.1).max().unwrap_or(0) as f64 / 1024.0;
+    let polars_secs = median(polars.iter().map(|d| d.0).collect());
+    let polars_mib = polars.iter().map(|d| d.1).max().unwrap_or(0) as f64 / 1024.0;
     let mut report = String::new();
     writeln!(
         report,
@@ -345,6 +354,11 @@ fn main() -> Result<()> {
     writeln!(
         report,
         "| DuckDB peer (RFM + rfm8 + ABC from CSV) | {duck_secs:.2} | 1.00 | {duck_mib:.0} MiB | – | – |"
+    )?;
+    writeln!(
+        report,
+        "| polars peer (the same job) | {polars_secs:.2} | {:.2} | {polars_mib:.0} MiB | – | – |",
+        polars_secs / duck_secs
     )?;
     let mut details = String::new();
     for (name, runs, check) in &results {
@@ -386,6 +400,30 @@ fn main() -> Result<()> {
     }
     writeln!(report)?;
     report.push_str(&details);
+    writeln!(
+        report,
+        "- polars' output is {} DuckDB's.",
+        if peers_agree {
+            "byte-identical to"
+        } else {
+            "NOT identical to"
+        }
+    )?;
+    if n == 1_000_000 {
+        // The targets were set against these figures; peers here may run at another speed.
+        let (published_duckdb, published_polars) = PUBLISHED_PEER_SECS;
+        write!(
+            report,
+            "- Against the published peer baselines (../shared/bench/README.md: DuckDB {published_duckdb} s, polars {published_polars} s; measured here {:.2}× and {:.2}× of those):",
+            duck_secs / published_duckdb,
+            polars_secs / published_polars
+        )?;
+        for (name, runs, _) in &results {
+            let secs = median(runs.iter().map(|r| r.secs).collect());
+            write!(report, " {name} {:.2}× DuckDB's;", secs / published_duckdb)?;
+        }
+        writeln!(report)?;
+    }
     writeln!(report)?;
     writeln!(
         report,
