@@ -80,17 +80,28 @@ pub fn queue_period(
     composer: &Composer<'_>,
     period: Period,
 ) -> Result<Option<QueueReport>, NotifyError> {
-    tierwise_store::transaction(conn, |conn| {
-        let Some(messages) = compose::compose_period(conn, composer, period, Owners::All)? else {
-            return Ok(None);
-        };
-        let queued = store::enqueue(conn, &messages, Utc::now().naive_utc())?;
-        Ok(Some(QueueReport {
-            period: Some(period.to_string()),
-            composed: messages.len(),
-            queued,
-        }))
-    })
+    let composed = tierwise_store::read_transaction(conn, |conn| {
+        compose::compose_period(conn, composer, period, Owners::All)
+    })?;
+    let Some(messages) = composed else {
+        return Ok(None);
+    };
+    let queued = enqueue(conn, &messages)?;
+    Ok(Some(QueueReport {
+        period: Some(period.to_string()),
+        composed: messages.len(),
+        queued,
+    }))
+}
+
+/// Queues composed messages in one short transaction. Composing reads a whole book of grades
+/// and takes seconds with a million customers: it runs in a read transaction before this, so
+/// SQLite's write lock (which [`tierwise_store::transaction`] takes at once) is held only while
+/// the messages are inserted, not while every other writer waits on the composition.
+fn enqueue(conn: &mut DbConnection, messages: &[store::NewMessage]) -> Result<usize, NotifyError> {
+    Ok(tierwise_store::transaction(conn, |conn| {
+        store::enqueue(conn, messages, Utc::now().naive_utc())
+    })?)
 }
 
 /// Composes this week's follow-up reminders and queues them in one transaction (one per owner
@@ -99,17 +110,22 @@ pub fn queue_reminders(
     conn: &mut DbConnection,
     composer: &Composer<'_>,
 ) -> Result<Option<QueueReport>, NotifyError> {
-    tierwise_store::transaction(conn, |conn| {
+    let composed = tierwise_store::read_transaction(conn, |conn| {
         let Some(messages) = compose::compose_reminders(conn, composer, Owners::All)? else {
-            return Ok(None);
+            return Ok::<_, NotifyError>(None);
         };
-        let queued = store::enqueue(conn, &messages, Utc::now().naive_utc())?;
-        Ok(Some(QueueReport {
-            period: store::latest_published_period(conn)?.map(|p| p.to_string()),
-            composed: messages.len(),
-            queued,
-        }))
-    })
+        let period = store::latest_published_period(conn)?.map(|p| p.to_string());
+        Ok(Some((messages, period)))
+    })?;
+    let Some((messages, period)) = composed else {
+        return Ok(None);
+    };
+    let queued = enqueue(conn, &messages)?;
+    Ok(Some(QueueReport {
+        period,
+        composed: messages.len(),
+        queued,
+    }))
 }
 
 /// What became of one pending event.
@@ -127,51 +143,70 @@ pub struct EventOutcome {
 
 /// Turns pending publication events into messages. Only the publication of the newest graded
 /// period notifies: a backfilled older period or a run superseded since is marked skipped, so a
-/// 13-month backfill sends one digest per owner, not thirteen. Each event's messages and its
-/// processed mark share one transaction.
+/// 13-month backfill sends one digest per owner, not thirteen. Each event's messages are
+/// composed in a read transaction (see [`enqueue`] for why), then queued with its processed mark
+/// in one short transaction, which first checks that the decision still holds: an event whose
+/// period was published anew meanwhile stays pending for the next pass.
 pub fn process_events(
     conn: &mut DbConnection,
     composer: &Composer<'_>,
 ) -> Result<Vec<EventOutcome>, NotifyError> {
     let mut outcomes = Vec::new();
     for event in store::pending_events(conn)? {
-        let outcome = tierwise_store::transaction(conn, |conn| {
-            let latest = store::latest_published_period(conn)?;
-            let period = Period::parse(&event.period).ok();
-            let current_run = match period {
-                Some(p) => tierwise_store::grading::published_run(conn, p)?.map(|r| r.id.0),
-                None => None,
-            };
-            let skip = match (period, latest) {
-                (None, _) => Some(format!("'{}' is not a period", event.period)),
-                (Some(p), Some(l)) if p < l => Some(format!("not the newest period ({l})")),
-                _ if current_run != Some(event.run_id) => Some("its run was superseded".to_owned()),
-                _ => None,
-            };
-            let now = Utc::now().naive_utc();
-            let queued = match (&skip, period) {
+        let period = Period::parse(&event.period).ok();
+        let (skip, messages) = tierwise_store::read_transaction(conn, |conn| {
+            let skip = skip_reason(conn, &event, period)?;
+            let messages = match (&skip, period) {
                 (None, Some(p)) => {
-                    let messages = compose::compose_period(conn, composer, p, Owners::All)?
-                        .unwrap_or_default();
-                    Some(store::enqueue(conn, &messages, now)?)
+                    compose::compose_period(conn, composer, p, Owners::All)?.unwrap_or_default()
                 }
-                _ => None,
+                _ => Vec::new(),
+            };
+            Ok::<_, NotifyError>((skip, messages))
+        })?;
+        let outcome = tierwise_store::transaction(conn, |conn| {
+            if skip_reason(conn, &event, period)? != skip {
+                return Ok(None);
+            }
+            let now = Utc::now().naive_utc();
+            let queued = match skip {
+                None => Some(store::enqueue(conn, &messages, now)?),
+                Some(_) => None,
             };
             let note = match (&skip, queued) {
                 (Some(why), _) => format!("skipped: {why}"),
                 (None, n) => format!("queued {}", n.unwrap_or(0)),
             };
             store::mark_event_processed(conn, event.id, now, &note)?;
-            Ok::<_, NotifyError>(EventOutcome {
+            Ok::<_, NotifyError>(Some(EventOutcome {
                 event: event.id,
                 period: event.period.clone(),
                 queued,
-                skipped: skip,
-            })
+                skipped: skip.clone(),
+            }))
         })?;
-        outcomes.push(outcome);
+        outcomes.extend(outcome);
     }
     Ok(outcomes)
+}
+
+/// Why a publication event notifies nobody (None: it notifies): its period is not the newest
+/// graded one, or its run is no longer the period's published run.
+fn skip_reason(
+    conn: &mut DbConnection,
+    event: &store::NotificationEvent,
+    period: Option<Period>,
+) -> Result<Option<String>, NotifyError> {
+    let Some(period) = period else {
+        return Ok(Some(format!("'{}' is not a period", event.period)));
+    };
+    if let Some(latest) = store::latest_published_period(conn)?
+        && period < latest
+    {
+        return Ok(Some(format!("not the newest period ({latest})")));
+    }
+    let current_run = tierwise_store::grading::published_run(conn, period)?.map(|r| r.id.0);
+    Ok((current_run != Some(event.run_id)).then(|| "its run was superseded".to_owned()))
 }
 
 /// The domain part of a sender address (`noreply@example.com` or `Name <noreply@example.com>`),
