@@ -212,10 +212,18 @@ impl r2d2::ManageConnection for ConnectionManager {
         conn.batch_execute("SELECT 1").map_err(StoreError::Query)
     }
 
+    /// Broken: the server connection is gone, or (as diesel's own pool manager judges) the
+    /// connection comes back inside a transaction — its holder panicked, or a rollback failed.
+    /// Put back in the pool, such a connection would keep SQLite's write lock and hand its next
+    /// user a savepoint instead of a transaction; dropped, its transaction is rolled back.
     fn has_broken(&self, conn: &mut DbConnection) -> bool {
-        conn.instrumentation()
-            .downcast_ref::<ConnectionHealth>()
-            .is_some_and(|health| health.lost)
+        use diesel::connection::TransactionManager;
+        std::thread::panicking()
+            || <DbConnection as Connection>::TransactionManager::is_broken_transaction_manager(conn)
+            || conn
+                .instrumentation()
+                .downcast_ref::<ConnectionHealth>()
+                .is_some_and(|health| health.lost)
     }
 }
 

@@ -350,6 +350,34 @@ backend_tests! {
         assert_eq!((counts.orders, counts.customers), (0, 0));
     }
 
+    fn a_connection_whose_holder_panicked_mid_transaction_leaves_the_pool(db) {
+        use diesel::connection::SimpleConnection;
+        let pool = db.db.clone();
+        let panicked = std::thread::spawn(move || {
+            let mut conn = pool.conn().unwrap();
+            let _: Result<(), tierwise_store::StoreError> = tierwise_store::transaction(&mut conn, |tx| {
+                tx.batch_execute("INSERT INTO owners (email, name, locale, source) VALUES ('lost@example.com', 'Lost', 'en', 'test')")
+                    .unwrap();
+                panic!("a job panics halfway");
+            });
+        })
+        .join();
+        assert!(panicked.is_err());
+        // Had the connection gone back to the pool, it would still hold SQLite's write lock (this
+        // insert would wait out the busy timeout and fail) and its half-done insert would be
+        // committed by whoever took it next.
+        for _ in 0..4 {
+            let mut conn = db.conn();
+            tierwise_store::transaction(&mut conn, |tx| -> Result<(), tierwise_store::StoreError> {
+                tx.batch_execute("INSERT INTO owners (email, name, locale, source) VALUES ('next@example.com', 'Next', 'en', 'test') ON CONFLICT (email) DO NOTHING")?;
+                Ok(())
+            })
+            .unwrap();
+        }
+        let mut conn = db.conn();
+        assert_eq!(table_counts(&mut conn).unwrap().owners, 1, "only the second owner");
+    }
+
     fn a_transaction_that_reads_then_writes_survives_a_commit_beside_it(db) {
         use diesel::connection::SimpleConnection;
         let add_owner = |conn: &mut DbConnection, name: &str| {
@@ -530,13 +558,21 @@ mod statistics_after_loads {
         .unwrap();
         assert!(analyze_after_load(conn, LoadedTable::Customers, 20_000).unwrap());
         // The id rides in the unique index (migration 000012) and the pages are all-visible
-        // (the load vacuumed them): no row is visited.
+        // (the load vacuumed them): the rows themselves are not visited.
         let plan = plan_of_reading_customer_ids(conn);
         assert!(
             plan.contains("Index Only Scan using customers_source_external_id_key"),
             "{plan}"
         );
-        assert!(plan.contains("Heap Fetches: 0"), "{plan}");
+        // 0 here; a transaction elsewhere holding the horizon back may leave a few pages
+        // unmarked, while without the VACUUM every one of the 20,000 rows is fetched.
+        let heap_fetches: u64 = plan
+            .split("Heap Fetches: ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::MAX);
+        assert!(heap_fetches < 1_000, "{plan}");
     }
 
     #[test]
