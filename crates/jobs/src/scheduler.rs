@@ -290,7 +290,12 @@ async fn poll_once(s: &Arc<Shared>, spawn: &impl Fn(JoinHandle<()>)) -> Result<(
     let now = s.env.clock.now().naive_utc();
     let lease_until = now + to_delta(s.options.lease);
     let replica = s.env.replica.clone();
-    let working_here: Vec<i64> = s.state.running().into_iter().map(|(run, _)| run).collect();
+    let working_here: Vec<Lease> = s
+        .state
+        .running
+        .lock()
+        .map(|r| r.values().map(|(_, lease)| *lease).collect())
+        .unwrap_or_default();
     let taken = s
         .env
         .db

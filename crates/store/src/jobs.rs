@@ -184,24 +184,31 @@ pub fn holds(conn: &mut DbConnection, lease: Lease) -> StoreResult<bool> {
 /// Takes over runs whose lease ran out (their replica died or stalled): bumps each one's fence
 /// and leases it to `replica`. Returns the runs taken, with their new leases.
 ///
-/// `working_here` are the runs the calling process is still working on: it is alive even if it
-/// could not renew them in time (on SQLite a long import's transaction holds renewals up), so
-/// it does not take them over from itself and run them a second time beside the first.
+/// `working_here` are the leases the calling process is still working under: it is alive even
+/// if it could not renew them in time (on SQLite a long import's transaction holds renewals up),
+/// so it does not take them over from itself and run them a second time beside the first. A run
+/// whose fence moved on since (another replica took it over, then died) is taken as any other.
 pub fn take_over_expired(
     conn: &mut DbConnection,
     replica: &str,
     now: NaiveDateTime,
     lease_until: NaiveDateTime,
-    working_here: &[i64],
+    working_here: &[Lease],
 ) -> StoreResult<Vec<(JobRun, Lease)>> {
     let expired: Vec<JobRun> = with_backend!(conn, c => job_runs::table
         .filter(job_runs::status.eq(status::RUNNING))
         .filter(job_runs::lease_until.lt(now))
-        .filter(job_runs::id.ne_all(working_here))
         .order(job_runs::id)
         .load(c)?);
     let mut taken = Vec::new();
     for run in expired {
+        let held_here = Lease {
+            run_id: run.id,
+            fence: run.fence,
+        };
+        if working_here.contains(&held_here) {
+            continue;
+        }
         // Compare-and-set on the fence: of two replicas taking over at once, one wins.
         let n = with_backend!(conn, c => diesel::update(
             job_runs::table
