@@ -361,8 +361,10 @@ fn main() -> Result<()> {
         polars_secs / duck_secs
     )?;
     let mut details = String::new();
+    let mut medians = Vec::new();
     for (name, runs, check) in &results {
         let secs = median(runs.iter().map(|r| r.secs).collect());
+        medians.push((*name, secs));
         let peak_kib = runs.iter().map(|r| r.rss_kb).max().unwrap_or(0) as f64;
         // The target is in MB (10⁶ bytes); the kernel counts KiB.
         let (mib, mb) = (peak_kib / 1024.0, peak_kib * 1024.0 / 1e6);
@@ -418,8 +420,7 @@ fn main() -> Result<()> {
             duck_secs / published_duckdb,
             polars_secs / published_polars
         )?;
-        for (name, runs, _) in &results {
-            let secs = median(runs.iter().map(|r| r.secs).collect());
+        for (name, secs) in &medians {
             write!(report, " {name} {:.2}× DuckDB's;", secs / published_duckdb)?;
         }
         writeln!(report)?;

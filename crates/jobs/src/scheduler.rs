@@ -78,6 +78,14 @@ impl State {
             .unwrap_or_default()
     }
 
+    /// The leases this process is working under.
+    fn leases(&self) -> Vec<Lease> {
+        self.running
+            .lock()
+            .map(|r| r.values().map(|(_, lease)| *lease).collect())
+            .unwrap_or_default()
+    }
+
     /// Finished runs by (job, status).
     pub fn stats(&self) -> BTreeMap<(String, String), RunStats> {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
@@ -290,12 +298,7 @@ async fn poll_once(s: &Arc<Shared>, spawn: &impl Fn(JoinHandle<()>)) -> Result<(
     let now = s.env.clock.now().naive_utc();
     let lease_until = now + to_delta(s.options.lease);
     let replica = s.env.replica.clone();
-    let working_here: Vec<Lease> = s
-        .state
-        .running
-        .lock()
-        .map(|r| r.values().map(|(_, lease)| *lease).collect())
-        .unwrap_or_default();
+    let working_here = s.state.leases();
     let taken = s
         .env
         .db
